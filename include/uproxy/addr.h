@@ -1,0 +1,49 @@
+/* addr: parsing "[HOST]:PORT" strings, resolving them, printing socket addresses.
+ * Pure logic apart from addr_resolve (getaddrinfo); never touches the ring. */
+#ifndef UPROXY_ADDR_H
+#define UPROXY_ADDR_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define ADDR_HOST_MAX 254		       /* a DNS name is at most 253 characters */
+#define ADDR_STRLEN   (INET6_ADDRSTRLEN + 10) /* "[v6]:65535" */
+#define ADDR_MAX_RESOLVED 16		       /* addresses kept per name */
+
+/* A parsed, unresolved "[HOST]:PORT". */
+struct hostport {
+	char host[ADDR_HOST_MAX]; /* empty when any is set */
+	uint16_t port;
+	bool any;		  /* ":PORT" or "*:PORT": every local address */
+};
+
+struct addr {
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in4;
+		struct sockaddr_in6 in6;
+		struct sockaddr_storage ss;
+	} u;
+	socklen_t len;
+};
+
+/* Parses s into *out. Returns 0, or -EINVAL with *why set to a static explanation. */
+int addr_parse(const char *s, struct hostport *out, const char **why);
+
+/* Resolves a parsed host (not any) into at most max addresses, in resolver order, without
+ * duplicates. Returns the count (> 0), or -1 with why (at least 128 bytes) filled. */
+int addr_resolve(const struct hostport *hp, struct addr *out, int max, char *why, size_t whylen);
+
+/* Formats a as "1.2.3.4:80" or "[::1]:80" into buf (ADDR_STRLEN bytes); returns buf. */
+const char *addr_format(const struct addr *a, char *buf, size_t len);
+
+/* Formats a hostport back into its canonical text form; returns buf. */
+const char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len);
+
+/* Builds a struct addr from a sockaddr of a known length. */
+void addr_from_sockaddr(struct addr *a, const struct sockaddr *sa, socklen_t len);
+
+#endif

@@ -1,0 +1,188 @@
+/* addr: the only place that understands address text. Parsing is pure so that every
+ * accepted and rejected form is unit-tested; resolution happens once, at start-up. */
+#include "uproxy/addr.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+
+static int parse_port(const char *p, uint16_t *port, const char **why)
+{
+	unsigned long v = 0;
+
+	if (*p == '\0') {
+		*why = "missing port number after ':'";
+		return -EINVAL;
+	}
+	for (const char *c = p; *c; c++) {
+		if (!isdigit((unsigned char)*c)) {
+			*why = "port is not a number";
+			return -EINVAL;
+		}
+		v = v * 10 + (unsigned long)(*c - '0');
+		if (v > 65535) {
+			*why = "port out of range (1-65535)";
+			return -EINVAL;
+		}
+	}
+	if (v == 0) {
+		*why = "port 0 is not allowed (1-65535)";
+		return -EINVAL;
+	}
+	*port = (uint16_t)v;
+	return 0;
+}
+
+static bool valid_hostname(const char *h)
+{
+	size_t n = strlen(h);
+
+	if (n == 0 || n > 253)
+		return false;
+	for (const char *c = h; *c; c++) {
+		if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.' && *c != '_')
+			return false;
+	}
+	return true;
+}
+
+int addr_parse(const char *s, struct hostport *out, const char **why)
+{
+	const char *colon;
+	size_t hlen;
+
+	memset(out, 0, sizeof(*out));
+	if (s == NULL || *s == '\0') {
+		*why = "empty address";
+		return -EINVAL;
+	}
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		struct in6_addr tmp;
+
+		if (close == NULL) {
+			*why = "missing ']' after IPv6 address";
+			return -EINVAL;
+		}
+		hlen = (size_t)(close - s - 1);
+		if (hlen == 0 || hlen >= sizeof(out->host)) {
+			*why = "empty or overlong IPv6 address in brackets";
+			return -EINVAL;
+		}
+		memcpy(out->host, s + 1, hlen);
+		out->host[hlen] = '\0';
+		if (inet_pton(AF_INET6, out->host, &tmp) != 1) {
+			*why = "not a valid IPv6 address inside brackets";
+			return -EINVAL;
+		}
+		if (close[1] != ':') {
+			*why = close[1] ? "expected ':PORT' after ']'" : "missing ':PORT'";
+			return -EINVAL;
+		}
+		return parse_port(close + 2, &out->port, why);
+	}
+	colon = strrchr(s, ':');
+	if (colon == NULL) {
+		*why = "missing ':PORT'";
+		return -EINVAL;
+	}
+	if (memchr(s, ':', (size_t)(colon - s)) != NULL) {
+		*why = "IPv6 addresses must be written in brackets, as [::1]:PORT";
+		return -EINVAL;
+	}
+	hlen = (size_t)(colon - s);
+	if (hlen == 0 || (hlen == 1 && s[0] == '*')) {
+		out->any = true;
+	} else {
+		if (hlen >= sizeof(out->host)) {
+			*why = "host name too long";
+			return -EINVAL;
+		}
+		memcpy(out->host, s, hlen);
+		out->host[hlen] = '\0';
+		if (!valid_hostname(out->host)) {
+			*why = "host contains characters not allowed in a name or address";
+			return -EINVAL;
+		}
+	}
+	return parse_port(colon + 1, &out->port, why);
+}
+
+int addr_resolve(const struct hostport *hp, struct addr *out, int max, char *why, size_t whylen)
+{
+	struct addrinfo hints = { 0 }, *res = NULL, *ai;
+	char port[8];
+	int n = 0, rc;
+
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%u", hp->port);
+	rc = getaddrinfo(hp->host, port, &hints, &res);
+	if (rc != 0) {
+		snprintf(why, whylen, "cannot resolve host '%s': %s", hp->host,
+			 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+		bool dup = false;
+
+		if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+			continue;
+		for (int i = 0; i < n; i++) {
+			if (out[i].len == ai->ai_addrlen &&
+			    memcmp(&out[i].u, ai->ai_addr, ai->ai_addrlen) == 0)
+				dup = true;
+		}
+		if (!dup)
+			addr_from_sockaddr(&out[n++], ai->ai_addr, ai->ai_addrlen);
+	}
+	freeaddrinfo(res);
+	if (n == 0) {
+		snprintf(why, whylen, "host '%s' has no IPv4 or IPv6 address", hp->host);
+		return -1;
+	}
+	return n;
+}
+
+void addr_from_sockaddr(struct addr *a, const struct sockaddr *sa, socklen_t len)
+{
+	memset(a, 0, sizeof(*a));
+	if (len > sizeof(a->u))
+		len = sizeof(a->u);
+	memcpy(&a->u, sa, len);
+	a->len = len;
+}
+
+const char *addr_format(const struct addr *a, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	switch (a->u.sa.sa_family) {
+	case AF_INET:
+		inet_ntop(AF_INET, &a->u.in4.sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(a->u.in4.sin_port));
+		break;
+	case AF_INET6:
+		inet_ntop(AF_INET6, &a->u.in6.sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(a->u.in6.sin6_port));
+		break;
+	default:
+		snprintf(buf, len, "(unknown family %d)", a->u.sa.sa_family);
+	}
+	return buf;
+}
+
+const char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len)
+{
+	if (hp->any)
+		snprintf(buf, len, ":%u", hp->port);
+	else if (strchr(hp->host, ':'))
+		snprintf(buf, len, "[%s]:%u", hp->host, hp->port);
+	else
+		snprintf(buf, len, "%s:%u", hp->host, hp->port);
+	return buf;
+}
