@@ -1,0 +1,99 @@
+/* session: one client <-> upstream pair. Its state machine, its two directions (queues of
+ * received buffers waiting to be sent), half-close, back-pressure and teardown.
+ * A session never frees its slot while any of its requests is still in flight. */
+#ifndef UPROXY_SESSION_H
+#define UPROXY_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "uproxy/stats.h"
+
+struct worker;
+struct io_uring_cqe;
+
+enum session_state {
+	SS_FREE = 0,	  /* slot unused */
+	SS_CONNECTING,	  /* client accepted, upstream socket/connect in flight */
+	SS_STREAMING,	  /* both directions open */
+	SS_CLIENT_DONE,	  /* client sent EOF, passed on to upstream; upstream->client still open */
+	SS_UPSTREAM_DONE, /* upstream sent EOF, passed on to client; client->upstream still open */
+	SS_CLOSING,	  /* fds closed or closing; waiting for in-flight requests to complete */
+	SS__COUNT
+};
+
+enum session_event {
+	SE_START = 0,	/* a client was accepted into a free slot */
+	SE_CONNECTED,	/* the upstream connect succeeded */
+	SE_C2U_DONE,	/* client EOF drained and shutdown(SHUT_WR) sent to upstream */
+	SE_U2C_DONE,	/* upstream EOF drained and shutdown(SHUT_WR) sent to client */
+	SE_ABORT,	/* error, reset, connect failure or proxy shutdown */
+	SE_RELEASED,	/* nothing in flight any more: the slot can be reused */
+	SE__COUNT
+};
+
+/* The one table of allowed transitions. Returns the next state, or SS__COUNT if the event is
+ * not allowed in that state. */
+enum session_state session_transition(enum session_state from, enum session_event ev);
+const char *session_state_name(enum session_state s);
+const char *session_event_name(enum session_event e);
+
+/* Directions: data received from side d is sent to side !d. */
+enum { DIR_C2U = 0, DIR_U2C = 1 };
+enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
+
+/* Buffers gathered into one sendmsg; 8 x 16 KiB = 128 KiB per send keeps bulk transfers to a
+ * few SQEs per MiB without making a session large. */
+#define DIR_IOV_MAX 8
+
+/* Back-pressure: a direction stops receiving when this many bytes wait to be sent and
+ * resumes below the low-water mark. 256 KiB is two full sendmsg batches in flight. */
+#define SESSION_HIGH_WATER (256u * 1024)
+#define SESSION_LOW_WATER  (64u * 1024)
+
+enum dir_flags {
+	DIR_RECV_ARMED = 1 << 0,  /* multishot recv in flight */
+	DIR_RECV_CANCEL = 1 << 1, /* its cancel is in flight (back-pressure) */
+	DIR_EOF = 1 << 2,	  /* the sending peer finished */
+	DIR_SHUT_SENT = 1 << 3,	  /* shutdown(SHUT_WR) submitted to the receiving peer */
+	DIR_DONE = 1 << 4,	  /* that shutdown completed */
+	DIR_WAIT_BUF = 1 << 5,	  /* parked until the buffer ring refills */
+};
+
+struct session_dir {
+	uint32_t head, tail; /* queue of buffer ids (linked through bufring.next) */
+	uint32_t head_off;   /* bytes of the head buffer already sent */
+	uint32_t queued;     /* bytes received but not yet sent */
+	uint16_t send_n;     /* buffers covered by the send in flight; 0 = none */
+	uint16_t flags;	     /* enum dir_flags */
+	struct msghdr msg;
+	struct iovec iov[DIR_IOV_MAX];
+};
+
+struct session {
+	uint32_t gen;	      /* bumped on release; part of every tag */
+	uint32_t next_free;   /* free-list link */
+	uint8_t state;	      /* enum session_state */
+	uint8_t reason;	      /* enum close_reason, once closing */
+	uint8_t addr_idx;     /* upstream address being tried */
+	uint8_t pad;
+	uint32_t inflight;    /* requests submitted and not yet completed */
+	int fd[2];	      /* [SIDE_CLIENT], [SIDE_UPSTREAM]; -1 when closed */
+	struct session_dir dir[2];
+};
+
+/* A client connection was accepted into s (a free slot): start connecting upstream. */
+void session_start(struct worker *w, struct session *s, int client_fd);
+
+/* Applies one completion to its session (already checked not stale). */
+void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe);
+
+/* Closes the session for reason (no RST). No-op if already closing. */
+void session_abort(struct worker *w, struct session *s, enum close_reason reason);
+
+/* The buffer ring has room again: re-arm a recv parked on DIR_WAIT_BUF. */
+void session_resume_recv(struct worker *w, struct session *s, unsigned int d);
+
+#endif

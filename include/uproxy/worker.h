@@ -1,0 +1,106 @@
+/* worker: one thread's ring, buffer ring, listeners, session slab and signal handling.
+ * Shares nothing with other workers; everything on its data path goes through its ring. */
+#ifndef UPROXY_WORKER_H
+#define UPROXY_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/signalfd.h>
+
+#include "uproxy/addr.h"
+#include "uproxy/bufring.h"
+#include "uproxy/config.h"
+#include "uproxy/log.h"
+#include "uproxy/loop.h"
+#include "uproxy/session.h"
+#include "uproxy/stats.h"
+
+#define WORKER_MAX_LISTENERS 8
+
+/* Completion-queue budget: the kernel allows at most 64Ki CQEs. Each session can have at most
+ * WORKER_CQES_PER_SESSION single-shot requests in flight (2 sends or shutdowns, 2 closes, 2
+ * cancels, a connect or socket, plus the final CQEs of its 2 recvs); multishot recv CQEs are
+ * bounded by the buffers, multishot accept CQEs by the listen backlog. */
+#define WORKER_CQ_MAX		65536u
+#define WORKER_CQES_PER_SESSION 8u
+#define WORKER_BACKLOG		4096u
+#define WORKER_CQ_RESERVE	64u
+#define WORKER_SQ_ENTRIES	4096u
+
+/* How long accept pauses after EMFILE/ENFILE/ENOMEM before trying again; fds freed by closing
+ * sessions resume it sooner. 100 ms keeps a starved proxy under 1% CPU. */
+#define WORKER_ACCEPT_BACKOFF_MS 100
+/* How long SIGINT/SIGTERM waits for in-flight requests to finish before exiting anyway. */
+#define WORKER_STOP_DEADLINE_MS 900
+
+enum worker_timer { TIMER_ACCEPT_BACKOFF = 1, TIMER_STOP_DEADLINE = 2 };
+
+struct listener {
+	int fd;
+	bool armed;	 /* multishot accept in flight */
+	bool cancelling; /* its cancel is in flight */
+	struct addr addr;
+};
+
+struct worker {
+	int id;
+	const struct config *cfg;
+	const struct addr *upstreams;
+	int nupstreams;
+
+	struct loop loop;
+	struct bufring bufs;
+
+	struct listener listeners[WORKER_MAX_LISTENERS];
+	int nlisteners;
+
+	struct session *sessions;
+	uint32_t max_sessions;
+	uint32_t free_head;
+	uint32_t active; /* sessions not FREE */
+
+	/* Directions parked on an empty buffer ring, oldest first: tags of their recvs. */
+	uint64_t *waitq;
+	uint32_t wq_cap, wq_head, wq_len;
+
+	int sigfd;
+	struct signalfd_siginfo siginfo;
+	bool stopping;
+	bool stop_deadline_hit;
+	bool accept_backoff;
+	unsigned int misc_inflight; /* accepts, their cancels, the back-off timer */
+	struct __kernel_timespec backoff_ts, deadline_ts;
+
+	struct worker_stats st;
+	struct log_ratelimit rl_connect, rl_accept, rl_socket;
+};
+
+/* Largest --max-conns one worker's completion queue can carry with this many buffers. */
+uint32_t worker_max_sessions_for(uint32_t buffers);
+
+/* Opens listening sockets for hp (every address it names). Returns the count or -1 with why. */
+int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
+		  size_t whylen);
+
+/* Sets the worker up: ring, buffers, sessions. Listeners and sigfd are handed in. */
+int worker_init(struct worker *w, const struct config *cfg, const struct addr *upstreams,
+		int nupstreams, uint32_t max_sessions, char *why, size_t whylen);
+
+/* Runs until a stop signal has been handled. Returns the process exit status. */
+int worker_run(struct worker *w);
+
+void worker_destroy(struct worker *w);
+
+/* For session.c: slot index of s. */
+static inline uint32_t worker_slot(const struct worker *w, const struct session *s)
+{
+	return (uint32_t)(s - w->sessions);
+}
+
+/* For session.c: park direction d of s until buffers return. */
+void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d);
+
+/* For session.c: the session has nothing in flight any more; give its slot back. */
+void worker_release(struct worker *w, struct session *s);
+
+#endif

@@ -1,0 +1,497 @@
+/* session: the state machine of one client <-> upstream pair and its two directions.
+ * Owns the order of bytes (one send in flight per direction, short sends finished first),
+ * half-close, back-pressure and teardown. Must never free a slot or a buffer the kernel
+ * may still use: buffers go back only when their send completed or the session released. */
+#include "uproxy/session.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "uproxy/worker.h"
+
+/* ---- the transition table: the only place that says which state follows which ---- */
+
+static const uint8_t transitions[SS__COUNT][SE__COUNT] = {
+	[SS_FREE] = {
+		[SE_START] = SS_CONNECTING,
+		[SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT, [SE_U2C_DONE] = SS__COUNT,
+		[SE_ABORT] = SS__COUNT, [SE_RELEASED] = SS__COUNT,
+	},
+	[SS_CONNECTING] = {
+		[SE_START] = SS__COUNT,
+		[SE_CONNECTED] = SS_STREAMING,
+		[SE_C2U_DONE] = SS__COUNT, [SE_U2C_DONE] = SS__COUNT,
+		[SE_ABORT] = SS_CLOSING,
+		[SE_RELEASED] = SS__COUNT,
+	},
+	[SS_STREAMING] = {
+		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT,
+		[SE_C2U_DONE] = SS_CLIENT_DONE,
+		[SE_U2C_DONE] = SS_UPSTREAM_DONE,
+		[SE_ABORT] = SS_CLOSING,
+		[SE_RELEASED] = SS__COUNT,
+	},
+	[SS_CLIENT_DONE] = {
+		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT,
+		[SE_U2C_DONE] = SS_CLOSING,
+		[SE_ABORT] = SS_CLOSING,
+		[SE_RELEASED] = SS__COUNT,
+	},
+	[SS_UPSTREAM_DONE] = {
+		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT,
+		[SE_C2U_DONE] = SS_CLOSING,
+		[SE_U2C_DONE] = SS__COUNT,
+		[SE_ABORT] = SS_CLOSING,
+		[SE_RELEASED] = SS__COUNT,
+	},
+	[SS_CLOSING] = {
+		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT,
+		[SE_U2C_DONE] = SS__COUNT, [SE_ABORT] = SS__COUNT,
+		[SE_RELEASED] = SS_FREE,
+	},
+};
+
+static const char *const state_names[SS__COUNT] = {
+	"free", "connecting", "streaming", "client_done", "upstream_done", "closing",
+};
+static const char *const event_names[SE__COUNT] = {
+	"start", "connected", "c2u_done", "u2c_done", "abort", "released",
+};
+
+enum session_state session_transition(enum session_state from, enum session_event ev)
+{
+	if ((unsigned)from >= SS__COUNT || (unsigned)ev >= SE__COUNT)
+		return SS__COUNT;
+	return (enum session_state)transitions[from][ev];
+}
+
+const char *session_state_name(enum session_state s)
+{
+	return (unsigned)s < SS__COUNT ? state_names[s] : "?";
+}
+
+const char *session_event_name(enum session_event e)
+{
+	return (unsigned)e < SE__COUNT ? event_names[e] : "?";
+}
+
+/* Applies ev; an event the table forbids is a logic error worth crashing on in tests. */
+static void fire(struct worker *w, struct session *s, enum session_event ev)
+{
+	enum session_state next = session_transition((enum session_state)s->state, ev);
+
+	if (next == SS__COUNT) {
+		log_error("session %u: event %s not allowed in state %s", worker_slot(w, s),
+			  session_event_name(ev), session_state_name((enum session_state)s->state));
+		abort();
+	}
+	s->state = (uint8_t)next;
+}
+
+/* ---- helpers ---- */
+
+static inline uint64_t stag(const struct worker *w, const struct session *s, unsigned int side,
+			    enum loop_op op)
+{
+	return tag_make(worker_slot(w, s), s->gen, side, op);
+}
+
+static void dir_reset(struct session_dir *dr)
+{
+	dr->head = BUFRING_NIL;
+	dr->tail = BUFRING_NIL;
+	dr->head_off = 0;
+	dr->queued = 0;
+	dr->send_n = 0;
+	dr->flags = 0;
+}
+
+static void recv_arm(struct worker *w, struct session *s, unsigned int d)
+{
+	struct session_dir *dr = &s->dir[d];
+
+	loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
+	dr->flags |= DIR_RECV_ARMED;
+	s->inflight++;
+}
+
+static bool closing(const struct session *s)
+{
+	return s->state == SS_CLOSING;
+}
+
+/* Should direction d be receiving now? (not while paused, finished, or parked) */
+static bool recv_wanted(const struct session *s, unsigned int d)
+{
+	const struct session_dir *dr = &s->dir[d];
+
+	return !closing(s) && s->state != SS_CONNECTING &&
+	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF | DIR_WAIT_BUF)) &&
+	       dr->queued < SESSION_LOW_WATER;
+}
+
+static void queue_push(struct worker *w, struct session_dir *dr, uint32_t bid)
+{
+	if (dr->tail == BUFRING_NIL)
+		dr->head = bid;
+	else
+		w->bufs.next[dr->tail] = bid;
+	dr->tail = bid;
+	dr->queued += w->bufs.len[bid];
+}
+
+/* Gives every queued buffer of dr back to the ring (teardown only). */
+static void queue_drop(struct worker *w, struct session_dir *dr)
+{
+	uint32_t bid = dr->head;
+
+	while (bid != BUFRING_NIL) {
+		uint32_t next = w->bufs.next[bid];
+
+		bufring_put(&w->bufs, bid);
+		bid = next;
+	}
+	dr->head = dr->tail = BUFRING_NIL;
+	dr->queued = 0;
+	dr->head_off = 0;
+}
+
+/* Sends what direction d has queued, or forwards its EOF once the queue is empty. One send in
+ * flight per direction keeps the byte order. */
+static void dir_pump(struct worker *w, struct session *s, unsigned int d)
+{
+	struct session_dir *dr = &s->dir[d];
+	int out = s->fd[!d];
+
+	if (dr->send_n != 0 || closing(s))
+		return;
+	if (dr->head != BUFRING_NIL) {
+		uint32_t bid = dr->head;
+		uint64_t tag = stag(w, s, d, OP_SEND);
+
+		if (w->bufs.next[bid] == BUFRING_NIL) {
+			loop_send(&w->loop, out, bufring_data(&w->bufs, bid) + dr->head_off,
+				  w->bufs.len[bid] - dr->head_off, tag);
+			dr->send_n = 1;
+		} else {
+			unsigned int n = 0;
+
+			for (; bid != BUFRING_NIL && n < DIR_IOV_MAX; bid = w->bufs.next[bid], n++) {
+				uint32_t off = n == 0 ? dr->head_off : 0;
+
+				dr->iov[n].iov_base = bufring_data(&w->bufs, bid) + off;
+				dr->iov[n].iov_len = w->bufs.len[bid] - off;
+			}
+			memset(&dr->msg, 0, sizeof(dr->msg));
+			dr->msg.msg_iov = dr->iov;
+			dr->msg.msg_iovlen = n;
+			loop_sendmsg(&w->loop, out, &dr->msg, tag);
+			dr->send_n = (uint16_t)n;
+		}
+		s->inflight++;
+		return;
+	}
+	if ((dr->flags & (DIR_EOF | DIR_SHUT_SENT)) == DIR_EOF) {
+		loop_shutdown(&w->loop, out, SHUT_WR, stag(w, s, d, OP_SHUTDOWN));
+		dr->flags |= DIR_SHUT_SENT;
+		s->inflight++;
+	}
+}
+
+static void set_linger_rst(int fd)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+	/* Error path only: a zero linger turns the close into an RST, passing a reset on. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+/* Closes both fds. With requests in flight, each close is preceded by a cancel of everything
+ * on that fd (a pending recv would otherwise hold the socket open and no FIN would go out). */
+static void close_fds(struct worker *w, struct session *s, bool rst)
+{
+	for (unsigned int side = 0; side < 2; side++) {
+		int fd = s->fd[side];
+
+		if (fd < 0)
+			continue;
+		if (rst)
+			set_linger_rst(fd);
+		if (s->inflight > 0) {
+			loop_cancel_fd_then_close(&w->loop, fd, stag(w, s, side, OP_CANCEL),
+						  stag(w, s, side, OP_CLOSE));
+			s->inflight += 2;
+		} else {
+			loop_close(&w->loop, fd, stag(w, s, side, OP_CLOSE));
+			s->inflight++;
+		}
+		s->fd[side] = -1;
+	}
+}
+
+static void teardown(struct worker *w, struct session *s, enum close_reason reason, bool rst)
+{
+	if (closing(s))
+		return;
+	fire(w, s, SE_ABORT);
+	s->reason = (uint8_t)reason;
+	close_fds(w, s, rst);
+}
+
+void session_abort(struct worker *w, struct session *s, enum close_reason reason)
+{
+	teardown(w, s, reason, false);
+}
+
+/* ---- events ---- */
+
+static void connect_next(struct worker *w, struct session *s)
+{
+	const struct addr *a = &w->upstreams[s->addr_idx];
+
+	w->st.connect_attempts++;
+	loop_socket(&w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
+		    stag(w, s, SIDE_UPSTREAM, OP_SOCKET));
+	s->inflight++;
+}
+
+void session_start(struct worker *w, struct session *s, int client_fd)
+{
+	fire(w, s, SE_START);
+	s->fd[SIDE_CLIENT] = client_fd;
+	s->fd[SIDE_UPSTREAM] = -1;
+	s->addr_idx = 0;
+	s->inflight = 0;
+	s->reason = CLOSE_NORMAL;
+	dir_reset(&s->dir[DIR_C2U]);
+	dir_reset(&s->dir[DIR_U2C]);
+	connect_next(w, s);
+}
+
+static void on_socket(struct worker *w, struct session *s, int res)
+{
+	static const int one = 1;
+	unsigned long suppressed;
+
+	if (closing(s)) {
+		/* Aborted while the socket was being made: close it too. */
+		if (res >= 0) {
+			loop_close(&w->loop, res, stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+			s->inflight++;
+		}
+		return;
+	}
+	if (res < 0) {
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_socket, &suppressed))
+			log_warn("cannot create upstream socket: %s (client closed; %lu similar "
+				 "messages suppressed)", strerror(-res), suppressed);
+		teardown(w, s, CLOSE_RESOURCE, false);
+		return;
+	}
+	s->fd[SIDE_UPSTREAM] = res;
+	/* Forwarded bytes must leave at once; Nagle would hold back a response's tail. One
+	 * setsockopt per connection (io_uring's SOCKET_URING_OP_SETSOCKOPT needs 6.7). */
+	(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	const struct addr *a = &w->upstreams[s->addr_idx];
+	loop_connect(&w->loop, res, &a->u.sa, a->len, stag(w, s, SIDE_UPSTREAM, OP_CONNECT));
+	s->inflight++;
+}
+
+static void on_connect(struct worker *w, struct session *s, int res)
+{
+	unsigned long suppressed;
+	char buf[ADDR_STRLEN];
+
+	if (closing(s))
+		return;
+	if (res < 0) {
+		const struct addr *a = &w->upstreams[s->addr_idx];
+
+		w->st.connect_errors++;
+		log_debug("connect to %s failed: %s", addr_format(a, buf, sizeof(buf)),
+			  strerror(-res));
+		loop_close(&w->loop, s->fd[SIDE_UPSTREAM], stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+		s->inflight++;
+		s->fd[SIDE_UPSTREAM] = -1;
+		if (s->addr_idx + 1 < w->nupstreams) {
+			s->addr_idx++;
+			connect_next(w, s);
+			return;
+		}
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_connect, &suppressed))
+			log_warn("cannot connect to upstream %s: %s (client closed; %lu similar "
+				 "messages suppressed)", addr_format(a, buf, sizeof(buf)),
+				 strerror(-res), suppressed);
+		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+		return;
+	}
+	fire(w, s, SE_CONNECTED);
+	recv_arm(w, s, DIR_C2U);
+	recv_arm(w, s, DIR_U2C);
+}
+
+static void on_recv(struct worker *w, struct session *s, unsigned int d,
+		    const struct io_uring_cqe *cqe)
+{
+	struct session_dir *dr = &s->dir[d];
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+	int res = cqe->res;
+
+	if (!more) {
+		dr->flags &= (uint16_t) ~(DIR_RECV_ARMED | DIR_RECV_CANCEL);
+		s->inflight--;
+	}
+	if (cqe->flags & IORING_CQE_F_BUFFER) {
+		uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+
+		bufring_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+		if (res <= 0 || closing(s)) {
+			bufring_put(&w->bufs, bid);
+		} else {
+			queue_push(w, dr, bid);
+			w->st.bytes[d] += (uint64_t)res;
+			dir_pump(w, s, d);
+			if (dr->queued >= SESSION_HIGH_WATER &&
+			    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
+				/* Back-pressure: stop reading this peer until the other drains. */
+				loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
+					    stag(w, s, d, OP_CANCEL));
+				s->inflight++;
+				dr->flags |= DIR_RECV_CANCEL;
+				w->st.backpressure++;
+			}
+		}
+	}
+	if (closing(s))
+		return;
+	if (res == 0) {
+		dr->flags |= DIR_EOF;
+		dir_pump(w, s, d);
+		return;
+	}
+	if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
+		/* The peer we read from reset or failed: pass the reset on to the other. */
+		teardown(w, s, d == DIR_C2U ? CLOSE_CLIENT_RESET : CLOSE_UPSTREAM_RESET, true);
+		return;
+	}
+	if (res == -ENOBUFS) {
+		w->st.buf_exhausted++;
+		if (!more) {
+			/* Re-armed when buffers come back, never on a timer or in a loop. */
+			dr->flags |= DIR_WAIT_BUF;
+			worker_wait_buffers(w, s, d);
+		}
+		return;
+	}
+	/* A multishot that ended without an error (CQ overflow, cancel for back-pressure):
+	 * re-arm now if the queue has room, otherwise the send completion will. */
+	if (!more && recv_wanted(s, d))
+		recv_arm(w, s, d);
+}
+
+static void on_send(struct worker *w, struct session *s, unsigned int d, int res)
+{
+	struct session_dir *dr = &s->dir[d];
+	uint32_t left;
+
+	s->inflight--;
+	dr->send_n = 0;
+	if (closing(s))
+		return;
+	if (res <= 0) {
+		/* The peer we write to is gone (EPIPE, ECONNRESET): reset the other one too. */
+		teardown(w, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
+		return;
+	}
+	left = (uint32_t)res;
+	while (left > 0 && dr->head != BUFRING_NIL) {
+		uint32_t bid = dr->head;
+		uint32_t rem = w->bufs.len[bid] - dr->head_off;
+
+		if (left < rem) {
+			/* Short send: the rest of this buffer goes first next time. */
+			dr->head_off += left;
+			dr->queued -= left;
+			break;
+		}
+		left -= rem;
+		dr->queued -= rem;
+		dr->head = w->bufs.next[bid];
+		dr->head_off = 0;
+		bufring_put(&w->bufs, bid);
+	}
+	if (dr->head == BUFRING_NIL)
+		dr->tail = BUFRING_NIL;
+	dir_pump(w, s, d);
+	if (recv_wanted(s, d))
+		recv_arm(w, s, d);
+}
+
+static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int res)
+{
+	s->inflight--;
+	if (closing(s))
+		return;
+	if (res < 0 && res != -ENOTCONN) {
+		teardown(w, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
+		return;
+	}
+	s->dir[d].flags |= DIR_DONE;
+	fire(w, s, d == DIR_C2U ? SE_C2U_DONE : SE_U2C_DONE);
+	if (closing(s)) {
+		/* Both directions finished cleanly. */
+		s->reason = CLOSE_NORMAL;
+		close_fds(w, s, false);
+	}
+}
+
+void session_resume_recv(struct worker *w, struct session *s, unsigned int d)
+{
+	s->dir[d].flags &= (uint16_t)~DIR_WAIT_BUF;
+	if (recv_wanted(s, d))
+		recv_arm(w, s, d);
+}
+
+void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe)
+{
+	uint64_t tag = cqe->user_data;
+	unsigned int side = tag_side(tag);
+
+	switch (tag_op(tag)) {
+	case OP_SOCKET:
+		s->inflight--;
+		on_socket(w, s, cqe->res);
+		break;
+	case OP_CONNECT:
+		s->inflight--;
+		on_connect(w, s, cqe->res);
+		break;
+	case OP_RECV:
+		on_recv(w, s, side, cqe);
+		break;
+	case OP_SEND:
+		on_send(w, s, side, cqe->res);
+		break;
+	case OP_SHUTDOWN:
+		on_shutdown(w, s, side, cqe->res);
+		break;
+	case OP_CANCEL:
+	case OP_CLOSE:
+		s->inflight--;
+		break;
+	default:
+		log_error("session %u: unexpected completion op %d", worker_slot(w, s),
+			  (int)tag_op(tag));
+		abort();
+	}
+	if (closing(s) && s->inflight == 0) {
+		queue_drop(w, &s->dir[DIR_C2U]);
+		queue_drop(w, &s->dir[DIR_U2C]);
+		fire(w, s, SE_RELEASED);
+		worker_release(w, s);
+	}
+}
