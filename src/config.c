@@ -15,6 +15,7 @@ enum opt_id {
 	OPT_BUFFER_SIZE,
 	OPT_BUFFERS,
 	OPT_MAX_CONNS,
+	OPT_WORKERS,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -33,6 +34,7 @@ static const struct opt_def opts[] = {
 	{ OPT_BUFFER_SIZE, "buffer-size", 0, true },
 	{ OPT_BUFFERS, "buffers", 0, true },
 	{ OPT_MAX_CONNS, "max-conns", 0, true },
+	{ OPT_WORKERS, "workers", 'w', true },
 	{ OPT_HELP, "help", 'h', false },
 	{ OPT_VERSION, "version", 'V', false },
 };
@@ -44,6 +46,7 @@ void config_defaults(struct config *cfg)
 	cfg->buffer_size = CONFIG_DEFAULT_BUFFER_SIZE;
 	cfg->buffers = CONFIG_DEFAULT_BUFFERS;
 	cfg->max_conns = 0;
+	cfg->workers = 1;
 }
 
 void config_usage(FILE *out)
@@ -69,13 +72,17 @@ void config_usage(FILE *out)
 		"      --max-conns N          most client connections open at once; above it new\n"
 		"                             clients wait in the kernel backlog (default: derived\n"
 		"                             from the open-file limit, (limit - 32) / 2).\n"
+		"  -w, --workers N|auto       worker threads, each with its own ring, buffers and\n"
+		"                             SO_REUSEPORT listener, sharing nothing; auto = one per\n"
+		"                             CPU (default: 1; at most %u). --buffers is per worker,\n"
+		"                             --max-conns is split between workers.\n"
 		"  -h, --help                 print this help and exit.\n"
 		"  -V, --version              print the version and exit.\n"
 		"\n"
 		"Exit status: 0 after SIGINT/SIGTERM or --help/--version, 2 for a usage error,\n"
 		"1 for a run-time failure (unresolvable host, address in use, io_uring unavailable).\n",
 		CONFIG_MIN_BUFFER_SIZE, CONFIG_MAX_BUFFER_SIZE, CONFIG_DEFAULT_BUFFER_SIZE,
-		CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS, CONFIG_DEFAULT_BUFFERS);
+		CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS, CONFIG_DEFAULT_BUFFERS, CONFIG_MAX_WORKERS);
 }
 
 /* Parses a decimal unsigned number within [min, max]; no sign, no suffix, no blanks. */
@@ -180,6 +187,18 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 		if (rc < 0)
 			return number_error(err, errlen, o->name, val, rc, 1,
 					    CONFIG_MAX_CONNS_LIMIT);
+		break;
+	case OPT_WORKERS:
+		if (strcmp(val, "auto") == 0) {
+			cfg->workers = 0;
+			break;
+		}
+		rc = parse_u32(val, 1, CONFIG_MAX_WORKERS, &cfg->workers);
+		if (rc < 0) {
+			snprintf(err, errlen, "--workers '%s': expected auto or a number from 1 to %u",
+				 val, CONFIG_MAX_WORKERS);
+			return CONFIG_USAGE;
+		}
 		break;
 	case OPT_HELP:
 		config_usage(out);

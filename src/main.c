@@ -1,7 +1,10 @@
 /* main: start-up and exit. Parses the command line, raises the fd limit, resolves the
- * upstream, opens listeners and the signalfd, and runs the worker. Exit status: 0 after a
- * stop signal, 2 for usage errors, 1 for run-time failures. Never runs data-path code. */
+ * upstream, opens every worker's listeners, starts the worker threads and joins them.
+ * Exit status: 0 after a stop signal, 2 for usage errors, 1 for run-time failures.
+ * Never runs data-path code. */
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +18,30 @@
 #include "uproxy/log.h"
 #include "uproxy/worker.h"
 
-/* fds kept aside from the per-session budget: ring, signalfd, listeners, stdio, logs. */
+/* fds kept aside from the per-session budget: rings, signalfd, eventfds, listeners, stdio. */
 #define FD_RESERVE 32
+
+/* Start-up hand-shake between main and the worker threads: each reports its set-up result,
+ * then waits to be told whether every worker came up (run) or not (exit quietly). */
+struct startup {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int reported;
+	int failed;
+	bool go;
+	bool decided;
+	char why[512];
+};
+
+struct thread_arg {
+	struct worker *w;
+	struct startup *st;
+	const struct config *cfg;
+	const struct addr *upstreams;
+	int nupstreams;
+	uint32_t max_sessions;
+	int status;
+};
 
 static int fail(const char *why)
 {
@@ -45,6 +70,8 @@ static rlim_t raise_nofile(void)
 	return rl.rlim_cur;
 }
 
+/* Blocks SIGINT/SIGTERM in every thread (before any starts) and returns a signalfd for them,
+ * which worker 0 reads through its ring. */
 static int open_signalfd(void)
 {
 	sigset_t set;
@@ -52,21 +79,59 @@ static int open_signalfd(void)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
-	/* Blocked before any thread starts, read through the ring. */
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -1;
 	return signalfd(-1, &set, SFD_CLOEXEC);
 }
 
+static uint32_t cpu_count(void)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (uint32_t)CPU_COUNT(&set);
+	return 1;
+}
+
+static void *worker_thread(void *p)
+{
+	struct thread_arg *a = p;
+	struct startup *st = a->st;
+	char why[512];
+	int rc;
+
+	rc = worker_init(a->w, a->cfg, a->upstreams, a->nupstreams, a->max_sessions, why,
+			 sizeof(why));
+	pthread_mutex_lock(&st->mu);
+	st->reported++;
+	if (rc < 0 && st->failed++ == 0)
+		snprintf(st->why, sizeof(st->why), "%s", why);
+	pthread_cond_broadcast(&st->cv);
+	while (!st->decided)
+		pthread_cond_wait(&st->cv, &st->mu);
+	pthread_mutex_unlock(&st->mu);
+	if (rc < 0) {
+		a->status = 1;
+		return NULL;
+	}
+	if (st->go)
+		a->status = worker_run(a->w);
+	worker_destroy(a->w);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	static struct config cfg;
-	static struct worker w;
 	struct addr upstreams[ADDR_MAX_RESOLVED];
+	struct startup st = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+	struct worker *workers = NULL;
+	struct thread_arg *args = NULL;
+	pthread_t *threads = NULL;
 	char err[512], buf[ADDR_STRLEN];
-	uint32_t cap, max_sessions;
+	uint32_t cap, total, per_worker, nworkers;
 	rlim_t nofile;
-	int nup, n, status;
+	int nup, sigfd, status = 0, started = 0;
 
 	switch (config_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
 	case CONFIG_OK:
@@ -80,50 +145,119 @@ int main(int argc, char **argv)
 	log_set_level(cfg.log_level);
 	signal(SIGPIPE, SIG_IGN);
 
+	nworkers = cfg.workers != 0 ? cfg.workers : cpu_count();
+	if (nworkers > CONFIG_MAX_WORKERS)
+		nworkers = CONFIG_MAX_WORKERS;
 	cap = worker_max_sessions_for(cfg.buffers);
-	if (cfg.max_conns > cap) {
+	if (cfg.max_conns != 0 && (cfg.max_conns + nworkers - 1) / nworkers > cap) {
 		fprintf(stderr,
-			"uproxy: --max-conns %u is more than one worker can track with --buffers "
-			"%u (at most %u)\n",
-			cfg.max_conns, cfg.buffers, cap);
+			"uproxy: --max-conns %u is more than %u worker(s) can track with --buffers "
+			"%u (at most %u per worker)\n",
+			cfg.max_conns, nworkers, cfg.buffers, cap);
 		return 2;
 	}
 	nofile = raise_nofile();
 	if (cfg.max_conns != 0) {
-		max_sessions = cfg.max_conns;
+		total = cfg.max_conns;
 	} else {
-		max_sessions = nofile > 2 * FD_RESERVE ? (uint32_t)((nofile - FD_RESERVE) / 2) : 16;
-		if (max_sessions > cap)
-			max_sessions = cap;
+		rlim_t reserve = FD_RESERVE + 8 * (rlim_t)nworkers;
+
+		total = nofile > 2 * reserve ? (uint32_t)((nofile - reserve) / 2) : 16;
 	}
+	per_worker = (total + nworkers - 1) / nworkers;
+	if (per_worker > cap)
+		per_worker = cap;
 
 	nup = addr_resolve(&cfg.upstream, upstreams, ADDR_MAX_RESOLVED, err, sizeof(err));
 	if (nup < 0)
 		return fail(err);
 
-	w.id = 0;
-	if (worker_init(&w, &cfg, upstreams, nup, max_sessions, err, sizeof(err)) < 0)
-		return fail(err);
-	n = worker_listen(&cfg.listen, w.listeners, WORKER_MAX_LISTENERS, err, sizeof(err));
-	if (n < 0) {
-		worker_destroy(&w);
-		return fail(err);
+	workers = calloc(nworkers, sizeof(*workers));
+	args = calloc(nworkers, sizeof(*args));
+	threads = calloc(nworkers, sizeof(*threads));
+	if (workers == NULL || args == NULL || threads == NULL) {
+		status = fail("out of memory");
+		goto out;
 	}
-	w.nlisteners = n;
-	w.sigfd = open_signalfd();
-	if (w.sigfd < 0) {
-		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
-		worker_destroy(&w);
-		return fail(err);
-	}
-	for (int i = 0; i < n; i++)
-		log_info("listening on %s", addr_format(&w.listeners[i].addr, buf, sizeof(buf)));
-	for (int i = 0; i < nup; i++)
-		log_info("upstream %s", addr_format(&upstreams[i], buf, sizeof(buf)));
-	log_info("max %u connections, %u buffers of %u bytes, open-file limit %llu", max_sessions,
-		 cfg.buffers, cfg.buffer_size, (unsigned long long)nofile);
+	/* Every worker's listeners are bound here, before any thread starts, so that a port in
+	 * use or a bad address is reported once, synchronously, with exit status 1. */
+	for (uint32_t i = 0; i < nworkers; i++) {
+		struct worker *w = &workers[i];
+		int n;
 
-	status = worker_run(&w);
-	worker_destroy(&w);
+		w->id = (int)i;
+		w->sigfd = -1;
+		w->notify_fd = -1;
+		w->peers = workers;
+		w->npeers = (int)nworkers;
+		n = worker_listen(&cfg.listen, w->listeners, WORKER_MAX_LISTENERS, err, sizeof(err));
+		if (n < 0) {
+			status = fail(err);
+			goto out;
+		}
+		w->nlisteners = n;
+	}
+	sigfd = open_signalfd();
+	if (sigfd < 0) {
+		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
+		status = fail(err);
+		goto out;
+	}
+	workers[0].sigfd = sigfd;
+
+	for (uint32_t i = 0; i < nworkers; i++) {
+		args[i] = (struct thread_arg){ .w = &workers[i], .st = &st, .cfg = &cfg,
+					       .upstreams = upstreams, .nupstreams = nup,
+					       .max_sessions = per_worker };
+		if (pthread_create(&threads[i], NULL, worker_thread, &args[i]) != 0) {
+			snprintf(st.why, sizeof(st.why), "cannot start worker thread %u: %s", i,
+				 strerror(errno));
+			pthread_mutex_lock(&st.mu);
+			st.failed++;
+			pthread_mutex_unlock(&st.mu);
+			break;
+		}
+		started++;
+	}
+	pthread_mutex_lock(&st.mu);
+	while (st.reported < started)
+		pthread_cond_wait(&st.cv, &st.mu);
+	st.go = st.failed == 0;
+	st.decided = true;
+	pthread_cond_broadcast(&st.cv);
+	pthread_mutex_unlock(&st.mu);
+
+	if (st.go) {
+		for (int i = 0; i < workers[0].nlisteners; i++)
+			log_info("listening on %s",
+				 addr_format(&workers[0].listeners[i].addr, buf, sizeof(buf)));
+		for (int i = 0; i < nup; i++)
+			log_info("upstream %s", addr_format(&upstreams[i], buf, sizeof(buf)));
+		log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
+			 "open-file limit %llu",
+			 nworkers, per_worker, cfg.buffers, cfg.buffer_size,
+			 (unsigned long long)nofile);
+	}
+	for (int i = 0; i < started; i++) {
+		pthread_join(threads[i], NULL);
+		if (args[i].status != 0)
+			status = args[i].status;
+	}
+	if (!st.go)
+		status = fail(st.why);
+	else if (started < (int)nworkers)
+		status = 1;
+out:
+	/* Listeners of workers that never ran (or failed) are closed here. */
+	for (uint32_t i = 0; workers != NULL && i < nworkers; i++) {
+		if (i >= (uint32_t)started || !st.go) {
+			for (int j = 0; j < workers[i].nlisteners; j++)
+				if (workers[i].listeners[j].fd >= 0)
+					close(workers[i].listeners[j].fd);
+		}
+	}
+	free(threads);
+	free(args);
+	free(workers);
 	return status;
 }

@@ -289,6 +289,9 @@ static void on_socket(struct worker *w, struct session *s, int res)
 		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_socket, &suppressed))
 			log_warn("cannot create upstream socket: %s (client closed; %lu similar "
 				 "messages suppressed)", strerror(-res), suppressed);
+		/* Out of fds: accepting more clients would only mean closing them too. */
+		if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS)
+			worker_accept_backoff(w);
 		teardown(w, s, CLOSE_RESOURCE, false);
 		return;
 	}

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 uint32_t worker_max_sessions_for(uint32_t buffers)
@@ -43,6 +44,12 @@ static int listen_one(const struct addr *a, bool dual_stack, struct listener *l,
 		return -errno;
 	}
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* One listener per worker on the same port; the kernel spreads connections by hash. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+		snprintf(why, whylen, "cannot set SO_REUSEPORT: %s", strerror(errno));
+		close(fd);
+		return -errno;
+	}
 	/* Accepted sockets inherit TCP_NODELAY from the listener: no per-connection syscall. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (a->u.sa.sa_family == AF_INET6)
@@ -119,7 +126,11 @@ int worker_init(struct worker *w, const struct config *cfg, const struct addr *u
 	w->upstreams = upstreams;
 	w->nupstreams = nupstreams;
 	w->max_sessions = max_sessions;
-	w->sigfd = -1;
+	w->notify_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->notify_fd < 0) {
+		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
+		return -errno;
+	}
 	cq = roundup_pow2(WORKER_CQES_PER_SESSION * max_sessions + cfg->buffers + WORKER_BACKLOG +
 			  WORKER_CQ_RESERVE);
 	if (cq > WORKER_CQ_MAX)
@@ -161,6 +172,8 @@ err_bufs:
 	bufring_destroy(&w->bufs, &w->loop);
 err_loop:
 	loop_exit(&w->loop);
+	close(w->notify_fd);
+	w->notify_fd = -1;
 	return rc;
 }
 
@@ -169,9 +182,13 @@ void worker_destroy(struct worker *w)
 	for (int i = 0; i < w->nlisteners; i++) {
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
+		w->listeners[i].fd = -1;
 	}
 	if (w->sigfd >= 0)
 		close(w->sigfd);
+	if (w->notify_fd >= 0)
+		close(w->notify_fd);
+	w->sigfd = w->notify_fd = -1;
 	bufring_destroy(&w->bufs, &w->loop);
 	loop_exit(&w->loop);
 	free(w->sessions);
@@ -258,7 +275,7 @@ static void accept_update(struct worker *w)
 	}
 }
 
-static void accept_backoff(struct worker *w)
+void worker_accept_backoff(struct worker *w)
 {
 	if (w->accept_backoff)
 		return;
@@ -303,7 +320,7 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 				 "messages suppressed)",
 				 addr_format(&l->addr, (char[ADDR_STRLEN]){ 0 }, ADDR_STRLEN),
 				 strerror(-res), WORKER_ACCEPT_BACKOFF_MS, suppressed);
-		accept_backoff(w);
+		worker_accept_backoff(w);
 		return;
 	}
 	/* ECONNABORTED and friends concern one connection only: accept_update re-arms. */
@@ -312,14 +329,30 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 
 /* ---- stopping ---- */
 
+/* Worker 0 passes a stop signal on to the others through their eventfds. */
+static void notify_peers(struct worker *w)
+{
+	static const uint64_t one = 1;
+
+	for (int i = 0; i < w->npeers; i++) {
+		if (&w->peers[i] != w && write(w->peers[i].notify_fd, &one, sizeof(one)) < 0)
+			log_error("cannot pass the stop on to worker %d: %s", i, strerror(errno));
+	}
+}
+
 static void stop(struct worker *w, int signo)
 {
+	if (w->peers != NULL && w->sigfd >= 0)
+		notify_peers(w);
 	if (w->stopping) {
-		log_warn("second signal %d: exiting now", signo);
+		if (w->sigfd >= 0)
+			log_warn("second %s: exiting now", strsignal(signo));
 		w->stop_deadline_hit = true;
 		return;
 	}
-	log_info("received %s: closing %u connections and exiting", strsignal(signo), w->active);
+	if (w->sigfd >= 0)
+		log_info("received %s: closing connections and exiting", strsignal(signo));
+	log_debug("worker %d: stopping, %u connections to close", w->id, w->active);
 	w->stopping = true;
 	for (int i = 0; i < w->nlisteners; i++) {
 		struct listener *l = &w->listeners[i];
@@ -349,8 +382,12 @@ static void stop(struct worker *w, int signo)
 
 static void signal_arm(struct worker *w)
 {
-	loop_read(&w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
-		  tag_make(0, 0, 0, OP_SIGNAL));
+	if (w->sigfd >= 0)
+		loop_read(&w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
+			  tag_make(0, 0, 0, OP_SIGNAL));
+	else
+		loop_read(&w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
+			  tag_make(0, 0, 0, OP_NOTIFY));
 }
 
 /* ---- dispatch ---- */
@@ -368,6 +405,12 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 	case OP_SIGNAL:
 		if (cqe->res == (int)sizeof(w->siginfo))
 			stop(w, (int)w->siginfo.ssi_signo);
+		if (!w->stop_deadline_hit)
+			signal_arm(w);
+		return;
+	case OP_NOTIFY:
+		if (cqe->res == (int)sizeof(w->notify_val))
+			stop(w, SIGTERM);
 		if (!w->stop_deadline_hit)
 			signal_arm(w);
 		return;

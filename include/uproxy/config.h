@@ -19,6 +19,7 @@
 #define CONFIG_MIN_BUFFERS	   64u
 #define CONFIG_MAX_BUFFERS	   32768u /* buffer ids are 16 bits; the ring holds 2^15 */
 #define CONFIG_MAX_CONNS_LIMIT	   1000000u
+#define CONFIG_MAX_WORKERS	   64u
 
 struct config {
 	struct hostport listen;
@@ -27,6 +28,7 @@ struct config {
 	uint32_t buffer_size;
 	uint32_t buffers;
 	uint32_t max_conns; /* 0: derive from RLIMIT_NOFILE at start-up */
+	uint32_t workers;   /* 0: one per CPU this process may run on ("auto") */
 };
 
 enum config_result {

@@ -18,7 +18,8 @@
 enum loop_op {
 	OP_NONE = 0,
 	OP_ACCEPT,   /* multishot accept on a listener; slot = listener index */
-	OP_SIGNAL,   /* read of the signalfd */
+	OP_SIGNAL,   /* read of the signalfd (worker 0) */
+	OP_NOTIFY,   /* read of the worker's eventfd: another worker passes a stop on */
 	OP_TIMER,    /* worker timers (accept back-off, shutdown deadline); side = timer kind */
 	OP_CANCEL_W, /* cancel of a worker-level request */
 	OP_SOCKET,   /* upstream socket creation */

@@ -63,8 +63,12 @@ struct worker {
 	uint64_t *waitq;
 	uint32_t wq_cap, wq_head, wq_len;
 
-	int sigfd;
+	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
+	int notify_fd;	/* eventfd: a stop passed on by worker 0 */
+	uint64_t notify_val;
+	struct worker *peers; /* all workers, for worker 0 to pass a stop on */
+	int npeers;
 	bool stopping;
 	bool stop_deadline_hit;
 	bool accept_backoff;
@@ -82,7 +86,8 @@ uint32_t worker_max_sessions_for(uint32_t buffers);
 int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
 		  size_t whylen);
 
-/* Sets the worker up: ring, buffers, sessions. Listeners and sigfd are handed in. */
+/* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
+ * thread (the ring is single-issuer). Listeners and sigfd are handed in. */
 int worker_init(struct worker *w, const struct config *cfg, const struct addr *upstreams,
 		int nupstreams, uint32_t max_sessions, char *why, size_t whylen);
 
@@ -99,6 +104,9 @@ static inline uint32_t worker_slot(const struct worker *w, const struct session 
 
 /* For session.c: park direction d of s until buffers return. */
 void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d);
+
+/* Out of fds or memory: stop accepting for WORKER_ACCEPT_BACKOFF_MS (idempotent). */
+void worker_accept_backoff(struct worker *w);
 
 /* For session.c: the session has nothing in flight any more; give its slot back. */
 void worker_release(struct worker *w, struct session *s);

@@ -55,6 +55,21 @@ Test(config, minimal_with_defaults)
 	cr_assert_eq(cfg.buffer_size, CONFIG_DEFAULT_BUFFER_SIZE);
 	cr_assert_eq(cfg.buffers, CONFIG_DEFAULT_BUFFERS);
 	cr_assert_eq(cfg.max_conns, 0);
+	cr_assert_eq(cfg.workers, 1);
+}
+
+Test(config, workers)
+{
+	struct config cfg;
+	char err[256];
+
+	cr_assert_eq(PARSE(&cfg, err, "-l", ":1", "-u", "a:1", "--workers", "auto"), CONFIG_OK);
+	cr_assert_eq(cfg.workers, 0);
+	cr_assert_eq(PARSE(&cfg, err, "-l", ":1", "-u", "a:1", "-w", "2"), CONFIG_OK);
+	cr_assert_eq(cfg.workers, 2);
+	USAGE("--workers '0'", "--workers", "0");
+	USAGE("--workers '65'", "--workers", "65");
+	USAGE("--workers 'many'", "--workers", "many");
 }
 
 Test(config, every_option_and_form)
@@ -81,7 +96,7 @@ Test(config, help_and_version_exit_zero)
 	size_t len = 0;
 	FILE *out = open_memstream(&text, &len);
 	const char *names[] = { "--listen", "--upstream", "--log-level", "--buffer-size",
-				"--buffers", "--max-conns", "--help", "--version" };
+				"--buffers", "--max-conns", "--workers", "--help", "--version" };
 
 	cr_assert_eq(parse(&cfg, err, sizeof(err), out, "--help", (char *)NULL), CONFIG_EXIT);
 	fflush(out);
