@@ -204,6 +204,14 @@ void loop_accept_multishot(struct loop *l, int fd, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+void loop_accept(struct loop *l, int fd, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(l);

@@ -18,7 +18,8 @@
 #include "uproxy/log.h"
 #include "uproxy/worker.h"
 
-/* fds kept aside from the per-session budget: rings, signalfd, eventfds, listeners, stdio. */
+/* fds kept aside from the per-session budget: rings, signalfd, eventfds, listeners, stdio;
+ * each worker past the first sets 8 more aside. */
 #define FD_RESERVE 32
 
 /* Start-up hand-shake between main and the worker threads: each reports its set-up result,
@@ -160,7 +161,7 @@ int main(int argc, char **argv)
 	if (cfg.max_conns != 0) {
 		total = cfg.max_conns;
 	} else {
-		rlim_t reserve = FD_RESERVE + 8 * (rlim_t)nworkers;
+		rlim_t reserve = FD_RESERVE + 8 * ((rlim_t)nworkers - 1);
 
 		total = nofile > 2 * reserve ? (uint32_t)((nofile - reserve) / 2) : 16;
 	}

@@ -125,13 +125,13 @@ static bool closing(const struct session *s)
 }
 
 /* Should direction d be receiving now? (not while paused, finished, or parked) */
-static bool recv_wanted(const struct session *s, unsigned int d)
+static bool recv_wanted(const struct worker *w, const struct session *s, unsigned int d)
 {
 	const struct session_dir *dr = &s->dir[d];
 
 	return !closing(s) && s->state != SS_CONNECTING &&
 	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF | DIR_WAIT_BUF)) &&
-	       dr->queued < SESSION_LOW_WATER;
+	       dr->queued < w->low_water;
 }
 
 static void queue_push(struct worker *w, struct session_dir *dr, uint32_t bid)
@@ -358,7 +358,7 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 			queue_push(w, dr, bid);
 			w->st.bytes[d] += (uint64_t)res;
 			dir_pump(w, s, d);
-			if (dr->queued >= SESSION_HIGH_WATER &&
+			if (dr->queued >= w->high_water &&
 			    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
 				/* Back-pressure: stop reading this peer until the other drains. */
 				loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
@@ -392,7 +392,7 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 	}
 	/* A multishot that ended without an error (CQ overflow, cancel for back-pressure):
 	 * re-arm now if the queue has room, otherwise the send completion will. */
-	if (!more && recv_wanted(s, d))
+	if (!more && recv_wanted(w, s, d))
 		recv_arm(w, s, d);
 }
 
@@ -430,7 +430,7 @@ static void on_send(struct worker *w, struct session *s, unsigned int d, int res
 	if (dr->head == BUFRING_NIL)
 		dr->tail = BUFRING_NIL;
 	dir_pump(w, s, d);
-	if (recv_wanted(s, d))
+	if (recv_wanted(w, s, d))
 		recv_arm(w, s, d);
 }
 
@@ -455,7 +455,7 @@ static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int
 void session_resume_recv(struct worker *w, struct session *s, unsigned int d)
 {
 	s->dir[d].flags &= (uint16_t)~DIR_WAIT_BUF;
-	if (recv_wanted(s, d))
+	if (recv_wanted(w, s, d))
 		recv_arm(w, s, d);
 }
 

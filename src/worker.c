@@ -69,8 +69,8 @@ static int listen_one(const struct addr *a, bool dual_stack, struct listener *l,
 	}
 	l->fd = fd;
 	l->addr = *a;
-	l->armed = false;
-	l->cancelling = false;
+	l->multi_armed = l->single_armed = false;
+	l->cancel_multi = l->cancel_single = false;
 	return 0;
 }
 
@@ -133,6 +133,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct addr *u
 	}
 	cq = roundup_pow2(WORKER_CQES_PER_SESSION * max_sessions + cfg->buffers + WORKER_BACKLOG +
 			  WORKER_CQ_RESERVE);
+	if (cq < 2 * WORKER_SQ_ENTRIES) /* the kernel wants CQ >= SQ; twice is its default */
+		cq = 2 * WORKER_SQ_ENTRIES;
 	if (cq > WORKER_CQ_MAX)
 		cq = WORKER_CQ_MAX;
 	rc = loop_init(&w->loop, WORKER_SQ_ENTRIES, cq, why, whylen);
@@ -158,6 +160,14 @@ int worker_init(struct worker *w, const struct config *cfg, const struct addr *u
 		w->sessions[i].fd[0] = w->sessions[i].fd[1] = -1;
 	}
 	w->free_head = 0;
+	{
+		uint64_t share = (uint64_t)cfg->buffers * cfg->buffer_size / SESSION_POOL_SHARE_DIVISOR;
+
+		w->high_water = share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
+		if (w->high_water < 2 * cfg->buffer_size)
+			w->high_water = 2 * cfg->buffer_size;
+		w->low_water = w->high_water / 4;
+	}
 	log_debug("worker %d: ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d, %u buffers of "
 		  "%u bytes, %u session slots",
 		  w->id, WORKER_SQ_ENTRIES, cq, w->loop.setup_flags, w->loop.ring_fd_registered,
@@ -249,28 +259,63 @@ static void resume_waiters(struct worker *w)
 
 /* ---- accepting ---- */
 
-static void accept_arm(struct worker *w, int i)
+/* Tag sides of worker-level requests on a listener. */
+enum { ACC_MULTI = 0, ACC_SINGLE = 1 };
+enum { CW_MULTI = 0, CW_SINGLE = 1, CW_TIMER = 2, CW_STOP_CANCEL = 4, CW_STOP_CLOSE = 5 };
+
+static void accept_cancel(struct worker *w, int i, unsigned int kind)
 {
-	loop_accept_multishot(&w->loop, w->listeners[i].fd, tag_make((uint32_t)i, 0, 0, OP_ACCEPT));
-	w->listeners[i].armed = true;
+	loop_cancel(&w->loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
+		    tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
+	if (kind == ACC_MULTI)
+		w->listeners[i].cancel_multi = true;
+	else
+		w->listeners[i].cancel_single = true;
 	w->misc_inflight++;
 }
 
-/* Brings every listener to the wanted state: accepting unless stopping, backing off, or full. */
+/* Brings every listener to the wanted state. Far from --max-conns a multishot accept takes
+ * connections as fast as they come; a burst can never exceed the listen backlog, so once fewer
+ * than WORKER_MULTISHOT_MIN_FREE slots are free, single-shot accepts (one per listener, never
+ * more than free slots) take over and no accepted client ever has to be turned away. */
 static void accept_update(struct worker *w)
 {
-	bool want = !w->stopping && !w->accept_backoff && w->active < w->max_sessions;
+	bool want = !w->stopping && !w->accept_backoff;
+	uint32_t used = w->active + w->singles;
+	uint32_t free = w->max_sessions > used ? w->max_sessions - used : 0;
 
 	for (int i = 0; i < w->nlisteners; i++) {
 		struct listener *l = &w->listeners[i];
 
-		if (want && !l->armed) {
-			accept_arm(w, i);
-		} else if (!want && l->armed && !l->cancelling && !w->stopping) {
-			loop_cancel(&w->loop, tag_make((uint32_t)i, 0, 0, OP_ACCEPT),
-				    tag_make((uint32_t)i, 0, 0, OP_CANCEL_W));
-			l->cancelling = true;
+		if (!want) {
+			if (w->stopping)
+				continue; /* stop() cancels everything on the fd */
+			if (l->multi_armed && !l->cancel_multi)
+				accept_cancel(w, i, ACC_MULTI);
+			if (l->single_armed && !l->cancel_single)
+				accept_cancel(w, i, ACC_SINGLE);
+			continue;
+		}
+		if (free >= WORKER_MULTISHOT_MIN_FREE) {
+			if (!l->multi_armed && !l->single_armed) {
+				loop_accept_multishot(&w->loop, l->fd,
+						      tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
+				l->multi_armed = true;
+				w->misc_inflight++;
+			}
+			continue;
+		}
+		if (l->multi_armed) {
+			if (!l->cancel_multi)
+				accept_cancel(w, i, ACC_MULTI);
+			continue;
+		}
+		if (!l->single_armed && free > 0) {
+			loop_accept(&w->loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
+			l->single_armed = true;
+			w->singles++;
 			w->misc_inflight++;
+			free--;
 		}
 	}
 }
@@ -293,18 +338,22 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 	unsigned long suppressed;
 	int res = cqe->res;
 
-	if (!(cqe->flags & IORING_CQE_F_MORE)) {
-		l->armed = false;
+	if (tag_side(cqe->user_data) == ACC_SINGLE) {
+		l->single_armed = false;
+		w->singles--;
+		w->misc_inflight--;
+	} else if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		l->multi_armed = false;
 		w->misc_inflight--;
 	}
 	if (res >= 0) {
 		struct session *s = w->stopping ? NULL : session_alloc(w);
 
 		if (s == NULL) {
-			/* Only reachable in the instant between the limit and the cancel taking
-			 * effect, or while stopping: refuse this one cleanly. */
+			/* While stopping; or a multishot burst larger than the listen backlog,
+			 * which accept_update's margin makes impossible in practice. */
 			close(res);
-			w->st.accept_pauses++;
+			w->st.accept_overflow++;
 			return;
 		}
 		w->st.accepted++;
@@ -359,14 +408,15 @@ static void stop(struct worker *w, int signo)
 
 		/* Cancels the multishot accept and closes the listener in one hard-linked pair:
 		 * new clients get refused at once. */
-		loop_cancel_fd_then_close(&w->loop, l->fd, tag_make((uint32_t)i, 0, 0, OP_CANCEL_W),
-					  tag_make((uint32_t)i, 0, 1, OP_CANCEL_W));
+		loop_cancel_fd_then_close(&w->loop, l->fd,
+					  tag_make((uint32_t)i, 0, CW_STOP_CANCEL, OP_CANCEL_W),
+					  tag_make((uint32_t)i, 0, CW_STOP_CLOSE, OP_CANCEL_W));
 		w->misc_inflight += 2;
 		l->fd = -1;
 	}
 	if (w->accept_backoff) {
 		loop_cancel(&w->loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
-			    tag_make(0, 0, 2, OP_CANCEL_W));
+			    tag_make(0, 0, CW_TIMER, OP_CANCEL_W));
 		w->misc_inflight++;
 	}
 	for (uint32_t i = 0; i < w->max_sessions; i++) {
@@ -424,8 +474,10 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 		return;
 	case OP_CANCEL_W:
 		w->misc_inflight--;
-		if (tag_side(tag) == 0 && tag_slot(tag) < (uint32_t)w->nlisteners)
-			w->listeners[tag_slot(tag)].cancelling = false;
+		if (tag_side(tag) == CW_MULTI)
+			w->listeners[tag_slot(tag)].cancel_multi = false;
+		else if (tag_side(tag) == CW_SINGLE)
+			w->listeners[tag_slot(tag)].cancel_single = false;
 		return;
 	default:
 		break;

@@ -93,6 +93,7 @@ int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx);
 
 /* Submission helpers: each fills one SQE (submitting first if the SQ is full). */
 void loop_accept_multishot(struct loop *l, int fd, uint64_t tag);
+void loop_accept(struct loop *l, int fd, uint64_t tag);
 void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
 void loop_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t tag);
 void loop_socket(struct loop *l, int domain, int type, int protocol, uint64_t tag);

@@ -49,9 +49,11 @@ enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 #define DIR_IOV_MAX 8
 
 /* Back-pressure: a direction stops receiving when this many bytes wait to be sent and
- * resumes below the low-water mark. 256 KiB is two full sendmsg batches in flight. */
-#define SESSION_HIGH_WATER (256u * 1024)
-#define SESSION_LOW_WATER  (64u * 1024)
+ * resumes below a quarter of it. 256 KiB is two full sendmsg batches in flight. With a small
+ * buffer pool the mark shrinks to 1/16 of the pool (at least two buffers), so one reader that
+ * never reads can hold only a sixteenth of the pool, never all of it. */
+#define SESSION_HIGH_WATER	    (256u * 1024)
+#define SESSION_POOL_SHARE_DIVISOR 16u
 
 enum dir_flags {
 	DIR_RECV_ARMED = 1 << 0,  /* multishot recv in flight */

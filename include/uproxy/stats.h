@@ -21,7 +21,7 @@ struct worker_stats {
 	uint64_t accepted;
 	uint64_t accept_errors;
 	uint64_t accept_backoffs;   /* EMFILE/ENFILE/ENOMEM pauses */
-	uint64_t accept_pauses;	    /* --max-conns reached */
+	uint64_t accept_overflow;   /* accepted while stopping or beyond every free slot */
 	uint64_t closed[CLOSE__COUNT];
 	uint64_t bytes[2];	    /* [0] client->upstream, [1] upstream->client */
 	uint64_t connect_attempts;

@@ -23,7 +23,10 @@
  * bounded by the buffers, multishot accept CQEs by the listen backlog. */
 #define WORKER_CQ_MAX		65536u
 #define WORKER_CQES_PER_SESSION 8u
-#define WORKER_BACKLOG		4096u
+#define WORKER_BACKLOG		1024u
+/* Multishot accept only while at least this many slots are free: one wake-up of a multishot
+ * accept can take the whole backlog at once, and every client accepted must get a slot. */
+#define WORKER_MULTISHOT_MIN_FREE (WORKER_BACKLOG + 64u)
 #define WORKER_CQ_RESERVE	64u
 #define WORKER_SQ_ENTRIES	4096u
 
@@ -37,8 +40,10 @@ enum worker_timer { TIMER_ACCEPT_BACKOFF = 1, TIMER_STOP_DEADLINE = 2 };
 
 struct listener {
 	int fd;
-	bool armed;	 /* multishot accept in flight */
-	bool cancelling; /* its cancel is in flight */
+	bool multi_armed;   /* multishot accept in flight */
+	bool single_armed;  /* single-shot accept in flight (near --max-conns) */
+	bool cancel_multi;  /* cancels in flight */
+	bool cancel_single;
 	struct addr addr;
 };
 
@@ -58,6 +63,8 @@ struct worker {
 	uint32_t max_sessions;
 	uint32_t free_head;
 	uint32_t active; /* sessions not FREE */
+	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
+	uint32_t high_water, low_water; /* back-pressure marks per direction, in bytes */
 
 	/* Directions parked on an empty buffer ring, oldest first: tags of their recvs. */
 	uint64_t *waitq;
