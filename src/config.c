@@ -1,5 +1,6 @@
-/* config: parses the command line once into struct config. Every rejected input produces one
- * sentence naming the option and the problem; nothing here opens a socket or resolves a name. */
+/* config: parses the command line and the config file once into struct config. Every rejected
+ * input produces one sentence naming the option (and the file and line) and the problem.
+ * Opens no socket, resolves no name; the only I/O is reading the config file. */
 #include "uproxy/config.h"
 
 #include <ctype.h>
@@ -9,80 +10,157 @@
 #include <string.h>
 
 enum opt_id {
+	OPT_CONFIG,
 	OPT_LISTEN,
 	OPT_UPSTREAM,
+	OPT_BALANCE,
 	OPT_LOG_LEVEL,
 	OPT_BUFFER_SIZE,
 	OPT_BUFFERS,
 	OPT_MAX_CONNS,
 	OPT_WORKERS,
+	OPT_CONNECT_TIMEOUT,
+	OPT_RETRIES,
+	OPT_FAIL_THRESHOLD,
+	OPT_FAIL_TIMEOUT,
+	OPT_HEALTH_INTERVAL,
+	OPT_RESOLVE_INTERVAL,
+	OPT_IDLE_TIMEOUT,
+	OPT_FIN_TIMEOUT,
+	OPT_DRAIN_TIMEOUT,
 	OPT_HELP,
 	OPT_VERSION,
+	OPT__COUNT
 };
 
+/* A plain number option stores into the config at field, within [min, max]. */
 struct opt_def {
 	enum opt_id id;
 	const char *name; /* long name without "--" */
 	char short_name;  /* 0 if none */
-	bool has_arg;
+	const char *arg;  /* value placeholder in --help; NULL: no value */
+	size_t field;	  /* offsetof(struct config, x) for number options, else 0 */
+	uint32_t min, max;
+	const char *help; /* --help text; may contain \n for continuation lines */
 };
 
+#define NUM(f) offsetof(struct config, f)
+
+/* A session keeps the ids it tried in a small array (session.h: SESSION_MAX_TRIES = 17). */
+#define SESSION_MAX_RETRIES 16
+
 static const struct opt_def opts[] = {
-	{ OPT_LISTEN, "listen", 'l', true },
-	{ OPT_UPSTREAM, "upstream", 'u', true },
-	{ OPT_LOG_LEVEL, "log-level", 0, true },
-	{ OPT_BUFFER_SIZE, "buffer-size", 0, true },
-	{ OPT_BUFFERS, "buffers", 0, true },
-	{ OPT_MAX_CONNS, "max-conns", 0, true },
-	{ OPT_WORKERS, "workers", 'w', true },
-	{ OPT_HELP, "help", 'h', false },
-	{ OPT_VERSION, "version", 'V', false },
+	{ OPT_CONFIG, "config", 'c', "FILE", 0, 0, 0,
+	  "read options from FILE: the long options without '--', one per line\n"
+	  "('name value' or 'name=value'), '#' starts a comment; options on the\n"
+	  "command line override the file's. SIGHUP re-reads it." },
+	{ OPT_LISTEN, "listen", 'l', "[HOST]:PORT", 0, 0, 0,
+	  "address to accept clients on (required). ':PORT' = every IPv4 and\n"
+	  "IPv6 address; IPv6 in brackets, e.g. [::1]:8080." },
+	{ OPT_UPSTREAM, "upstream", 'u', "HOST:PORT[,weight=N]", 0, 0, 0,
+	  "an upstream to forward to (required; repeat for a pool). A host name\n"
+	  "stands for every address it resolves to; weight 1-256 (default 1)." },
+	{ OPT_BALANCE, "balance", 0, "POLICY", 0, 0, 0,
+	  "roundrobin, leastconn, random2 (power of two choices) or hash\n"
+	  "(consistent hash of the client address) (default: roundrobin)." },
+	{ OPT_CONNECT_TIMEOUT, "connect-timeout", 0, "MS", NUM(connect_timeout_ms), 1, CONFIG_MAX_MS,
+	  "upstream connect timeout in milliseconds (default: 5000)." },
+	{ OPT_RETRIES, "retries", 0, "N", NUM(retries), 0, SESSION_MAX_RETRIES,
+	  "after a failed or timed-out connect, try up to N more upstreams\n"
+	  "before closing the client, 0-16 (default: 2)." },
+	{ OPT_FAIL_THRESHOLD, "fail-threshold", 0, "N", NUM(fail_threshold), 1, 1000,
+	  "consecutive connect failures that mark an upstream down (default: 3)." },
+	{ OPT_FAIL_TIMEOUT, "fail-timeout", 0, "SEC", NUM(fail_timeout_s), 1, 86400,
+	  "seconds an upstream stays down before it is tried again (default: 10)." },
+	{ OPT_HEALTH_INTERVAL, "health-interval", 0, "MS", NUM(health_interval_ms), 0, CONFIG_MAX_MS,
+	  "active health check: a TCP connect to each upstream every MS\n"
+	  "milliseconds; 0 = off (default: 0)." },
+	{ OPT_RESOLVE_INTERVAL, "resolve-interval", 0, "SEC", NUM(resolve_interval_s), 0, 86400,
+	  "re-resolve upstream host names every SEC seconds; 0 = only at start\n"
+	  "and on SIGHUP (default: 30)." },
+	{ OPT_IDLE_TIMEOUT, "idle-timeout", 0, "MS", NUM(idle_timeout_ms), 1, CONFIG_MAX_MS,
+	  "close a session after MS milliseconds with no bytes either way\n"
+	  "(default: 600000)." },
+	{ OPT_FIN_TIMEOUT, "fin-timeout", 0, "MS", NUM(fin_timeout_ms), 1, CONFIG_MAX_MS,
+	  "close a half-closed session whose other side has not finished after\n"
+	  "MS milliseconds (default: 30000)." },
+	{ OPT_MAX_CONNS, "max-conns", 0, "N", NUM(max_conns), 1, CONFIG_MAX_CONNS_LIMIT,
+	  "most client connections open at once; above it new clients wait in\n"
+	  "the kernel backlog (default: derived from the open-file limit,\n"
+	  "(limit - 32 - 8 x (workers - 1)) / 2)." },
+	{ OPT_DRAIN_TIMEOUT, "drain-timeout", 0, "MS", NUM(drain_timeout_ms), 0, CONFIG_MAX_MS,
+	  "on SIGTERM/SIGINT, stop accepting and let open sessions finish for up\n"
+	  "to MS milliseconds, then close the rest (default: 10000)." },
+	{ OPT_WORKERS, "workers", 'w', "N|auto", 0, 0, 0,
+	  "worker threads, each with its own ring, buffers and SO_REUSEPORT\n"
+	  "listener, sharing nothing; auto = one per CPU (default: 1, at most 64).\n"
+	  "--buffers is per worker, --max-conns is split between workers." },
+	{ OPT_BUFFER_SIZE, "buffer-size", 0, "BYTES", NUM(buffer_size), CONFIG_MIN_BUFFER_SIZE,
+	  CONFIG_MAX_BUFFER_SIZE, "size of each receive buffer, 1024-1048576 (default: 16384)." },
+	{ OPT_BUFFERS, "buffers", 0, "N", NUM(buffers), CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS,
+	  "receive buffers per worker, a power of two, 64-32768 (default: 2048);\n"
+	  "memory = N x buffer size." },
+	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
+	  "error, warn, info or debug (default: info). Logs go to stderr." },
+	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
+	{ OPT_VERSION, "version", 'V', NULL, 0, 0, 0, "print the version and exit." },
 };
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
 void config_defaults(struct config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
+	cfg->balance = BALANCE_ROUNDROBIN;
 	cfg->log_level = LOG_INFO;
 	cfg->buffer_size = CONFIG_DEFAULT_BUFFER_SIZE;
 	cfg->buffers = CONFIG_DEFAULT_BUFFERS;
-	cfg->max_conns = 0;
 	cfg->workers = 1;
+	cfg->connect_timeout_ms = CONFIG_DEFAULT_CONNECT_TIMEOUT_MS;
+	cfg->retries = CONFIG_DEFAULT_RETRIES;
+	cfg->fail_threshold = BACKEND_FAIL_THRESHOLD_DEFAULT;
+	cfg->fail_timeout_s = BACKEND_FAIL_TIMEOUT_MS_DEFAULT / 1000;
+	cfg->resolve_interval_s = CONFIG_DEFAULT_RESOLVE_INTERVAL_S;
+	cfg->idle_timeout_ms = CONFIG_DEFAULT_IDLE_TIMEOUT_MS;
+	cfg->fin_timeout_ms = CONFIG_DEFAULT_FIN_TIMEOUT_MS;
+	cfg->drain_timeout_ms = CONFIG_DEFAULT_DRAIN_TIMEOUT_MS;
 }
 
 void config_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: uproxy --listen [HOST]:PORT --upstream HOST:PORT [options]\n"
-		"\n"
-		"A TCP (layer 4) proxy on io_uring: accepts clients on --listen and forwards each\n"
-		"connection, both ways, to --upstream.\n"
-		"\n"
-		"Options:\n"
-		"  -l, --listen [HOST]:PORT   address to accept clients on (required).\n"
-		"                             ':PORT' = every IPv4 and IPv6 address; IPv6 in brackets,\n"
-		"                             e.g. [::1]:8080; a host name is resolved at start-up.\n"
-		"  -u, --upstream HOST:PORT   where to forward connections (required). A host name is\n"
-		"                             resolved at start-up; its addresses are tried in order\n"
-		"                             when a connect fails.\n"
-		"      --log-level LEVEL      error, warn, info or debug (default: info). Logs go to\n"
-		"                             stderr.\n"
-		"      --buffer-size BYTES    size of each receive buffer, %u-%u (default: %u).\n"
-		"      --buffers N            receive buffers per worker, a power of two, %u-%u\n"
-		"                             (default: %u); memory = N x buffer size.\n"
-		"      --max-conns N          most client connections open at once; above it new\n"
-		"                             clients wait in the kernel backlog (default: derived\n"
-		"                             from the open-file limit, (limit - 32) / 2).\n"
-		"  -w, --workers N|auto       worker threads, each with its own ring, buffers and\n"
-		"                             SO_REUSEPORT listener, sharing nothing; auto = one per\n"
-		"                             CPU (default: 1; at most %u). --buffers is per worker,\n"
-		"                             --max-conns is split between workers.\n"
-		"  -h, --help                 print this help and exit.\n"
-		"  -V, --version              print the version and exit.\n"
-		"\n"
-		"Exit status: 0 after SIGINT/SIGTERM or --help/--version, 2 for a usage error,\n"
-		"1 for a run-time failure (unresolvable host, address in use, io_uring unavailable).\n",
-		CONFIG_MIN_BUFFER_SIZE, CONFIG_MAX_BUFFER_SIZE, CONFIG_DEFAULT_BUFFER_SIZE,
-		CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS, CONFIG_DEFAULT_BUFFERS, CONFIG_MAX_WORKERS);
+	fputs("Usage: uproxy --listen [HOST]:PORT --upstream HOST:PORT [options]\n"
+	      "\n"
+	      "A TCP (layer 4) proxy on io_uring: accepts clients on --listen and forwards each\n"
+	      "connection, both ways, to one of the --upstream servers.\n"
+	      "\n"
+	      "Options:\n",
+	      out);
+	for (size_t i = 0; i < NOPTS; i++) {
+		const struct opt_def *o = &opts[i];
+		char head[64];
+		const char *h = o->help;
+
+		snprintf(head, sizeof(head), "%c%c%s--%s%s%s", o->short_name ? '-' : ' ',
+			 o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ", o->name,
+			 o->arg ? " " : "", o->arg ? o->arg : "");
+		fprintf(out, "  %-30s", head);
+		if (strlen(head) > 30)
+			fprintf(out, "\n  %-30s", "");
+		for (;;) {
+			const char *nl = strchr(h, '\n');
+
+			fprintf(out, " %.*s\n", (int)(nl ? nl - h : (long)strlen(h)), h);
+			if (nl == NULL)
+				break;
+			h = nl + 1;
+			fprintf(out, "  %-30s", "");
+		}
+	}
+	fputs("\nSignals: SIGTERM/SIGINT drain and exit 0; SIGHUP re-reads --config and\n"
+	      "re-resolves the upstreams (listen address, workers and buffers need a restart).\n"
+	      "Exit status: 0 after SIGINT/SIGTERM or --help/--version, 2 for a usage error,\n"
+	      "1 for a run-time failure (unresolvable host, address in use, io_uring unavailable).\n",
+	      out);
 }
 
 /* Parses a decimal unsigned number within [min, max]; no sign, no suffix, no blanks. */
@@ -105,9 +183,41 @@ static int parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 	return 0;
 }
 
+int config_parse_upstream(const char *s, struct config_upstream *out, const char **why)
+{
+	char buf[ADDR_HOST_MAX + 64];
+	const char *comma = strchr(s, ',');
+	size_t len = comma ? (size_t)(comma - s) : strlen(s);
+
+	out->weight = BACKEND_WEIGHT_DEFAULT;
+	if (len >= sizeof(buf)) {
+		*why = "address too long";
+		return -EINVAL;
+	}
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	if (addr_parse(buf, &out->hp, why) < 0)
+		return -EINVAL;
+	if (out->hp.any) {
+		*why = "a host is required (HOST:PORT)";
+		return -EINVAL;
+	}
+	if (comma != NULL) {
+		if (strncmp(comma + 1, "weight=", 7) != 0) {
+			*why = "expected ',weight=N' after the address";
+			return -EINVAL;
+		}
+		if (parse_u32(comma + 8, 1, BACKEND_WEIGHT_MAX, &out->weight) < 0) {
+			*why = "weight must be a whole number from 1 to 256";
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 static const struct opt_def *find_long(const char *name, size_t len)
 {
-	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+	for (size_t i = 0; i < NOPTS; i++) {
 		if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0)
 			return &opts[i];
 	}
@@ -116,156 +226,325 @@ static const struct opt_def *find_long(const char *name, size_t len)
 
 static const struct opt_def *find_short(char c)
 {
-	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+	for (size_t i = 0; i < NOPTS; i++) {
 		if (opts[i].short_name == c)
 			return &opts[i];
 	}
 	return NULL;
 }
 
-static enum config_result number_error(char *err, size_t errlen, const char *opt, const char *val,
-				       int rc, uint32_t min, uint32_t max)
-{
-	if (rc == -ERANGE)
-		snprintf(err, errlen, "--%s: %s is out of range (%u-%u)", opt, val, min, max);
-	else
-		snprintf(err, errlen, "--%s: '%s' is not a whole number", opt, val);
-	return CONFIG_USAGE;
-}
+/* Where a value came from, for error messages: "" for the command line, "FILE:LINE: ". */
+struct origin {
+	char where[PATH_MAX + 32];
+	bool in_file;
+	bool *seen;	       /* per option: given already from this origin */
+	bool *upstreams_reset; /* the command line's first --upstream replaces the file's list */
+};
 
 static enum config_result apply(struct config *cfg, const struct opt_def *o, const char *val,
-				bool *seen, FILE *out, char *err, size_t errlen)
+				struct origin *org, FILE *out, char *err, size_t errlen)
 {
 	const char *why = NULL;
 	int rc;
 
-	switch (o->id) {
-	case OPT_LISTEN:
-	case OPT_UPSTREAM: {
-		struct hostport *hp = o->id == OPT_LISTEN ? &cfg->listen : &cfg->upstream;
-
-		if (seen[o->id]) {
-			snprintf(err, errlen, "--%s given more than once", o->name);
-			return CONFIG_USAGE;
-		}
-		if (addr_parse(val, hp, &why) < 0) {
-			snprintf(err, errlen, "--%s '%s': %s", o->name, val, why);
-			return CONFIG_USAGE;
-		}
-		if (o->id == OPT_UPSTREAM && hp->any) {
-			snprintf(err, errlen, "--upstream '%s': a host is required (HOST:PORT)", val);
-			return CONFIG_USAGE;
-		}
-		break;
+	if (org->seen[o->id] && o->id != OPT_UPSTREAM) {
+		snprintf(err, errlen, "%s--%s given more than once", org->where, o->name);
+		return CONFIG_USAGE;
 	}
-	case OPT_LOG_LEVEL:
-		if (log_level_parse(val, &cfg->log_level) < 0) {
-			snprintf(err, errlen, "--log-level '%s': expected error, warn, info or debug",
+	org->seen[o->id] = true;
+	if (o->field != 0) {
+		uint32_t *dst = (uint32_t *)((char *)cfg + o->field);
+
+		rc = parse_u32(val, o->min, o->max, dst);
+		if (rc == -ERANGE) {
+			snprintf(err, errlen, "%s--%s: %s is out of range (%u-%u)", org->where,
+				 o->name, val, o->min, o->max);
+			return CONFIG_USAGE;
+		}
+		if (rc < 0) {
+			snprintf(err, errlen, "%s--%s: '%s' is not a whole number", org->where,
+				 o->name, val);
+			return CONFIG_USAGE;
+		}
+		if (o->id == OPT_BUFFERS && (cfg->buffers & (cfg->buffers - 1))) {
+			snprintf(err, errlen, "%s--buffers %s: must be a power of two", org->where,
 				 val);
 			return CONFIG_USAGE;
 		}
-		break;
-	case OPT_BUFFER_SIZE:
-		rc = parse_u32(val, CONFIG_MIN_BUFFER_SIZE, CONFIG_MAX_BUFFER_SIZE,
-			       &cfg->buffer_size);
-		if (rc < 0)
-			return number_error(err, errlen, o->name, val, rc, CONFIG_MIN_BUFFER_SIZE,
-					    CONFIG_MAX_BUFFER_SIZE);
-		break;
-	case OPT_BUFFERS:
-		rc = parse_u32(val, CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS, &cfg->buffers);
-		if (rc < 0)
-			return number_error(err, errlen, o->name, val, rc, CONFIG_MIN_BUFFERS,
-					    CONFIG_MAX_BUFFERS);
-		if (cfg->buffers & (cfg->buffers - 1)) {
-			snprintf(err, errlen, "--buffers %s: must be a power of two", val);
+		return CONFIG_OK;
+	}
+	switch (o->id) {
+	case OPT_CONFIG:
+		if (org->in_file) {
+			snprintf(err, errlen, "%sa config file cannot name another (config %s)",
+				 org->where, val);
+			return CONFIG_USAGE;
+		}
+		break; /* read by config_parse before anything else */
+	case OPT_LISTEN:
+		if (addr_parse(val, &cfg->listen, &why) < 0) {
+			snprintf(err, errlen, "%s--listen '%s': %s", org->where, val, why);
 			return CONFIG_USAGE;
 		}
 		break;
-	case OPT_MAX_CONNS:
-		rc = parse_u32(val, 1, CONFIG_MAX_CONNS_LIMIT, &cfg->max_conns);
-		if (rc < 0)
-			return number_error(err, errlen, o->name, val, rc, 1,
-					    CONFIG_MAX_CONNS_LIMIT);
+	case OPT_UPSTREAM:
+		if (!org->in_file && !*org->upstreams_reset) {
+			cfg->nupstreams = 0;
+			*org->upstreams_reset = true;
+		}
+		if (cfg->nupstreams >= CONFIG_MAX_UPSTREAMS) {
+			snprintf(err, errlen, "%smore than %u --upstream entries", org->where,
+				 CONFIG_MAX_UPSTREAMS);
+			return CONFIG_USAGE;
+		}
+		if (config_parse_upstream(val, &cfg->upstreams[cfg->nupstreams], &why) < 0) {
+			snprintf(err, errlen, "%s--upstream '%s': %s", org->where, val, why);
+			return CONFIG_USAGE;
+		}
+		cfg->nupstreams++;
+		break;
+	case OPT_BALANCE:
+		if (backend_balance_parse(val, &cfg->balance) < 0) {
+			snprintf(err, errlen,
+				 "%s--balance '%s': expected roundrobin, leastconn, random2 or hash",
+				 org->where, val);
+			return CONFIG_USAGE;
+		}
+		break;
+	case OPT_LOG_LEVEL:
+		if (log_level_parse(val, &cfg->log_level) < 0) {
+			snprintf(err, errlen, "%s--log-level '%s': expected error, warn, info or debug",
+				 org->where, val);
+			return CONFIG_USAGE;
+		}
 		break;
 	case OPT_WORKERS:
 		if (strcmp(val, "auto") == 0) {
 			cfg->workers = 0;
 			break;
 		}
-		rc = parse_u32(val, 1, CONFIG_MAX_WORKERS, &cfg->workers);
-		if (rc < 0) {
-			snprintf(err, errlen, "--workers '%s': expected auto or a number from 1 to %u",
-				 val, CONFIG_MAX_WORKERS);
+		if (parse_u32(val, 1, CONFIG_MAX_WORKERS, &cfg->workers) < 0) {
+			snprintf(err, errlen, "%s--workers '%s': expected auto or a number from 1 to %u",
+				 org->where, val, CONFIG_MAX_WORKERS);
 			return CONFIG_USAGE;
 		}
 		break;
 	case OPT_HELP:
-		config_usage(out);
-		return CONFIG_EXIT;
 	case OPT_VERSION:
-		fprintf(out, "uproxy %s\n", UPROXY_VERSION);
+		if (org->in_file) {
+			snprintf(err, errlen, "%s'%s' belongs on the command line", org->where, o->name);
+			return CONFIG_USAGE;
+		}
+		if (o->id == OPT_HELP)
+			config_usage(out);
+		else
+			fprintf(out, "uproxy %s\n", UPROXY_VERSION);
 		return CONFIG_EXIT;
+	default:
+		snprintf(err, errlen, "%s--%s: not handled", org->where, o->name);
+		return CONFIG_USAGE;
 	}
-	seen[o->id] = true;
+	return CONFIG_OK;
+}
+
+enum config_result config_parse_text(struct config *cfg, const char *text, size_t len,
+				     const char *name, char *err, size_t errlen)
+{
+	bool seen[OPT__COUNT] = { false }, reset = true;
+	struct origin org = { .in_file = true, .seen = seen, .upstreams_reset = &reset };
+	const char *p = text, *end = text + len;
+
+	for (unsigned int lineno = 1; p < end; lineno++) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		const char *e = eol ? eol : end;
+		char line[1024], *k, *v, *hash;
+		const struct opt_def *o;
+		enum config_result r;
+		size_t n = (size_t)(e - p);
+
+		snprintf(org.where, sizeof(org.where), "%s:%u: ", name, lineno);
+		if (n >= sizeof(line)) {
+			snprintf(err, errlen, "%sline longer than %zu characters", org.where,
+				 sizeof(line) - 1);
+			return CONFIG_USAGE;
+		}
+		memcpy(line, p, n);
+		line[n] = '\0';
+		p = eol ? eol + 1 : end;
+		if (memchr(line, '\0', n) != NULL) {
+			snprintf(err, errlen, "%sNUL byte in the file", org.where);
+			return CONFIG_USAGE;
+		}
+		hash = strchr(line, '#');
+		if (hash != NULL)
+			*hash = '\0';
+		k = line;
+		while (isspace((unsigned char)*k))
+			k++;
+		for (char *t = k + strlen(k); t > k && isspace((unsigned char)t[-1]);)
+			*--t = '\0';
+		if (*k == '\0')
+			continue;
+		v = k;
+		while (*v && !isspace((unsigned char)*v) && *v != '=')
+			v++;
+		if (*v != '\0') {
+			*v++ = '\0';
+			while (isspace((unsigned char)*v) || *v == '=')
+				v++;
+		}
+		if (k[0] == '-') {
+			snprintf(err, errlen, "%swrite '%s' without the leading dashes", org.where,
+				 k);
+			return CONFIG_USAGE;
+		}
+		o = find_long(k, strlen(k));
+		if (o == NULL) {
+			snprintf(err, errlen, "%sunknown option '%s'", org.where, k);
+			return CONFIG_USAGE;
+		}
+		if (o->arg != NULL && *v == '\0') {
+			snprintf(err, errlen, "%s'%s' needs a value", org.where, k);
+			return CONFIG_USAGE;
+		}
+		if (o->arg == NULL && *v != '\0') {
+			snprintf(err, errlen, "%s'%s' takes no value", org.where, k);
+			return CONFIG_USAGE;
+		}
+		r = apply(cfg, o, v, &org, NULL, err, errlen);
+		if (r != CONFIG_OK)
+			return r;
+	}
+	return CONFIG_OK;
+}
+
+static enum config_result read_file(struct config *cfg, const char *path, char *err,
+				    size_t errlen)
+{
+	/* A config file is a few dozen lines; 1 MiB is a generous bound against mistakes. */
+	enum { MAX_FILE = 1 << 20 };
+	FILE *f = fopen(path, "r");
+	char *buf;
+	size_t n;
+	enum config_result r;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "cannot read config file '%s': %s", path, strerror(errno));
+		return CONFIG_USAGE;
+	}
+	buf = malloc(MAX_FILE + 1);
+	if (buf == NULL) {
+		fclose(f);
+		snprintf(err, errlen, "out of memory reading '%s'", path);
+		return CONFIG_USAGE;
+	}
+	n = fread(buf, 1, MAX_FILE + 1, f);
+	if (ferror(f) || n > MAX_FILE) {
+		snprintf(err, errlen, "cannot read config file '%s': %s", path,
+			 n > MAX_FILE ? "larger than 1 MiB" : strerror(errno));
+		r = CONFIG_USAGE;
+	} else {
+		r = config_parse_text(cfg, buf, n, path, err, errlen);
+	}
+	free(buf);
+	fclose(f);
+	return r;
+}
+
+/* Splits argv[i] into an option and its value; advances *i past a separate value. */
+static enum config_result next_arg(int argc, char **argv, int *i, const struct opt_def **po,
+				   const char **pval, char *err, size_t errlen)
+{
+	const char *arg = argv[*i], *val = NULL;
+	const struct opt_def *o;
+
+	if (arg[0] == '-' && arg[1] == '-' && arg[2] != '\0') {
+		const char *eq = strchr(arg + 2, '=');
+		size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+
+		o = find_long(arg + 2, len);
+		if (o == NULL) {
+			snprintf(err, errlen, "unknown option '%.*s' (see --help)", (int)(len + 2),
+				 arg);
+			return CONFIG_USAGE;
+		}
+		if (eq != NULL) {
+			if (o->arg == NULL) {
+				snprintf(err, errlen, "option --%s takes no value", o->name);
+				return CONFIG_USAGE;
+			}
+			val = eq + 1;
+		}
+	} else if (arg[0] == '-' && arg[1] != '\0' && arg[1] != '-' && arg[2] == '\0') {
+		o = find_short(arg[1]);
+		if (o == NULL) {
+			snprintf(err, errlen, "unknown option '%s' (see --help)", arg);
+			return CONFIG_USAGE;
+		}
+	} else {
+		snprintf(err, errlen, "unexpected argument '%s' (see --help)", arg);
+		return CONFIG_USAGE;
+	}
+	if (o->arg != NULL && val == NULL) {
+		if (*i + 1 >= argc) {
+			snprintf(err, errlen, "option --%s needs a value", o->name);
+			return CONFIG_USAGE;
+		}
+		val = argv[++*i];
+	}
+	*po = o;
+	*pval = val;
 	return CONFIG_OK;
 }
 
 enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE *out, char *err,
 				size_t errlen)
 {
-	bool seen[OPT_VERSION + 1] = { false };
+	bool seen[OPT__COUNT] = { false }, reset = false;
+	struct origin org = { .where = "", .in_file = false, .seen = seen,
+			      .upstreams_reset = &reset };
+	const struct opt_def *o;
+	const char *val;
+	enum config_result r;
 
 	config_defaults(cfg);
 	err[0] = '\0';
+	/* First pass: syntax, --help/--version, and where the config file is. */
 	for (int i = 1; i < argc; i++) {
-		const char *arg = argv[i], *val = NULL;
-		const struct opt_def *o;
-		enum config_result r;
-
-		if (arg[0] == '-' && arg[1] == '-' && arg[2] != '\0') {
-			const char *eq = strchr(arg + 2, '=');
-			size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-
-			o = find_long(arg + 2, len);
-			if (o == NULL) {
-				snprintf(err, errlen, "unknown option '%.*s' (see --help)",
-					 (int)(len + 2), arg);
+		r = next_arg(argc, argv, &i, &o, &val, err, errlen);
+		if (r != CONFIG_OK)
+			return r;
+		if (o->id == OPT_HELP || o->id == OPT_VERSION)
+			return apply(cfg, o, val, &org, out, err, errlen);
+		if (o->id == OPT_CONFIG) {
+			if (cfg->config_path[0] != '\0') {
+				snprintf(err, errlen, "--config given more than once");
 				return CONFIG_USAGE;
 			}
-			if (eq != NULL) {
-				if (!o->has_arg) {
-					snprintf(err, errlen, "option --%s takes no value", o->name);
-					return CONFIG_USAGE;
-				}
-				val = eq + 1;
-			}
-		} else if (arg[0] == '-' && arg[1] != '\0' && arg[1] != '-' && arg[2] == '\0') {
-			o = find_short(arg[1]);
-			if (o == NULL) {
-				snprintf(err, errlen, "unknown option '%s' (see --help)", arg);
+			if (strlen(val) >= sizeof(cfg->config_path) || *val == '\0') {
+				snprintf(err, errlen, "--config: bad path '%s'", val);
 				return CONFIG_USAGE;
 			}
-		} else {
-			snprintf(err, errlen, "unexpected argument '%s' (see --help)", arg);
-			return CONFIG_USAGE;
+			strcpy(cfg->config_path, val);
 		}
-		if (o->has_arg && val == NULL) {
-			if (i + 1 >= argc) {
-				snprintf(err, errlen, "option --%s needs a value", o->name);
-				return CONFIG_USAGE;
-			}
-			val = argv[++i];
-		}
-		r = apply(cfg, o, val, seen, out, err, errlen);
+	}
+	if (cfg->config_path[0] != '\0') {
+		r = read_file(cfg, cfg->config_path, err, errlen);
 		if (r != CONFIG_OK)
 			return r;
 	}
-	if (!seen[OPT_LISTEN]) {
+	/* Second pass: the command line on top of the file. */
+	for (int i = 1; i < argc; i++) {
+		next_arg(argc, argv, &i, &o, &val, err, errlen);
+		r = apply(cfg, o, val, &org, out, err, errlen);
+		if (r != CONFIG_OK)
+			return r;
+	}
+	if (cfg->listen.port == 0) {
 		snprintf(err, errlen, "missing --listen [HOST]:PORT (see --help)");
 		return CONFIG_USAGE;
 	}
-	if (!seen[OPT_UPSTREAM]) {
+	if (cfg->nupstreams == 0) {
 		snprintf(err, errlen, "missing --upstream HOST:PORT (see --help)");
 		return CONFIG_USAGE;
 	}

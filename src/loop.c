@@ -164,13 +164,22 @@ static void reserve_sqes(struct loop *l, unsigned int n)
 	}
 }
 
-int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx)
+int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx, int64_t timeout_ms)
 {
 	struct io_uring_cqe *cqes[LOOP_CQE_BATCH];
 	unsigned int overflow;
 	int rc, total = 0;
 
-	rc = io_uring_submit_and_wait(&l->ring, 1);
+	if (timeout_ms < 0) {
+		rc = io_uring_submit_and_wait(&l->ring, 1);
+	} else {
+		/* One enter with a timeout argument (IORING_FEAT_EXT_ARG, 5.11): no timeout SQE. */
+		struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000,
+						.tv_nsec = (timeout_ms % 1000) * 1000000 };
+		struct io_uring_cqe *cqe;
+
+		rc = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
+	}
 	l->st.enters++;
 	if (rc > 0)
 		l->st.submitted += (uint64_t)rc;
@@ -244,11 +253,36 @@ void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t l
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
+			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+{
+	struct io_uring_sqe *sqe;
+
+	reserve_sqes(l, 2);
+	sqe = get_sqe(l);
+	io_uring_prep_connect(sqe, fd, sa, len);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, tag);
+	sqe = get_sqe(l);
+	io_uring_prep_link_timeout(sqe, ts, 0);
+	io_uring_sqe_set_data64(sqe, ttag);
+}
+
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(l);
 
 	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = bgid;
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
+void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = bgid;
 	io_uring_sqe_set_data64(sqe, tag);

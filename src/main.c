@@ -1,9 +1,11 @@
-/* main: start-up and exit. Parses the command line, raises the fd limit, resolves the
- * upstream, opens every worker's listeners, starts the worker threads and joins them.
- * Exit status: 0 after a stop signal, 2 for usage errors, 1 for run-time failures.
+/* main: start-up, control and exit. Parses the command line, raises the fd limit, resolves the
+ * upstreams, opens every worker's listeners and starts the worker threads; then, as the control
+ * thread, re-reads the config on SIGHUP and re-resolves upstream names, handing new pools to
+ * the workers. Exit status: 0 after a stop signal, 2 for usage errors, 1 for run-time failures.
  * Never runs data-path code. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,11 +40,78 @@ struct thread_arg {
 	struct worker *w;
 	struct startup *st;
 	const struct config *cfg;
-	const struct addr *upstreams;
-	int nupstreams;
+	const struct backend_spec *specs;
+	int nspecs;
 	uint32_t max_sessions;
 	int status;
 };
+
+/* Workers still running; the control loop ends when it reaches 0. */
+static atomic_int running_workers;
+
+/* How often the control thread looks at whether the workers are done. */
+#define CONTROL_POLL_MS 100
+
+/* Every address every --upstream names, without duplicates (first weight wins). Returns the
+ * count, or -1 with why when a name does not resolve and strict is set; when not strict, an
+ * entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky DNS from
+ * emptying the pool). */
+static int resolve_pool(const struct config *cfg, struct backend_spec *out, int max,
+			const struct backend_spec *prev, int nprev, bool strict, char *why,
+			size_t whylen)
+{
+	int n = 0;
+
+	for (uint32_t u = 0; u < cfg->nupstreams; u++) {
+		const struct config_upstream *cu = &cfg->upstreams[u];
+		struct addr addrs[ADDR_MAX_RESOLVED];
+		int k = addr_resolve(&cu->hp, addrs, ADDR_MAX_RESOLVED, why, whylen);
+
+		if (k < 0) {
+			if (strict)
+				return -1;
+			log_warn("re-resolving upstream '%s' failed (%s); keeping its addresses",
+				 cu->hp.host, why);
+			for (int i = 0; i < nprev && n < max; i++) {
+				if (ntohs(prev[i].addr.u.in4.sin_port) == cu->hp.port)
+					out[n++] = prev[i];
+			}
+			continue;
+		}
+		for (int i = 0; i < k && n < max; i++) {
+			bool dup = false;
+
+			for (int j = 0; j < n && !dup; j++)
+				dup = out[j].addr.len == addrs[i].len &&
+				      memcmp(&out[j].addr.u, &addrs[i].u, addrs[i].len) == 0;
+			if (!dup)
+				out[n++] = (struct backend_spec){ .addr = addrs[i],
+								  .weight = cu->weight };
+		}
+	}
+	return n;
+}
+
+static bool same_pool(const struct backend_spec *a, int na, const struct backend_spec *b, int nb)
+{
+	if (na != nb)
+		return false;
+	for (int i = 0; i < na; i++) {
+		if (a[i].weight != b[i].weight || a[i].addr.len != b[i].addr.len ||
+		    memcmp(&a[i].addr.u, &b[i].addr.u, a[i].addr.len) != 0)
+			return false;
+	}
+	return true;
+}
+
+static void log_pool(const struct backend_spec *specs, int n)
+{
+	char buf[ADDR_STRLEN];
+
+	for (int i = 0; i < n; i++)
+		log_info("upstream %s weight %u", addr_format(&specs[i].addr, buf, sizeof(buf)),
+			 specs[i].weight);
+}
 
 static int fail(const char *why)
 {
@@ -71,8 +140,8 @@ static rlim_t raise_nofile(void)
 	return rl.rlim_cur;
 }
 
-/* Blocks SIGINT/SIGTERM in every thread (before any starts) and returns a signalfd for them,
- * which worker 0 reads through its ring. */
+/* Blocks SIGINT/SIGTERM/SIGHUP in every thread (before any starts) and returns a signalfd for
+ * SIGINT/SIGTERM, which worker 0 reads through its ring. */
 static int open_signalfd(void)
 {
 	sigset_t set;
@@ -80,8 +149,10 @@ static int open_signalfd(void)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP); /* taken by the control thread with sigtimedwait */
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -1;
+	sigdelset(&set, SIGHUP);
 	return signalfd(-1, &set, SFD_CLOEXEC);
 }
 
@@ -101,8 +172,7 @@ static void *worker_thread(void *p)
 	char why[512];
 	int rc;
 
-	rc = worker_init(a->w, a->cfg, a->upstreams, a->nupstreams, a->max_sessions, why,
-			 sizeof(why));
+	rc = worker_init(a->w, a->cfg, a->specs, a->nspecs, a->max_sessions, why, sizeof(why));
 	pthread_mutex_lock(&st->mu);
 	st->reported++;
 	if (rc < 0 && st->failed++ == 0)
@@ -113,18 +183,94 @@ static void *worker_thread(void *p)
 	pthread_mutex_unlock(&st->mu);
 	if (rc < 0) {
 		a->status = 1;
+		atomic_fetch_sub(&running_workers, 1);
 		return NULL;
 	}
 	if (st->go)
 		a->status = worker_run(a->w);
 	worker_destroy(a->w);
+	atomic_fetch_sub(&running_workers, 1);
 	return NULL;
+}
+
+/* Options SIGHUP cannot change: they shape the listeners, threads and memory. */
+static void warn_restart_only(const struct config *old, const struct config *new)
+{
+	char a[ADDR_STRLEN + ADDR_HOST_MAX], b[ADDR_STRLEN + ADDR_HOST_MAX];
+
+	if (strcmp(addr_format_hostport(&old->listen, a, sizeof(a)),
+		   addr_format_hostport(&new->listen, b, sizeof(b))) != 0)
+		log_warn("SIGHUP: --listen changed (%s -> %s); that needs a restart", a, b);
+	if (old->workers != new->workers || old->buffers != new->buffers ||
+	    old->buffer_size != new->buffer_size || old->max_conns != new->max_conns ||
+	    old->balance != new->balance || old->connect_timeout_ms != new->connect_timeout_ms ||
+	    old->retries != new->retries || old->idle_timeout_ms != new->idle_timeout_ms ||
+	    old->fin_timeout_ms != new->fin_timeout_ms ||
+	    old->drain_timeout_ms != new->drain_timeout_ms ||
+	    old->fail_threshold != new->fail_threshold ||
+	    old->fail_timeout_s != new->fail_timeout_s ||
+	    old->health_interval_ms != new->health_interval_ms ||
+	    old->resolve_interval_s != new->resolve_interval_s || old->log_level != new->log_level)
+		log_warn("SIGHUP: options other than the upstream list changed; only the upstreams "
+			 "are applied now, the rest needs a restart");
+}
+
+/* The control thread's loop: until every worker has exited, wait for SIGHUP (re-read the
+ * config, then re-resolve) or for the resolve interval (re-resolve), and hand a changed pool
+ * to every worker. */
+static void control_loop(const struct config *cfg, int argc, char **argv, struct worker *workers,
+			 uint32_t nworkers, struct backend_spec *pool, int npool)
+{
+	static struct config cur;
+	static struct backend_spec fresh[BACKEND_MAX];
+	struct timespec tick = { .tv_sec = 0, .tv_nsec = CONTROL_POLL_MS * 1000000L };
+	uint64_t since_resolve_ms = 0;
+	sigset_t hup;
+	char err[512];
+
+	cur = *cfg;
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
+	while (atomic_load(&running_workers) > 0) {
+		bool reread = sigtimedwait(&hup, NULL, &tick) == SIGHUP;
+		int n;
+
+		since_resolve_ms += CONTROL_POLL_MS;
+		if (!reread && (cur.resolve_interval_s == 0 ||
+				since_resolve_ms < (uint64_t)cur.resolve_interval_s * 1000))
+			continue;
+		since_resolve_ms = 0;
+		if (reread) {
+			static struct config next;
+
+			if (config_parse(&next, argc, argv, stdout, err, sizeof(err)) != CONFIG_OK) {
+				log_error("SIGHUP: config not reloaded: %s", err);
+				continue;
+			}
+			warn_restart_only(&cur, &next);
+			memcpy(cur.upstreams, next.upstreams, sizeof(cur.upstreams));
+			cur.nupstreams = next.nupstreams;
+			log_info("SIGHUP: config re-read%s%s", cfg->config_path[0] ? " from " : "",
+				 cfg->config_path);
+		}
+		n = resolve_pool(&cur, fresh, BACKEND_MAX, pool, npool, false, err, sizeof(err));
+		if (n <= 0 || same_pool(fresh, n, pool, npool))
+			continue;
+		log_info("upstream pool changed: %d address(es) now", n);
+		log_pool(fresh, n);
+		memcpy(pool, fresh, (size_t)n * sizeof(*pool));
+		npool = n;
+		for (uint32_t i = 0; i < nworkers; i++) {
+			if (worker_post_pool(&workers[i], pool, npool) < 0)
+				log_error("out of memory handing worker %u its new pool", i);
+		}
+	}
 }
 
 int main(int argc, char **argv)
 {
 	static struct config cfg;
-	struct addr upstreams[ADDR_MAX_RESOLVED];
+	static struct backend_spec pool[BACKEND_MAX];
 	struct startup st = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 	struct worker *workers = NULL;
 	struct thread_arg *args = NULL;
@@ -169,7 +315,7 @@ int main(int argc, char **argv)
 	if (per_worker > cap)
 		per_worker = cap;
 
-	nup = addr_resolve(&cfg.upstream, upstreams, ADDR_MAX_RESOLVED, err, sizeof(err));
+	nup = resolve_pool(&cfg, pool, BACKEND_MAX, NULL, 0, true, err, sizeof(err));
 	if (nup < 0)
 		return fail(err);
 
@@ -191,6 +337,7 @@ int main(int argc, char **argv)
 		w->notify_fd = -1;
 		w->peers = workers;
 		w->npeers = (int)nworkers;
+		worker_mailbox_init(w);
 		n = worker_listen(&cfg.listen, w->listeners, WORKER_MAX_LISTENERS, err, sizeof(err));
 		if (n < 0) {
 			status = fail(err);
@@ -208,7 +355,7 @@ int main(int argc, char **argv)
 
 	for (uint32_t i = 0; i < nworkers; i++) {
 		args[i] = (struct thread_arg){ .w = &workers[i], .st = &st, .cfg = &cfg,
-					       .upstreams = upstreams, .nupstreams = nup,
+					       .specs = pool, .nspecs = nup,
 					       .max_sessions = per_worker };
 		if (pthread_create(&threads[i], NULL, worker_thread, &args[i]) != 0) {
 			snprintf(st.why, sizeof(st.why), "cannot start worker thread %u: %s", i,
@@ -219,6 +366,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		started++;
+		atomic_fetch_add(&running_workers, 1);
 	}
 	pthread_mutex_lock(&st.mu);
 	while (st.reported < started)
@@ -232,12 +380,12 @@ int main(int argc, char **argv)
 		for (int i = 0; i < workers[0].nlisteners; i++)
 			log_info("listening on %s",
 				 addr_format(&workers[0].listeners[i].addr, buf, sizeof(buf)));
-		for (int i = 0; i < nup; i++)
-			log_info("upstream %s", addr_format(&upstreams[i], buf, sizeof(buf)));
+		log_pool(pool, nup);
 		log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
-			 "open-file limit %llu",
+			 "balance %s, open-file limit %llu",
 			 nworkers, per_worker, cfg.buffers, cfg.buffer_size,
-			 (unsigned long long)nofile);
+			 backend_balance_name(cfg.balance), (unsigned long long)nofile);
+		control_loop(&cfg, argc, argv, workers, nworkers, pool, nup);
 	}
 	for (int i = 0; i < started; i++) {
 		pthread_join(threads[i], NULL);

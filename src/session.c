@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "uproxy/timer.h"
 #include "uproxy/worker.h"
 
 /* ---- the transition table: the only place that says which state follows which ---- */
@@ -110,11 +111,19 @@ static void dir_reset(struct session_dir *dr)
 	dr->flags = 0;
 }
 
+/* One wake-up of a multishot recv can fill up to 32 buffers (the kernel's MULTISHOT_MAX_RETRY)
+ * before back-pressure gets a say; with fewer free buffers than that above half the pool, a
+ * single-shot recv takes exactly one buffer per arm instead. */
+#define RECV_MULTISHOT_BURST 32u
+
 static void recv_arm(struct worker *w, struct session *s, unsigned int d)
 {
 	struct session_dir *dr = &s->dir[d];
 
-	loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
+	if (bufring_available(&w->bufs) > w->bufs.count / 2 + RECV_MULTISHOT_BURST)
+		loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
+	else
+		loop_recv(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
 	dr->flags |= DIR_RECV_ARMED;
 	s->inflight++;
 }
@@ -124,6 +133,19 @@ static bool closing(const struct session *s)
 	return s->state == SS_CLOSING;
 }
 
+/* The high-water mark in force now: the full mark while at least half of the buffer pool is
+ * free, shrinking linearly to zero (pause as soon as anything waits to be sent) as the free
+ * half runs out. Readers that never read then hold a buffer or two each instead of the whole
+ * pool, and the connections that do move keep buffers to move with. */
+static uint32_t high_water_now(const struct worker *w)
+{
+	uint32_t free = bufring_available(&w->bufs), half = w->bufs.count / 2;
+
+	if (free <= half)
+		return 0;
+	return (uint32_t)((uint64_t)w->high_water * (free - half) / (w->bufs.count - half));
+}
+
 /* Should direction d be receiving now? (not while paused, finished, or parked) */
 static bool recv_wanted(const struct worker *w, const struct session *s, unsigned int d)
 {
@@ -131,7 +153,7 @@ static bool recv_wanted(const struct worker *w, const struct session *s, unsigne
 
 	return !closing(s) && s->state != SS_CONNECTING &&
 	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF | DIR_WAIT_BUF)) &&
-	       dr->queued < w->low_water;
+	       (dr->queued == 0 || dr->queued < high_water_now(w) / 4);
 }
 
 static void queue_push(struct worker *w, struct session_dir *dr, uint32_t bid)
@@ -239,6 +261,7 @@ static void teardown(struct worker *w, struct session *s, enum close_reason reas
 		return;
 	fire(w, s, SE_ABORT);
 	s->reason = (uint8_t)reason;
+	timer_cancel(w->wheel, &s->timer);
 	close_fds(w, s, rst);
 }
 
@@ -249,14 +272,38 @@ void session_abort(struct worker *w, struct session *s, enum close_reason reason
 
 /* ---- events ---- */
 
-static void connect_next(struct worker *w, struct session *s)
+/* Picks the next upstream for s (skipping the ones it already failed on) and starts the
+ * socket + connect. Returns false when the pool has nothing left to try. */
+static bool connect_next(struct worker *w, struct session *s)
 {
-	const struct addr *a = &w->upstreams[s->addr_idx];
+	struct sockaddr_storage peer;
+	const struct sockaddr *client = NULL;
+	uint32_t tried[SESSION_MAX_TRIES];
+	const struct addr *a;
+	int id;
 
+	if (backend_pool_balance(w->pool) == BALANCE_HASH) {
+		socklen_t len = sizeof(peer);
+
+		/* One syscall per attempt, only for the hash policy: multishot accept shares one
+		 * address buffer between completions, so the address is asked for here. */
+		if (getpeername(s->fd[SIDE_CLIENT], (struct sockaddr *)&peer, &len) == 0)
+			client = (const struct sockaddr *)&peer;
+	}
+	for (unsigned int i = 0; i < s->ntried; i++)
+		tried[i] = s->tried[i];
+	id = backend_pick(w->pool, client, w->now_ms, tried, s->ntried);
+	if (id < 0)
+		return false;
+	backend_acquire(w->pool, (uint32_t)id);
+	s->backend = (uint32_t)id;
+	s->tried[s->ntried++] = (uint16_t)id;
+	a = worker_backend_addr(w, (uint32_t)id);
 	w->st.connect_attempts++;
 	loop_socket(&w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
 		    stag(w, s, SIDE_UPSTREAM, OP_SOCKET));
 	s->inflight++;
+	return true;
 }
 
 void session_start(struct worker *w, struct session *s, int client_fd)
@@ -264,12 +311,27 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	fire(w, s, SE_START);
 	s->fd[SIDE_CLIENT] = client_fd;
 	s->fd[SIDE_UPSTREAM] = -1;
-	s->addr_idx = 0;
+	s->backend = SESSION_NO_BACKEND;
+	s->ntried = 0;
 	s->inflight = 0;
 	s->reason = CLOSE_NORMAL;
+	s->fin_deadline = 0;
+	timer_node_init(&s->timer, 0, worker_slot(w, s));
 	dir_reset(&s->dir[DIR_C2U]);
 	dir_reset(&s->dir[DIR_U2C]);
-	connect_next(w, s);
+	if (!connect_next(w, s)) {
+		log_warn("no upstream available (every one is removed): client closed");
+		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+	}
+}
+
+/* Gives the session's hold on its backend back (after a failure, or at release). */
+static void backend_drop(struct worker *w, struct session *s)
+{
+	if (s->backend != SESSION_NO_BACKEND) {
+		backend_release(w->pool, s->backend);
+		s->backend = SESSION_NO_BACKEND;
+	}
 }
 
 static void on_socket(struct worker *w, struct session *s, int res)
@@ -299,9 +361,12 @@ static void on_socket(struct worker *w, struct session *s, int res)
 	/* Forwarded bytes must leave at once; Nagle would hold back a response's tail. One
 	 * setsockopt per connection (io_uring's SOCKET_URING_OP_SETSOCKOPT needs 6.7). */
 	(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	const struct addr *a = &w->upstreams[s->addr_idx];
-	loop_connect(&w->loop, res, &a->u.sa, a->len, stag(w, s, SIDE_UPSTREAM, OP_CONNECT));
-	s->inflight++;
+	const struct addr *a = worker_backend_addr(w, s->backend);
+	/* The connect and its timeout are one linked pair: two CQEs, both counted in flight. */
+	loop_connect_timeout(&w->loop, res, &a->u.sa, a->len, &w->connect_ts,
+			     stag(w, s, SIDE_UPSTREAM, OP_CONNECT),
+			     stag(w, s, SIDE_UPSTREAM, OP_LINK_TIMEOUT));
+	s->inflight += 2;
 }
 
 static void on_connect(struct worker *w, struct session *s, int res)
@@ -312,29 +377,53 @@ static void on_connect(struct worker *w, struct session *s, int res)
 	if (closing(s))
 		return;
 	if (res < 0) {
-		const struct addr *a = &w->upstreams[s->addr_idx];
+		const struct addr *a = worker_backend_addr(w, s->backend);
 
+		/* -ECANCELED here means the linked timeout fired (an abort would be closing). */
+		if (res == -ECANCELED)
+			res = -ETIMEDOUT;
 		w->st.connect_errors++;
 		log_debug("connect to %s failed: %s", addr_format(a, buf, sizeof(buf)),
 			  strerror(-res));
+		worker_backend_report(w, s->backend, false);
+		backend_drop(w, s);
 		loop_close(&w->loop, s->fd[SIDE_UPSTREAM], stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
 		s->inflight++;
 		s->fd[SIDE_UPSTREAM] = -1;
-		if (s->addr_idx + 1 < w->nupstreams) {
-			s->addr_idx++;
-			connect_next(w, s);
+		if (s->ntried <= w->cfg->retries && connect_next(w, s))
 			return;
-		}
 		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_connect, &suppressed))
-			log_warn("cannot connect to upstream %s: %s (client closed; %lu similar "
-				 "messages suppressed)", addr_format(a, buf, sizeof(buf)),
-				 strerror(-res), suppressed);
+			log_warn("cannot connect to upstream %s: %s (after %u attempt(s); client "
+				 "closed; %lu similar messages suppressed)",
+				 addr_format(a, buf, sizeof(buf)), strerror(-res), s->ntried,
+				 suppressed);
 		teardown(w, s, CLOSE_CONNECT_FAILED, false);
 		return;
 	}
+	worker_backend_report(w, s->backend, true);
 	fire(w, s, SE_CONNECTED);
+	timer_arm(w->wheel, &s->timer, w->now_ms + w->cfg->idle_timeout_ms);
 	recv_arm(w, s, DIR_C2U);
 	recv_arm(w, s, DIR_U2C);
+}
+
+/* Pushes the idle deadline on; a half-closed session also keeps its fin deadline. */
+static void timer_touch(struct worker *w, struct session *s)
+{
+	uint64_t at = w->now_ms + w->cfg->idle_timeout_ms;
+
+	if (s->fin_deadline != 0 && s->fin_deadline < at)
+		at = s->fin_deadline;
+	timer_arm(w->wheel, &s->timer, at);
+}
+
+void session_timeout(struct worker *w, struct session *s)
+{
+	if (closing(s) || s->state == SS_CONNECTING)
+		return;
+	log_debug("session %u: %s timeout", worker_slot(w, s),
+		  s->fin_deadline != 0 && w->now_ms >= s->fin_deadline ? "fin" : "idle");
+	teardown(w, s, CLOSE_TIMEOUT, false);
 }
 
 static void on_recv(struct worker *w, struct session *s, unsigned int d,
@@ -357,8 +446,9 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		} else {
 			queue_push(w, dr, bid);
 			w->st.bytes[d] += (uint64_t)res;
+			timer_touch(w, s);
 			dir_pump(w, s, d);
-			if (dr->queued >= w->high_water &&
+			if (dr->queued >= high_water_now(w) &&
 			    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
 				/* Back-pressure: stop reading this peer until the other drains. */
 				loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
@@ -445,9 +535,14 @@ static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int
 	}
 	s->dir[d].flags |= DIR_DONE;
 	fire(w, s, d == DIR_C2U ? SE_C2U_DONE : SE_U2C_DONE);
-	if (closing(s)) {
+	if (!closing(s)) {
+		/* Half-closed: the other side has --fin-timeout to finish too. */
+		s->fin_deadline = w->now_ms + w->cfg->fin_timeout_ms;
+		timer_touch(w, s);
+	} else {
 		/* Both directions finished cleanly. */
 		s->reason = CLOSE_NORMAL;
+		timer_cancel(w->wheel, &s->timer);
 		close_fds(w, s, false);
 	}
 }
@@ -482,6 +577,7 @@ void session_handle(struct worker *w, struct session *s, const struct io_uring_c
 	case OP_SHUTDOWN:
 		on_shutdown(w, s, side, cqe->res);
 		break;
+	case OP_LINK_TIMEOUT:
 	case OP_CANCEL:
 	case OP_CLOSE:
 		s->inflight--;
@@ -494,6 +590,7 @@ void session_handle(struct worker *w, struct session *s, const struct io_uring_c
 	if (closing(s) && s->inflight == 0) {
 		queue_drop(w, &s->dir[DIR_C2U]);
 		queue_drop(w, &s->dir[DIR_U2C]);
+		backend_drop(w, s);
 		fire(w, s, SE_RELEASED);
 		worker_release(w, s);
 	}

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 uint32_t worker_max_sessions_for(uint32_t buffers)
@@ -116,16 +117,64 @@ int worker_listen(const struct hostport *hp, struct listener *out, int max, char
 
 /* ---- set-up ---- */
 
-int worker_init(struct worker *w, const struct config *cfg, const struct addr *upstreams,
-		int nupstreams, uint32_t max_sessions, char *why, size_t whylen)
+static uint64_t monotonic_ms(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void ms_to_ts(struct __kernel_timespec *ts, uint32_t ms)
+{
+	ts->tv_sec = ms / 1000;
+	ts->tv_nsec = (long long)(ms % 1000) * 1000000;
+}
+
+/* Applies a new membership to the pool and refreshes the per-id address table. */
+static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
+{
+	int rc = backend_pool_update(w->pool, specs, n);
+
+	if (rc < 0)
+		return rc;
+	for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+		struct backend_info bi;
+
+		if (backend_info(w->pool, id, &bi) == 0)
+			w->baddr[id] = bi.addr;
+	}
+	return 0;
+}
+
+int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
+		int nspecs, uint32_t max_sessions, char *why, size_t whylen)
+{
+	struct backend_opts bo;
 	unsigned int cq;
 	int rc;
 
 	w->cfg = cfg;
-	w->upstreams = upstreams;
-	w->nupstreams = nupstreams;
 	w->max_sessions = max_sessions;
+	w->now_ms = monotonic_ms();
+	ms_to_ts(&w->connect_ts, cfg->connect_timeout_ms);
+	backend_opts_defaults(&bo);
+	bo.balance = cfg->balance;
+	bo.fail_threshold = cfg->fail_threshold;
+	bo.fail_timeout_ms = cfg->fail_timeout_s * 1000;
+	bo.seed = (uint64_t)w->now_ms * 2654435761u + (uint64_t)w->id;
+	w->baddr = calloc(BACKEND_MAX, sizeof(*w->baddr));
+	w->probes = calloc(BACKEND_MAX, sizeof(*w->probes));
+	if (w->baddr == NULL || w->probes == NULL || backend_pool_new(&bo, &w->pool) < 0 ||
+	    timer_wheel_new(w->now_ms, &w->wheel) < 0) {
+		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
+		return -ENOMEM;
+	}
+	rc = pool_apply(w, specs, nspecs);
+	if (rc < 0) {
+		snprintf(why, whylen, "bad upstream list: %s", strerror(-rc));
+		return rc;
+	}
 	w->notify_fd = eventfd(0, EFD_CLOEXEC);
 	if (w->notify_fd < 0) {
 		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
@@ -166,7 +215,6 @@ int worker_init(struct worker *w, const struct config *cfg, const struct addr *u
 		w->high_water = share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
 		if (w->high_water < 2 * cfg->buffer_size)
 			w->high_water = 2 * cfg->buffer_size;
-		w->low_water = w->high_water / 4;
 	}
 	log_debug("worker %d: ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d, %u buffers of "
 		  "%u bytes, %u session slots",
@@ -199,12 +247,36 @@ void worker_destroy(struct worker *w)
 	if (w->notify_fd >= 0)
 		close(w->notify_fd);
 	w->sigfd = w->notify_fd = -1;
+	for (uint32_t id = 0; w->probes != NULL && id < BACKEND_MAX; id++) {
+		if (w->probes[id].busy && w->probes[id].fd >= 0)
+			close(w->probes[id].fd);
+	}
 	bufring_destroy(&w->bufs, &w->loop);
 	loop_exit(&w->loop);
 	free(w->sessions);
 	free(w->waitq);
 	w->sessions = NULL;
 	w->waitq = NULL;
+	backend_pool_free(w->pool);
+	w->pool = NULL;
+	timer_wheel_free(w->wheel);
+	w->wheel = NULL;
+	free(w->baddr);
+	free(w->probes);
+	w->baddr = NULL;
+	w->probes = NULL;
+	free(w->mbox.specs);
+	w->mbox.specs = NULL;
+}
+
+void worker_backend_report(struct worker *w, uint32_t id, bool ok)
+{
+	char buf[ADDR_STRLEN];
+
+	if (backend_report(w->pool, id, ok, w->now_ms))
+		log_warn("worker %d: upstream %s is %s", w->id,
+			 addr_format(&w->baddr[id], buf, sizeof(buf)),
+			 ok ? "up again" : "down (connects keep failing)");
 }
 
 /* ---- sessions ---- */
@@ -378,36 +450,87 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 
 /* ---- stopping ---- */
 
-/* Worker 0 passes a stop signal on to the others through their eventfds. */
-static void notify_peers(struct worker *w)
+/* ---- mailbox (control thread -> worker) ---- */
+
+void worker_mailbox_init(struct worker *w)
+{
+	pthread_mutex_init(&w->mbox.mu, NULL);
+}
+
+static void mailbox_ring(struct worker *w)
 {
 	static const uint64_t one = 1;
 
-	for (int i = 0; i < w->npeers; i++) {
-		if (&w->peers[i] != w && write(w->peers[i].notify_fd, &one, sizeof(one)) < 0)
-			log_error("cannot pass the stop on to worker %d: %s", i, strerror(errno));
+	if (write(w->notify_fd, &one, sizeof(one)) < 0)
+		log_error("cannot notify worker %d: %s", w->id, strerror(errno));
+}
+
+void worker_post_stop(struct worker *w)
+{
+	pthread_mutex_lock(&w->mbox.mu);
+	w->mbox.stops++;
+	pthread_mutex_unlock(&w->mbox.mu);
+	mailbox_ring(w);
+}
+
+int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n)
+{
+	struct backend_spec *copy = malloc((size_t)(n > 0 ? n : 1) * sizeof(*copy));
+
+	if (copy == NULL)
+		return -ENOMEM;
+	memcpy(copy, specs, (size_t)n * sizeof(*copy));
+	pthread_mutex_lock(&w->mbox.mu);
+	free(w->mbox.specs);
+	w->mbox.specs = copy;
+	w->mbox.nspecs = n;
+	w->mbox.update = true;
+	pthread_mutex_unlock(&w->mbox.mu);
+	mailbox_ring(w);
+	return 0;
+}
+
+/* ---- stopping ---- */
+
+/* Tells every open session to close now (after the drain, or on a second signal). */
+static void close_all(struct worker *w)
+{
+	if (w->closing_all)
+		return;
+	w->closing_all = true;
+	if (w->active > 0)
+		log_info("worker %d: closing %u connections still open", w->id, w->active);
+	for (uint32_t i = 0; i < w->max_sessions; i++) {
+		struct session *s = &w->sessions[i];
+
+		if (s->state != SS_FREE && s->state != SS_CLOSING)
+			session_abort(w, s, CLOSE_SHUTDOWN);
 	}
+	ms_to_ts(&w->deadline_ts, WORKER_STOP_DEADLINE_MS);
+	loop_timeout(&w->loop, &w->deadline_ts, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
 }
 
 static void stop(struct worker *w, int signo)
 {
-	if (w->peers != NULL && w->sigfd >= 0)
-		notify_peers(w);
+	if (w->sigfd >= 0) {
+		for (int i = 0; i < w->npeers; i++)
+			if (&w->peers[i] != w)
+				worker_post_stop(&w->peers[i]);
+	}
 	if (w->stopping) {
 		if (w->sigfd >= 0)
-			log_warn("second %s: exiting now", strsignal(signo));
-		w->stop_deadline_hit = true;
+			log_warn("second %s: closing every connection now", strsignal(signo));
+		close_all(w);
 		return;
 	}
 	if (w->sigfd >= 0)
-		log_info("received %s: closing connections and exiting", strsignal(signo));
-	log_debug("worker %d: stopping, %u connections to close", w->id, w->active);
+		log_info("received %s: no longer accepting; draining connections for up to %u ms",
+			 strsignal(signo), w->cfg->drain_timeout_ms);
 	w->stopping = true;
 	for (int i = 0; i < w->nlisteners; i++) {
 		struct listener *l = &w->listeners[i];
 
-		/* Cancels the multishot accept and closes the listener in one hard-linked pair:
-		 * new clients get refused at once. */
+		/* Cancels the accept and closes the listener in one hard-linked pair. */
 		loop_cancel_fd_then_close(&w->loop, l->fd,
 					  tag_make((uint32_t)i, 0, CW_STOP_CANCEL, OP_CANCEL_W),
 					  tag_make((uint32_t)i, 0, CW_STOP_CLOSE, OP_CANCEL_W));
@@ -419,25 +542,127 @@ static void stop(struct worker *w, int signo)
 			    tag_make(0, 0, CW_TIMER, OP_CANCEL_W));
 		w->misc_inflight++;
 	}
-	for (uint32_t i = 0; i < w->max_sessions; i++) {
-		struct session *s = &w->sessions[i];
-
-		if (s->state != SS_FREE && s->state != SS_CLOSING)
-			session_abort(w, s, CLOSE_SHUTDOWN);
+	if (w->cfg->drain_timeout_ms == 0) {
+		close_all(w);
+		return;
 	}
-	w->deadline_ts.tv_sec = WORKER_STOP_DEADLINE_MS / 1000;
-	w->deadline_ts.tv_nsec = (WORKER_STOP_DEADLINE_MS % 1000) * 1000000LL;
-	loop_timeout(&w->loop, &w->deadline_ts, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
+	/* Sessions finish on their own; whatever is left when this fires is closed. The timer
+	 * is not counted in flight: the worker exits as soon as the last session is gone. */
+	ms_to_ts(&w->drain_ts, w->cfg->drain_timeout_ms);
+	loop_timeout(&w->loop, &w->drain_ts, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
+}
+
+static void on_notify(struct worker *w)
+{
+	struct backend_spec *specs = NULL;
+	unsigned int stops;
+	int n = 0;
+	bool update;
+
+	pthread_mutex_lock(&w->mbox.mu);
+	stops = w->mbox.stops;
+	update = w->mbox.update;
+	if (update) {
+		specs = w->mbox.specs;
+		n = w->mbox.nspecs;
+		w->mbox.specs = NULL;
+		w->mbox.update = false;
+	}
+	pthread_mutex_unlock(&w->mbox.mu);
+	if (update) {
+		int rc = pool_apply(w, specs, n);
+
+		if (rc < 0)
+			log_error("worker %d: upstream pool update refused: %s", w->id,
+				  strerror(-rc));
+		else
+			log_debug("worker %d: upstream pool now has %u members", w->id,
+				  backend_count(w->pool));
+		free(specs);
+	}
+	while (w->stops_seen < stops) {
+		w->stops_seen++;
+		stop(w, SIGTERM);
+	}
+}
+
+/* ---- active health checks ---- */
+
+enum { PROBE_SOCKET = 0, PROBE_CONNECT = 1, PROBE_TIMEOUT = 2, PROBE_CLOSE = 3 };
+
+static void health_arm(struct worker *w)
+{
+	ms_to_ts(&w->health_ts, w->cfg->health_interval_ms);
+	loop_timeout(&w->loop, &w->health_ts, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
+}
+
+/* Starts a TCP connect probe to every member without one in flight. */
+static void health_round(struct worker *w)
+{
+	for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+		struct backend_info bi;
+
+		if (w->probes[id].busy || backend_info(w->pool, id, &bi) < 0 || bi.removed)
+			continue;
+		w->probes[id].busy = true;
+		w->probes[id].fd = -1;
+		loop_socket(&w->loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
+			    IPPROTO_TCP, tag_make(id, 0, PROBE_SOCKET, OP_PROBE));
+	}
+}
+
+static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
+{
+	uint32_t id = tag_slot(cqe->user_data);
+	struct probe *p = &w->probes[id];
+	struct backend_info bi;
+	char buf[ADDR_STRLEN];
+	int res = cqe->res;
+
+	switch (tag_side(cqe->user_data)) {
+	case PROBE_SOCKET:
+		if (res < 0) {
+			p->busy = false;
+			return;
+		}
+		p->fd = res;
+		if (w->stopping || backend_info(w->pool, id, &bi) < 0 || bi.removed) {
+			loop_close(&w->loop, p->fd, tag_make(id, 0, PROBE_CLOSE, OP_PROBE));
+			p->fd = -1;
+			return;
+		}
+		loop_connect_timeout(&w->loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
+				     &w->connect_ts, tag_make(id, 0, PROBE_CONNECT, OP_PROBE),
+				     tag_make(id, 0, PROBE_TIMEOUT, OP_PROBE));
+		return;
+	case PROBE_CONNECT:
+		if (backend_info(w->pool, id, &bi) == 0 && !bi.removed &&
+		    backend_set_up(w->pool, id, res == 0))
+			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
+				 addr_format(&w->baddr[id], buf, sizeof(buf)),
+				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
+				 res == 0 ? "" : ")");
+		loop_close(&w->loop, p->fd, tag_make(id, 0, PROBE_CLOSE, OP_PROBE));
+		p->fd = -1;
+		return;
+	case PROBE_CLOSE:
+		p->busy = false;
+		return;
+	default: /* PROBE_TIMEOUT */
+		return;
+	}
 }
 
 static void signal_arm(struct worker *w)
 {
-	if (w->sigfd >= 0)
-		loop_read(&w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
-			  tag_make(0, 0, 0, OP_SIGNAL));
-	else
-		loop_read(&w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
-			  tag_make(0, 0, 0, OP_NOTIFY));
+	loop_read(&w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
+		  tag_make(0, 0, 0, OP_SIGNAL));
+}
+
+static void notify_arm(struct worker *w)
+{
+	loop_read(&w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
+		  tag_make(0, 0, 0, OP_NOTIFY));
 }
 
 /* ---- dispatch ---- */
@@ -459,15 +684,24 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 			signal_arm(w);
 		return;
 	case OP_NOTIFY:
-		if (cqe->res == (int)sizeof(w->notify_val))
-			stop(w, SIGTERM);
+		on_notify(w);
 		if (!w->stop_deadline_hit)
-			signal_arm(w);
+			notify_arm(w);
+		return;
+	case OP_PROBE:
+		on_probe(w, cqe);
 		return;
 	case OP_TIMER:
 		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
 			w->misc_inflight--;
 			w->accept_backoff = false;
+		} else if (tag_side(tag) == TIMER_DRAIN) {
+			close_all(w);
+		} else if (tag_side(tag) == TIMER_HEALTH) {
+			if (!w->stopping) {
+				health_round(w);
+				health_arm(w);
+			}
 		} else if (cqe->res == -ETIME) {
 			w->stop_deadline_hit = true;
 		}
@@ -503,20 +737,37 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 	session_handle(w, s, cqe);
 }
 
+static void on_timer(struct timer_node *n, void *ctx)
+{
+	struct worker *w = ctx;
+
+	session_timeout(w, &w->sessions[n->data]);
+}
+
 int worker_run(struct worker *w)
 {
 	int status = 0;
 
-	signal_arm(w);
+	if (w->sigfd >= 0)
+		signal_arm(w);
+	notify_arm(w);
+	if (w->cfg->health_interval_ms > 0) {
+		health_round(w);
+		health_arm(w);
+	}
 	accept_update(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
-		int rc = loop_run_once(&w->loop, dispatch, w);
+		int64_t wait = timer_next_ms(w->wheel, w->now_ms);
+		int rc = loop_run_once(&w->loop, dispatch, w, wait);
 
 		if (rc < 0) {
 			log_error("io_uring_enter failed: %s", strerror(-rc));
 			status = 1;
 			break;
 		}
+		w->now_ms = monotonic_ms();
+		if (timer_count(w->wheel) > 0)
+			timer_advance(w->wheel, w->now_ms, on_timer, w);
 		bufring_commit(&w->bufs);
 		if (w->wq_len > 0)
 			resume_waiters(w);

@@ -24,11 +24,13 @@ enum loop_op {
 	OP_CANCEL_W, /* cancel of a worker-level request */
 	OP_SOCKET,   /* upstream socket creation */
 	OP_CONNECT,  /* upstream connect */
+	OP_LINK_TIMEOUT, /* the connect's linked timeout */
 	OP_RECV,     /* multishot recv; side = direction */
 	OP_SEND,     /* send of a direction's queue; side = direction */
 	OP_SHUTDOWN, /* shutdown(SHUT_WR); side = direction whose EOF it forwards */
 	OP_CANCEL,   /* cancel of a session request; side = side or direction */
 	OP_CLOSE,    /* close; side = which fd */
+	OP_PROBE,    /* active health check; slot = backend id, side = stage */
 	OP__COUNT
 };
 
@@ -87,9 +89,10 @@ const char *loop_setup_error(int err);
 
 typedef void (*loop_cqe_fn)(void *ctx, const struct io_uring_cqe *cqe);
 
-/* Submits everything queued and waits for at least one completion (one io_uring_enter), then
- * hands every available CQE to fn, in batches. Returns the number handled or -errno. */
-int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx);
+/* Submits everything queued and waits for at least one completion or timeout_ms (< 0: no
+ * limit) in one io_uring_enter, then hands every available CQE to fn, in batches. Returns the
+ * number handled or -errno. */
+int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx, int64_t timeout_ms);
 
 /* Submission helpers: each fills one SQE (submitting first if the SQ is full). */
 void loop_accept_multishot(struct loop *l, int fd, uint64_t tag);
@@ -98,7 +101,13 @@ void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag
 void loop_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t tag);
 void loop_socket(struct loop *l, int domain, int type, int protocol, uint64_t tag);
 void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len, uint64_t tag);
+/* A connect linked to a timeout: past ts the connect fails with -ECANCELED. ts must stay valid
+ * until the next submit. Two CQEs: tag and ttag. */
+void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
+			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
+/* A single recv into one provided buffer (no IORING_CQE_F_MORE). */
+void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
 void loop_sendmsg(struct loop *l, int fd, const struct msghdr *msg, uint64_t tag);
 void loop_shutdown(struct loop *l, int fd, int how, uint64_t tag);

@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 
 #include "uproxy/stats.h"
+#include "uproxy/timer.h"
 
 struct worker;
 struct io_uring_cqe;
@@ -51,7 +52,8 @@ enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 /* Back-pressure: a direction stops receiving when this many bytes wait to be sent and
  * resumes below a quarter of it. 256 KiB is two full sendmsg batches in flight. With a small
  * buffer pool the mark shrinks to 1/16 of the pool (at least two buffers), so one reader that
- * never reads can hold only a sixteenth of the pool, never all of it. */
+ * never reads can hold only a sixteenth of the pool; and once less than half the pool is free
+ * the mark shrinks further (session.c: high_water_now). */
 #define SESSION_HIGH_WATER	    (256u * 1024)
 #define SESSION_POOL_SHARE_DIVISOR 16u
 
@@ -74,13 +76,21 @@ struct session_dir {
 	struct iovec iov[DIR_IOV_MAX];
 };
 
+/* Upstreams one session may try: the first plus at most SESSION_MAX_TRIES - 1 retries. */
+#define SESSION_MAX_TRIES  17
+#define SESSION_NO_BACKEND UINT32_MAX
+
 struct session {
+	struct timer_node timer; /* idle / fin deadline */
+	uint64_t fin_deadline;	 /* 0 until half-closed */
 	uint32_t gen;	      /* bumped on release; part of every tag */
 	uint32_t next_free;   /* free-list link */
 	uint8_t state;	      /* enum session_state */
 	uint8_t reason;	      /* enum close_reason, once closing */
-	uint8_t addr_idx;     /* upstream address being tried */
+	uint8_t ntried;	      /* upstreams tried so far */
 	uint8_t pad;
+	uint32_t backend;     /* backend id held, or SESSION_NO_BACKEND */
+	uint16_t tried[SESSION_MAX_TRIES];
 	uint32_t inflight;    /* requests submitted and not yet completed */
 	int fd[2];	      /* [SIDE_CLIENT], [SIDE_UPSTREAM]; -1 when closed */
 	struct session_dir dir[2];
@@ -94,6 +104,9 @@ void session_handle(struct worker *w, struct session *s, const struct io_uring_c
 
 /* Closes the session for reason (no RST). No-op if already closing. */
 void session_abort(struct worker *w, struct session *s, enum close_reason reason);
+
+/* Its idle or fin deadline passed: close it. */
+void session_timeout(struct worker *w, struct session *s);
 
 /* The buffer ring has room again: re-arm a recv parked on DIR_WAIT_BUF. */
 void session_resume_recv(struct worker *w, struct session *s, unsigned int d);

@@ -14,6 +14,7 @@ enum close_reason {
 	CLOSE_CONNECT_FAILED, /* no upstream address accepted the connection */
 	CLOSE_SHUTDOWN,	      /* uproxy is stopping */
 	CLOSE_RESOURCE,	      /* no fd or memory for the upstream socket */
+	CLOSE_TIMEOUT,	      /* --idle-timeout or --fin-timeout */
 	CLOSE__COUNT
 };
 

@@ -3,17 +3,20 @@
 #ifndef UPROXY_WORKER_H
 #define UPROXY_WORKER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/signalfd.h>
 
 #include "uproxy/addr.h"
+#include "uproxy/backend.h"
 #include "uproxy/bufring.h"
 #include "uproxy/config.h"
 #include "uproxy/log.h"
 #include "uproxy/loop.h"
 #include "uproxy/session.h"
 #include "uproxy/stats.h"
+#include "uproxy/timer.h"
 
 #define WORKER_MAX_LISTENERS 8
 
@@ -36,7 +39,27 @@
 /* How long SIGINT/SIGTERM waits for in-flight requests to finish before exiting anyway. */
 #define WORKER_STOP_DEADLINE_MS 900
 
-enum worker_timer { TIMER_ACCEPT_BACKOFF = 1, TIMER_STOP_DEADLINE = 2 };
+enum worker_timer {
+	TIMER_ACCEPT_BACKOFF = 1,
+	TIMER_STOP_DEADLINE = 2, /* all sessions were told to close: wait this long at most */
+	TIMER_DRAIN = 3,	 /* --drain-timeout after SIGTERM */
+	TIMER_HEALTH = 4,	 /* --health-interval */
+};
+
+/* Active health probe of one backend id. */
+struct probe {
+	int fd;
+	bool busy;
+};
+
+/* What the control thread hands a worker: a stop, or a new upstream pool. */
+struct worker_mailbox {
+	pthread_mutex_t mu;
+	unsigned int stops;	    /* stop requests posted */
+	struct backend_spec *specs; /* new pool, owned by the mailbox until taken */
+	int nspecs;
+	bool update;
+};
 
 struct listener {
 	int fd;
@@ -50,8 +73,12 @@ struct listener {
 struct worker {
 	int id;
 	const struct config *cfg;
-	const struct addr *upstreams;
-	int nupstreams;
+	struct backend_pool *pool;
+	struct addr *baddr; /* per backend id: its address, stable while the id is held */
+	struct timer_wheel *wheel;
+	uint64_t now_ms;    /* CLOCK_MONOTONIC, read once per loop iteration */
+	struct __kernel_timespec connect_ts, drain_ts, health_ts;
+	struct probe *probes;
 
 	struct loop loop;
 	struct bufring bufs;
@@ -64,7 +91,7 @@ struct worker {
 	uint32_t free_head;
 	uint32_t active; /* sessions not FREE */
 	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
-	uint32_t high_water, low_water; /* back-pressure marks per direction, in bytes */
+	uint32_t high_water; /* back-pressure mark per direction with the pool at ease, bytes */
 
 	/* Directions parked on an empty buffer ring, oldest first: tags of their recvs. */
 	uint64_t *waitq;
@@ -72,18 +99,21 @@ struct worker {
 
 	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
-	int notify_fd;	/* eventfd: a stop passed on by worker 0 */
+	int notify_fd;	/* eventfd: the mailbox has something */
 	uint64_t notify_val;
+	struct worker_mailbox mbox;
+	unsigned int stops_seen;
 	struct worker *peers; /* all workers, for worker 0 to pass a stop on */
 	int npeers;
-	bool stopping;
+	bool stopping;	/* not accepting any more; sessions drain */
+	bool closing_all; /* every session told to close */
 	bool stop_deadline_hit;
 	bool accept_backoff;
 	unsigned int misc_inflight; /* accepts, their cancels, the back-off timer */
 	struct __kernel_timespec backoff_ts, deadline_ts;
 
 	struct worker_stats st;
-	struct log_ratelimit rl_connect, rl_accept, rl_socket;
+	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health;
 };
 
 /* Largest --max-conns one worker's completion queue can carry with this many buffers. */
@@ -95,8 +125,15 @@ int worker_listen(const struct hostport *hp, struct listener *out, int max, char
 
 /* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
  * thread (the ring is single-issuer). Listeners and sigfd are handed in. */
-int worker_init(struct worker *w, const struct config *cfg, const struct addr *upstreams,
-		int nupstreams, uint32_t max_sessions, char *why, size_t whylen);
+int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
+		int nspecs, uint32_t max_sessions, char *why, size_t whylen);
+
+/* Control thread: ask worker w to stop (drain), or to take a new upstream pool (copied). */
+void worker_post_stop(struct worker *w);
+int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n);
+
+/* Sets up the mailbox; call once before the thread starts. */
+void worker_mailbox_init(struct worker *w);
 
 /* Runs until a stop signal has been handled. Returns the process exit status. */
 int worker_run(struct worker *w);
@@ -114,6 +151,15 @@ void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d);
 
 /* Out of fds or memory: stop accepting for WORKER_ACCEPT_BACKOFF_MS (idempotent). */
 void worker_accept_backoff(struct worker *w);
+
+/* For session.c: the address of a backend id the caller holds. */
+static inline const struct addr *worker_backend_addr(const struct worker *w, uint32_t id)
+{
+	return &w->baddr[id];
+}
+
+/* For session.c: a connect to backend id succeeded or failed (passive health). */
+void worker_backend_report(struct worker *w, uint32_t id, bool ok);
 
 /* For session.c: the session has nothing in flight any more; give its slot back. */
 void worker_release(struct worker *w, struct session *s);
