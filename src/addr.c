@@ -157,6 +157,19 @@ void addr_from_sockaddr(struct addr *a, const struct sockaddr *sa, socklen_t len
 	a->len = len;
 }
 
+bool addr_equal(const struct addr *a, const struct addr *b)
+{
+	if (a->u.sa.sa_family != b->u.sa.sa_family)
+		return false;
+	if (a->u.sa.sa_family == AF_INET)
+		return a->u.in4.sin_port == b->u.in4.sin_port &&
+		       a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr;
+	if (a->u.sa.sa_family == AF_INET6)
+		return a->u.in6.sin6_port == b->u.in6.sin6_port &&
+		       memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
+	return a->len == b->len && memcmp(&a->u, &b->u, a->len) == 0;
+}
+
 const char *addr_format(const struct addr *a, char *buf, size_t len)
 {
 	char host[INET6_ADDRSTRLEN];

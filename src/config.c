@@ -28,6 +28,7 @@ enum opt_id {
 	OPT_IDLE_TIMEOUT,
 	OPT_FIN_TIMEOUT,
 	OPT_DRAIN_TIMEOUT,
+	OPT_STATS,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT__COUNT
@@ -100,6 +101,9 @@ static const struct opt_def opts[] = {
 	{ OPT_BUFFERS, "buffers", 0, "N", NUM(buffers), CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS,
 	  "receive buffers per worker, a power of two, 64-32768 (default: 2048);\n"
 	  "memory = N x buffer size." },
+	{ OPT_STATS, "stats", 0, "[HOST]:PORT", 0, 0, 0,
+	  "serve Prometheus metrics at GET /metrics on this address, from\n"
+	  "worker 0's ring (default: off)." },
 	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
 	  "error, warn, info or debug (default: info). Logs go to stderr." },
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
@@ -284,6 +288,12 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 	case OPT_LISTEN:
 		if (addr_parse(val, &cfg->listen, &why) < 0) {
 			snprintf(err, errlen, "%s--listen '%s': %s", org->where, val, why);
+			return CONFIG_USAGE;
+		}
+		break;
+	case OPT_STATS:
+		if (addr_parse(val, &cfg->stats, &why) < 0) {
+			snprintf(err, errlen, "%s--stats '%s': %s", org->where, val, why);
 			return CONFIG_USAGE;
 		}
 		break;

@@ -253,6 +253,14 @@ void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t l
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+static void link_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t ttag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	io_uring_prep_link_timeout(sqe, ts, 0);
+	io_uring_sqe_set_data64(sqe, ttag);
+}
+
 void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
 			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
 {
@@ -263,9 +271,7 @@ void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, soc
 	io_uring_prep_connect(sqe, fd, sa, len);
 	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(sqe, tag);
-	sqe = get_sqe(l);
-	io_uring_prep_link_timeout(sqe, ts, 0);
-	io_uring_sqe_set_data64(sqe, ttag);
+	link_timeout(l, ts, ttag);
 }
 
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
@@ -293,6 +299,41 @@ void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64
 	struct io_uring_sqe *sqe = get_sqe(l);
 
 	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
+void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
+			   struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+{
+	struct io_uring_sqe *sqe;
+
+	reserve_sqes(l, 2);
+	sqe = get_sqe(l);
+	io_uring_prep_recv(sqe, fd, buf, len, 0);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, tag);
+	link_timeout(l, ts, ttag);
+}
+
+void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len,
+		       struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+{
+	struct io_uring_sqe *sqe;
+
+	reserve_sqes(l, 2);
+	sqe = get_sqe(l);
+	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, tag);
+	link_timeout(l, ts, ttag);
+}
+
+void loop_write(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	/* offset -1: the file position, which O_APPEND keeps at the end. */
+	io_uring_prep_write(sqe, fd, buf, len, (uint64_t)-1);
 	io_uring_sqe_set_data64(sqe, tag);
 }
 

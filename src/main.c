@@ -345,6 +345,28 @@ int main(int argc, char **argv)
 		}
 		w->nlisteners = n;
 	}
+	for (uint32_t i = 0; i < nworkers; i++) {
+		workers[i].snap = cfg.stats.port ? calloc(1, sizeof(*workers[i].snap)) : NULL;
+		if (cfg.stats.port && workers[i].snap == NULL) {
+			status = fail("out of memory");
+			goto out;
+		}
+	}
+	if (cfg.stats.port) {
+		struct listener sl[WORKER_MAX_LISTENERS];
+		int n = worker_listen(&cfg.stats, sl, WORKER_MAX_LISTENERS, err, sizeof(err));
+
+		if (n < 0) {
+			char msg[600];
+
+			snprintf(msg, sizeof(msg), "--stats: %s", err);
+			status = fail(msg);
+			goto out;
+		}
+		for (int i = 0; i < n; i++)
+			workers[0].hs.fds[i] = sl[i].fd;
+		workers[0].hs.nfds = n;
+	}
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
 		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
@@ -380,6 +402,12 @@ int main(int argc, char **argv)
 		for (int i = 0; i < workers[0].nlisteners; i++)
 			log_info("listening on %s",
 				 addr_format(&workers[0].listeners[i].addr, buf, sizeof(buf)));
+		if (cfg.stats.port) {
+			char hp[ADDR_STRLEN + ADDR_HOST_MAX];
+
+			log_info("metrics at http://%s/metrics",
+				 addr_format_hostport(&cfg.stats, hp, sizeof(hp)));
+		}
 		log_pool(pool, nup);
 		log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
 			 "balance %s, open-file limit %llu",
@@ -404,6 +432,12 @@ out:
 				if (workers[i].listeners[j].fd >= 0)
 					close(workers[i].listeners[j].fd);
 		}
+	}
+	for (uint32_t i = 0; workers != NULL && i < nworkers; i++) {
+		if (!st.go)
+			for (int j = 0; j < workers[i].hs.nfds; j++)
+				close(workers[i].hs.fds[j]);
+		free(workers[i].snap);
 	}
 	free(threads);
 	free(args);

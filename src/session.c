@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "uproxy/timer.h"
@@ -94,6 +95,14 @@ static void fire(struct worker *w, struct session *s, enum session_event ev)
 }
 
 /* ---- helpers ---- */
+
+static uint64_t monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 static inline uint64_t stag(const struct worker *w, const struct session *s, unsigned int side,
 			    enum loop_op op)
@@ -296,10 +305,12 @@ static bool connect_next(struct worker *w, struct session *s)
 	if (id < 0)
 		return false;
 	backend_acquire(w->pool, (uint32_t)id);
+	w->backends_dirty = true;
 	s->backend = (uint32_t)id;
 	s->tried[s->ntried++] = (uint16_t)id;
 	a = worker_backend_addr(w, (uint32_t)id);
 	w->st.connect_attempts++;
+	s->connect_start_us = monotonic_us();
 	loop_socket(&w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
 		    stag(w, s, SIDE_UPSTREAM, OP_SOCKET));
 	s->inflight++;
@@ -330,6 +341,7 @@ static void backend_drop(struct worker *w, struct session *s)
 {
 	if (s->backend != SESSION_NO_BACKEND) {
 		backend_release(w->pool, s->backend);
+		w->backends_dirty = true;
 		s->backend = SESSION_NO_BACKEND;
 	}
 }
@@ -401,6 +413,7 @@ static void on_connect(struct worker *w, struct session *s, int res)
 		return;
 	}
 	worker_backend_report(w, s->backend, true);
+	stats_connect_observe(&w->st, monotonic_us() - s->connect_start_us);
 	fire(w, s, SE_CONNECTED);
 	timer_arm(w->wheel, &s->timer, w->now_ms + w->cfg->idle_timeout_ms);
 	recv_arm(w, s, DIR_C2U);

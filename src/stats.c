@@ -1,10 +1,17 @@
-/* stats: names and renders the per-worker counters. Counters are plain integers bumped by the
- * owning worker; this file only reads them. */
+/* stats: names, publishes and renders the per-worker counters. Counters are plain integers
+ * bumped by the owning worker; other threads see them only through seqlock snapshots. */
 #include "uproxy/stats.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "uproxy/log.h"
+
+const uint32_t stats_connect_bounds_us[STATS_CONNECT_BUCKETS] = {
+	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 500000, 2000000,
+};
 
 static const char *const reason_names[CLOSE__COUNT] = {
 	[CLOSE_NORMAL] = "normal",
@@ -14,6 +21,7 @@ static const char *const reason_names[CLOSE__COUNT] = {
 	[CLOSE_SHUTDOWN] = "shutdown",
 	[CLOSE_RESOURCE] = "resource",
 	[CLOSE_TIMEOUT] = "timeout",
+	[CLOSE_PROTOCOL] = "protocol",
 };
 
 const char *close_reason_name(enum close_reason r)
@@ -23,18 +31,210 @@ const char *close_reason_name(enum close_reason r)
 	return reason_names[r];
 }
 
+void stats_connect_observe(struct worker_stats *st, uint64_t us)
+{
+	int i = 0;
+
+	while (i < STATS_CONNECT_BUCKETS && us > stats_connect_bounds_us[i])
+		i++;
+	st->connect_hist[i]++;
+	st->connect_sum_us += us;
+}
+
 void stats_log_summary(const struct worker_stats *st, const struct loop_stats *ls, int worker)
 {
 	log_info("worker %d: accepted=%" PRIu64 " closed normal=%" PRIu64 " client_reset=%" PRIu64
 		 " upstream_reset=%" PRIu64 " connect_failed=%" PRIu64 " shutdown=%" PRIu64
-		 " resource=%" PRIu64 " timeout=%" PRIu64 " bytes c2u=%" PRIu64 " u2c=%" PRIu64
-		 " connect_errors=%" PRIu64 " accept_errors=%" PRIu64 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64
+		 " resource=%" PRIu64 " timeout=%" PRIu64 " protocol=%" PRIu64
+		 " bytes c2u=%" PRIu64 " u2c=%" PRIu64 " connect_errors=%" PRIu64
+		 " accept_errors=%" PRIu64 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64
 		 " buf_exhausted=%" PRIu64 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64
 		 " enters=%" PRIu64 " sqes=%" PRIu64 " cqes=%" PRIu64 " cq_overflow=%" PRIu64,
 		 worker, st->accepted, st->closed[CLOSE_NORMAL], st->closed[CLOSE_CLIENT_RESET],
 		 st->closed[CLOSE_UPSTREAM_RESET], st->closed[CLOSE_CONNECT_FAILED],
-		 st->closed[CLOSE_SHUTDOWN], st->closed[CLOSE_RESOURCE], st->closed[CLOSE_TIMEOUT], st->bytes[0], st->bytes[1],
-		 st->connect_errors, st->accept_errors, st->accept_backoffs, st->accept_overflow, st->buf_exhausted,
+		 st->closed[CLOSE_SHUTDOWN], st->closed[CLOSE_RESOURCE], st->closed[CLOSE_TIMEOUT],
+		 st->closed[CLOSE_PROTOCOL], st->bytes[0], st->bytes[1], st->connect_errors,
+		 st->accept_errors, st->accept_backoffs, st->accept_overflow, st->buf_exhausted,
 		 st->backpressure, st->stale_cqes, ls->enters, ls->submitted, ls->cqes,
 		 ls->cq_overflow);
+}
+
+void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct worker_stats *st,
+		   const struct loop_stats *ls, const struct stats_backend *backends, uint32_t nb)
+{
+	uint32_t seq = __atomic_load_n(&snap->seq, __ATOMIC_RELAXED);
+
+	__atomic_store_n(&snap->seq, seq + 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	snap->active = active;
+	snap->st = *st;
+	snap->ls = *ls;
+	if (backends != NULL) {
+		snap->nbackends = nb;
+		memcpy(snap->backends, backends, (size_t)nb * sizeof(*backends));
+	}
+	__atomic_store_n(&snap->seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+void stats_read(const struct stats_snapshot *snap, struct stats_snapshot *out)
+{
+	for (;;) {
+		uint32_t s1 = __atomic_load_n(&snap->seq, __ATOMIC_ACQUIRE), s2;
+
+		if (s1 & 1)
+			continue;
+		out->active = snap->active;
+		out->st = snap->st;
+		out->ls = snap->ls;
+		out->nbackends = snap->nbackends;
+		memcpy(out->backends, snap->backends,
+		       (size_t)out->nbackends * sizeof(out->backends[0]));
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		s2 = __atomic_load_n(&snap->seq, __ATOMIC_RELAXED);
+		if (s1 == s2)
+			return;
+	}
+}
+
+struct out {
+	char *buf;
+	size_t len, pos;
+};
+
+static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(o->pos < o->len ? o->buf + o->pos : NULL, o->pos < o->len ? o->len - o->pos : 0,
+		      fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		o->pos += (size_t)n;
+}
+
+static void head(struct out *o, const char *name, const char *type, const char *help)
+{
+	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+#define SUM(field)                                                                                 \
+	({                                                                                         \
+		uint64_t _v = 0;                                                                   \
+		for (int _i = 0; _i < n; _i++)                                                     \
+			_v += (uint64_t)snaps[_i].field;                                           \
+		_v;                                                                                \
+	})
+
+static void counter(struct out *o, const char *name, const char *help, uint64_t v)
+{
+	head(o, name, "counter", help);
+	put(o, "%s %" PRIu64 "\n", name, v);
+}
+
+size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, int n)
+{
+	struct out o = { .buf = buf, .len = len, .pos = 0 };
+	uint64_t cum = 0;
+
+	if (len > 0)
+		buf[0] = '\0';
+	head(&o, "uproxy_workers", "gauge", "Worker threads.");
+	put(&o, "uproxy_workers %d\n", n);
+	counter(&o, "uproxy_connections_accepted_total", "Client connections accepted.",
+		SUM(st.accepted));
+	head(&o, "uproxy_connections_active", "gauge", "Client connections open now.");
+	put(&o, "uproxy_connections_active %" PRIu64 "\n", SUM(active));
+	head(&o, "uproxy_connections_closed_total", "counter",
+	     "Client connections closed, by reason (limit: accepted while stopping or full).");
+	for (int r = 0; r < CLOSE__COUNT; r++)
+		put(&o, "uproxy_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
+		    reason_names[r], SUM(st.closed[r]));
+	put(&o, "uproxy_connections_closed_total{reason=\"limit\"} %" PRIu64 "\n",
+	    SUM(st.accept_overflow));
+	head(&o, "uproxy_bytes_total", "counter", "Bytes forwarded, by direction.");
+	put(&o, "uproxy_bytes_total{direction=\"client_to_upstream\"} %" PRIu64 "\n",
+	    SUM(st.bytes[0]));
+	put(&o, "uproxy_bytes_total{direction=\"upstream_to_client\"} %" PRIu64 "\n",
+	    SUM(st.bytes[1]));
+	counter(&o, "uproxy_upstream_connect_attempts_total", "Upstream connects started.",
+		SUM(st.connect_attempts));
+	counter(&o, "uproxy_upstream_connect_failures_total",
+		"Upstream connects that failed or timed out.", SUM(st.connect_errors));
+	head(&o, "uproxy_upstream_connect_duration_seconds", "histogram",
+	     "Time from upstream socket creation to an established connection.");
+	for (int b = 0; b <= STATS_CONNECT_BUCKETS; b++) {
+		cum += SUM(st.connect_hist[b]);
+		if (b < STATS_CONNECT_BUCKETS)
+			put(&o, "uproxy_upstream_connect_duration_seconds_bucket{le=\"%g\"} %" PRIu64
+				"\n",
+			    stats_connect_bounds_us[b] / 1e6, cum);
+		else
+			put(&o, "uproxy_upstream_connect_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64
+				"\n",
+			    cum);
+	}
+	put(&o, "uproxy_upstream_connect_duration_seconds_sum %.6f\n", SUM(st.connect_sum_us) / 1e6);
+	put(&o, "uproxy_upstream_connect_duration_seconds_count %" PRIu64 "\n", cum);
+
+	/* Per upstream, by address; a worker that sees it down makes it down. */
+	head(&o, "uproxy_upstream_up", "gauge", "1 if the upstream is taking sessions, 0 if down.");
+	for (int w = 0; w < n; w++) {
+		for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
+			const struct stats_backend *b = &snaps[w].backends[i];
+			bool seen = false, up = true;
+			char a[ADDR_STRLEN];
+
+			for (int pw = 0; pw <= w && !seen; pw++)
+				for (uint32_t j = 0; j < (pw < w ? snaps[pw].nbackends : i); j++)
+					seen |= addr_equal(&snaps[pw].backends[j].addr, &b->addr);
+			if (seen)
+				continue;
+			for (int ww = w; ww < n; ww++)
+				for (uint32_t j = 0; j < snaps[ww].nbackends; j++)
+					if (addr_equal(&snaps[ww].backends[j].addr, &b->addr))
+						up &= snaps[ww].backends[j].up != 0;
+			put(&o, "uproxy_upstream_up{upstream=\"%s\"} %d\n",
+			    addr_format(&b->addr, a, sizeof(a)), up ? 1 : 0);
+		}
+	}
+	head(&o, "uproxy_upstream_active_sessions", "gauge", "Sessions on each upstream now.");
+	for (int w = 0; w < n; w++) {
+		for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
+			const struct stats_backend *b = &snaps[w].backends[i];
+			bool seen = false;
+			uint64_t active = 0;
+			char a[ADDR_STRLEN];
+
+			for (int pw = 0; pw <= w && !seen; pw++)
+				for (uint32_t j = 0; j < (pw < w ? snaps[pw].nbackends : i); j++)
+					seen |= addr_equal(&snaps[pw].backends[j].addr, &b->addr);
+			if (seen)
+				continue;
+			for (int ww = w; ww < n; ww++)
+				for (uint32_t j = 0; j < snaps[ww].nbackends; j++)
+					if (addr_equal(&snaps[ww].backends[j].addr, &b->addr))
+						active += snaps[ww].backends[j].active;
+			put(&o, "uproxy_upstream_active_sessions{upstream=\"%s\"} %" PRIu64 "\n",
+			    addr_format(&b->addr, a, sizeof(a)), active);
+		}
+	}
+	counter(&o, "uproxy_buffer_ring_exhausted_total",
+		"Receives that found the provided-buffer ring empty.", SUM(st.buf_exhausted));
+	counter(&o, "uproxy_backpressure_pauses_total",
+		"Receives paused because the other side was not reading.", SUM(st.backpressure));
+	counter(&o, "uproxy_ring_enters_total", "io_uring_enter system calls.", SUM(ls.enters));
+	counter(&o, "uproxy_ring_submissions_total", "SQEs submitted to the rings.",
+		SUM(ls.submitted));
+	counter(&o, "uproxy_ring_cqes_total", "CQEs handled.", SUM(ls.cqes));
+	counter(&o, "uproxy_ring_cq_overflows_total", "Completion queue overflows (should be 0).",
+		SUM(ls.cq_overflow));
+	counter(&o, "uproxy_stale_cqes_total", "Completions dropped for a reused slot.",
+		SUM(st.stale_cqes));
+	counter(&o, "uproxy_accept_errors_total", "Failed accepts.", SUM(st.accept_errors));
+	counter(&o, "uproxy_access_log_dropped_total",
+		"Access-log lines dropped because the log could not keep up.", SUM(st.log_dropped));
+	return o.pos;
 }

@@ -117,6 +117,9 @@ int worker_listen(const struct hostport *hp, struct listener *out, int max, char
 
 /* ---- set-up ---- */
 
+/* The per-upstream metrics table is republished at most this often while it changes. */
+#define STATS_BACKENDS_EVERY_MS 10
+
 static uint64_t monotonic_ms(void)
 {
 	struct timespec ts;
@@ -251,6 +254,7 @@ void worker_destroy(struct worker *w)
 		if (w->probes[id].busy && w->probes[id].fd >= 0)
 			close(w->probes[id].fd);
 	}
+	httpstats_destroy(&w->hs);
 	bufring_destroy(&w->bufs, &w->loop);
 	loop_exit(&w->loop);
 	free(w->sessions);
@@ -269,10 +273,35 @@ void worker_destroy(struct worker *w)
 	w->mbox.specs = NULL;
 }
 
+void worker_publish_stats(struct worker *w, bool backends)
+{
+	static __thread struct stats_backend table[BACKEND_MAX];
+	uint32_t n = 0;
+
+	if (w->snap == NULL)
+		return;
+	if (backends) {
+		for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+			struct backend_info bi;
+
+			if (backend_info(w->pool, id, &bi) < 0 || bi.removed)
+				continue;
+			table[n].addr = bi.addr;
+			table[n].active = bi.active;
+			table[n].up = bi.up;
+			n++;
+		}
+		w->backends_published_ms = w->now_ms;
+		w->backends_dirty = false;
+	}
+	stats_publish(w->snap, w->active, &w->st, &w->loop.st, backends ? table : NULL, n);
+}
+
 void worker_backend_report(struct worker *w, uint32_t id, bool ok)
 {
 	char buf[ADDR_STRLEN];
 
+	w->backends_dirty = true;
 	if (backend_report(w->pool, id, ok, w->now_ms))
 		log_warn("worker %d: upstream %s is %s", w->id,
 			 addr_format(&w->baddr[id], buf, sizeof(buf)),
@@ -527,6 +556,7 @@ static void stop(struct worker *w, int signo)
 		log_info("received %s: no longer accepting; draining connections for up to %u ms",
 			 strsignal(signo), w->cfg->drain_timeout_ms);
 	w->stopping = true;
+	httpstats_stop(w);
 	for (int i = 0; i < w->nlisteners; i++) {
 		struct listener *l = &w->listeners[i];
 
@@ -572,6 +602,7 @@ static void on_notify(struct worker *w)
 	if (update) {
 		int rc = pool_apply(w, specs, n);
 
+		w->backends_dirty = true;
 		if (rc < 0)
 			log_error("worker %d: upstream pool update refused: %s", w->id,
 				  strerror(-rc));
@@ -636,6 +667,7 @@ static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 				     tag_make(id, 0, PROBE_TIMEOUT, OP_PROBE));
 		return;
 	case PROBE_CONNECT:
+		w->backends_dirty = true;
 		if (backend_info(w->pool, id, &bi) == 0 && !bi.removed &&
 		    backend_set_up(w->pool, id, res == 0))
 			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
@@ -690,6 +722,9 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 		return;
 	case OP_PROBE:
 		on_probe(w, cqe);
+		return;
+	case OP_STATS:
+		httpstats_handle(w, cqe);
 		return;
 	case OP_TIMER:
 		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
@@ -756,8 +791,15 @@ int worker_run(struct worker *w)
 		health_arm(w);
 	}
 	accept_update(w);
+	ms_to_ts(&w->hs_ts, HTTPSTATS_TIMEOUT_MS);
+	if (w->hs.nfds > 0)
+		httpstats_start(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
 		int64_t wait = timer_next_ms(w->wheel, w->now_ms);
+
+		if (w->snap != NULL && w->backends_dirty &&
+		    (wait < 0 || wait > STATS_BACKENDS_EVERY_MS))
+			wait = STATS_BACKENDS_EVERY_MS;
 		int rc = loop_run_once(&w->loop, dispatch, w, wait);
 
 		if (rc < 0) {
@@ -772,6 +814,12 @@ int worker_run(struct worker *w)
 		if (w->wq_len > 0)
 			resume_waiters(w);
 		accept_update(w);
+		/* Counters every iteration (a few hundred bytes); the per-upstream table when it
+		 * changed, at most every STATS_BACKENDS_EVERY_MS (the wait above wakes for it). */
+		if (w->snap != NULL)
+			worker_publish_stats(w, w->backends_dirty &&
+						       w->now_ms - w->backends_published_ms >=
+							       STATS_BACKENDS_EVERY_MS);
 		if (w->stop_deadline_hit) {
 			if (w->active > 0 || w->misc_inflight > 0)
 				log_warn("exiting with %u connections still closing", w->active);

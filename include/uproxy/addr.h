@@ -43,6 +43,9 @@ const char *addr_format(const struct addr *a, char *buf, size_t len);
 /* Formats a hostport back into its canonical text form; returns buf. */
 const char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len);
 
+/* True when a and b are the same family, address and port. */
+bool addr_equal(const struct addr *a, const struct addr *b);
+
 /* Builds a struct addr from a sockaddr of a known length. */
 void addr_from_sockaddr(struct addr *a, const struct sockaddr *sa, socklen_t len);
 

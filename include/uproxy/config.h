@@ -41,6 +41,7 @@ struct config_upstream {
 struct config {
 	char config_path[PATH_MAX]; /* empty: no config file */
 	struct hostport listen;
+	struct hostport stats;	    /* --stats; port 0: off */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;

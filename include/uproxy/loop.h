@@ -31,6 +31,8 @@ enum loop_op {
 	OP_CANCEL,   /* cancel of a session request; side = side or direction */
 	OP_CLOSE,    /* close; side = which fd */
 	OP_PROBE,    /* active health check; slot = backend id, side = stage */
+	OP_STATS,    /* the /metrics endpoint; slot = connection, side = stage */
+	OP_LOG,      /* access-log write */
 	OP__COUNT
 };
 
@@ -109,6 +111,13 @@ void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 /* A single recv into one provided buffer (no IORING_CQE_F_MORE). */
 void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
+/* recv into buf / send from buf, each linked to a timeout (two CQEs: tag and ttag). */
+void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
+			   struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
+void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len,
+		       struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
+/* write(2) at the file's current position (O_APPEND files). */
+void loop_write(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
 void loop_sendmsg(struct loop *l, int fd, const struct msghdr *msg, uint64_t tag);
 void loop_shutdown(struct loop *l, int fd, int how, uint64_t tag);
 void loop_close(struct loop *l, int fd, uint64_t tag);

@@ -83,6 +83,7 @@ struct session_dir {
 struct session {
 	struct timer_node timer; /* idle / fin deadline */
 	uint64_t fin_deadline;	 /* 0 until half-closed */
+	uint64_t connect_start_us; /* when the current upstream attempt began */
 	uint32_t gen;	      /* bumped on release; part of every tag */
 	uint32_t next_free;   /* free-list link */
 	uint8_t state;	      /* enum session_state */

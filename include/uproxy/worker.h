@@ -12,6 +12,7 @@
 #include "uproxy/backend.h"
 #include "uproxy/bufring.h"
 #include "uproxy/config.h"
+#include "uproxy/httpstats.h"
 #include "uproxy/log.h"
 #include "uproxy/loop.h"
 #include "uproxy/session.h"
@@ -113,6 +114,11 @@ struct worker {
 	struct __kernel_timespec backoff_ts, deadline_ts;
 
 	struct worker_stats st;
+	struct stats_snapshot *snap; /* published each iteration when --stats is on */
+	uint64_t backends_published_ms;
+	bool backends_dirty;	     /* sessions or health moved since the last publish */
+	struct httpstats hs;	     /* worker 0 only, with --stats */
+	struct __kernel_timespec hs_ts;
 	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health;
 };
 
@@ -151,6 +157,10 @@ void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d);
 
 /* Out of fds or memory: stop accepting for WORKER_ACCEPT_BACKOFF_MS (idempotent). */
 void worker_accept_backoff(struct worker *w);
+
+/* Publishes the counters (and, with backends, the per-upstream table) for the metrics
+ * endpoint. */
+void worker_publish_stats(struct worker *w, bool backends);
 
 /* For session.c: the address of a backend id the caller holds. */
 static inline const struct addr *worker_backend_addr(const struct worker *w, uint32_t id)
