@@ -1,0 +1,261 @@
+/* Shared helpers for the uproxy integration tests: seeded data streams and
+ * hashes, bounded socket I/O, spawning and stopping the real binary, probing
+ * its fds, sockets, RSS and CPU time, and echo/sink/source/handler backends.
+ * Every wait here is bounded; only processes spawned here are ever signalled. */
+#ifndef UPROXY_TEST_HARNESS_H
+#define UPROXY_TEST_HARNESS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define KIB (1024ULL)
+#define MIB (1024ULL * 1024ULL)
+
+/* ---- time ---------------------------------------------------------------- */
+
+uint64_t now_ms(void);
+void sleep_ms(unsigned int ms);
+
+/* ---- data: a seekable pseudo-random byte stream and a 64-bit hash -------- */
+
+/* Bytes [off, off + n) of the stream named by seed. */
+void fill_random(void *buf, size_t n, uint64_t seed, uint64_t off);
+
+#define HASH64_INIT 0xcbf29ce484222325ULL /* FNV-1a 64 */
+uint64_t hash64_update(uint64_t h, const void *buf, size_t n);
+uint64_t hash64(const void *buf, size_t n);
+/* Hash of the first n bytes of stream seed. */
+uint64_t stream_hash(uint64_t seed, uint64_t n);
+
+/* Checks received bytes against the expected stream as they arrive. */
+struct stream_check {
+	uint64_t seed;
+	uint64_t len;     /* bytes fed so far */
+	uint64_t hash;    /* hash of the bytes fed */
+	int64_t bad_at;   /* offset of the first wrong byte, -1 if none */
+};
+
+void check_init(struct stream_check *c, uint64_t seed);
+void check_feed(struct stream_check *c, const void *buf, size_t n);
+
+/* ---- sockets --------------------------------------------------------------- */
+
+bool have_ipv6(void);
+/* A TCP port that was free on 127.0.0.1 (and ::1 where available). */
+uint16_t free_port(void);
+int set_nonblock(int fd, bool on);
+/* Close with SO_LINGER {1, 0}: the peer gets an RST. */
+void close_rst(int fd);
+/* Non-blocking connect to the loopback address of family, bounded by
+ * timeout_ms; returns a non-blocking fd, or -1 with errno set. */
+int tcp_connect(int family, uint16_t port, int timeout_ms);
+/* Sockets in /proc/net/tcp{,6} that a proxy listening on listen_port and
+ * forwarding to up_port still holds open (inode != 0): accepted ones (local
+ * port == listen_port, not LISTEN) and upstream ones (remote port == up_port).
+ * Unlike /proc/PID/fd this also sees io_uring direct descriptors. */
+int proxy_sock_count(uint16_t listen_port, uint16_t up_port);
+/* " 3=socket:[1234](ESTABLISHED 8080→41000) 4=anon_inode:[io_uring] ..." */
+void describe_fds(pid_t pid, char *buf, size_t len);
+/* Kernel-queued bytes (tx_queue + rx_queue) of every socket touching port. */
+uint64_t kernel_queued(uint16_t port);
+
+enum io_end {
+	IO_DONE,     /* the requested amount was transferred */
+	IO_EOF,      /* peer closed (read returned 0) */
+	IO_RESET,    /* ECONNRESET / EPIPE */
+	IO_TIMEOUT,
+	IO_ERROR,    /* another errno */
+};
+const char *io_end_name(enum io_end e);
+
+/* Bounded I/O on non-blocking sockets; *done gets the bytes moved. */
+enum io_end io_write_all(int fd, const void *buf, size_t n, int timeout_ms, size_t *done);
+enum io_end io_read_exact(int fd, void *buf, size_t n, int timeout_ms, size_t *done);
+/* Writes bytes [off, off + len) of stream seed. */
+enum io_end io_write_stream(int fd, uint64_t seed, uint64_t off, uint64_t len,
+			    int timeout_ms, uint64_t *done);
+/* Reads into c until max bytes (IO_DONE), EOF, error or timeout. */
+enum io_end io_read_stream(int fd, struct stream_check *c, uint64_t max, int timeout_ms);
+/* Waits for EOF or reset, discarding (and counting in *extra) any data. */
+enum io_end io_wait_close(int fd, int timeout_ms, uint64_t *extra);
+
+/* Full-duplex transfer on one socket in one poll loop: sends send_len bytes of
+ * stream send_seed (then shutdown(SHUT_WR) if shut_wr), while checking what
+ * arrives against stream recv_seed, until EOF/error/timeout. */
+struct xfer {
+	uint64_t sent;
+	enum io_end send_end;
+	struct stream_check rx;
+	enum io_end recv_end;
+	uint64_t ms;
+};
+void xfer_run(struct xfer *x, int fd, uint64_t send_seed, uint64_t send_len, bool shut_wr,
+	      uint64_t recv_seed, int timeout_ms);
+/* Round trip of n bytes of stream seed through an echo path; true if intact. */
+bool echo_roundtrip(int fd, uint64_t seed, size_t n, int timeout_ms);
+
+/* ---- processes ------------------------------------------------------------- */
+
+struct proc {
+	pid_t pid;
+	int out_fd;      /* memfd holding stdout */
+	int err_fd;      /* memfd holding stderr */
+	bool reaped;
+	int status;      /* wait status once reaped */
+};
+
+const char *uproxy_bin(void);
+/* Spawns argv (argv[0] is the program); hard > 0 sets RLIMIT_NOFILE in the
+ * child to {soft, hard} (soft 0 means hard). Returns 0 or -errno. */
+int proc_spawn(struct proc *p, char *const argv[], long soft, long hard);
+/* true once the process has exited (status in p->status), within timeout. */
+bool proc_wait(struct proc *p, int timeout_ms);
+/* SIGKILL (our own child only) if still running, and reap. */
+void proc_kill(struct proc *p);
+/* Captured output, NUL-terminated, malloc'd. */
+char *proc_stdout(struct proc *p);
+char *proc_stderr(struct proc *p);
+void proc_release(struct proc *p);
+/* "exited 2", "killed by signal 9", "still running" */
+const char *status_str(const struct proc *p, char *buf, size_t len);
+
+/* Runs uproxy with the NULL-terminated args, waits up to timeout_ms. */
+struct run_result {
+	bool exited;
+	int code;        /* exit code if exited normally, -signal if killed */
+	uint64_t ms;
+	char *out;
+	char *err;
+};
+void run_uproxy(struct run_result *r, int timeout_ms, const char *const args[]);
+void run_result_free(struct run_result *r);
+
+/* ---- the proxy under test ------------------------------------------------ */
+
+struct proxy_cfg {
+	const char *listen;       /* NULL: "127.0.0.1:<port>" on a free port */
+	const char *upstream;     /* NULL: "127.0.0.1:<up_port>" */
+	uint16_t port;            /* listen port when listen is given */
+	uint16_t up_port;
+	int probe_family;         /* family used for the readiness probe (AF_INET if 0) */
+	long nofile;              /* RLIMIT_NOFILE (hard) for the proxy, 0 = inherit */
+	long nofile_soft;         /* its soft limit, 0 = same as nofile */
+	const char *extra[12];    /* more arguments, NULL-terminated */
+};
+
+struct proxy {
+	struct proc proc;
+	uint16_t port;
+	uint16_t up_port;
+	int family;
+	int base_fds;             /* /proc/PID/fd count once idle after start-up */
+	long base_rss_kib;
+};
+
+/* Starts the proxy and waits (≤ 2 s) until it accepts; asserts on failure.
+ * The readiness probe goes through the proxy, so keep the backend bound but
+ * not listening (backend_bind) until this returns. */
+void proxy_start(struct proxy *px, const struct proxy_cfg *cfg);
+/* SIGTERM, wait ≤ 2 s, SIGKILL as a last resort; returns true if it exited
+ * by itself with status 0 (else logs its status and stderr). Its captured
+ * output stays readable (proc_stderr) until the test ends. */
+bool proxy_stop(struct proxy *px);
+int proxy_fds(const struct proxy *px);
+/* Waits ≤ timeout_ms for fds == base and no proxy-owned sockets; returns
+ * true on success, with the last counts in *fds and *socks. */
+bool proxy_wait_idle(const struct proxy *px, int timeout_ms, int *fds, int *socks);
+bool proxy_is_sanitized(const struct proxy *px);
+char *proxy_stderr(struct proxy *px);
+
+int count_fds(pid_t pid);
+/* Soft "Max open files" from /proc/PID/limits, -1 if unknown. */
+long nofile_soft_of(pid_t pid);
+long rss_kib(pid_t pid);
+/* "Threads:" from /proc/PID/status, -1 if unknown. */
+int thread_count(pid_t pid);
+long cpu_ticks(pid_t pid);
+/* Soft RLIMIT_NOFILE := hard. */
+void raise_nofile(void);
+
+/* ---- backends ---------------------------------------------------------------- */
+
+enum backend_mode {
+	BK_ECHO,     /* echo everything; close after the peer's EOF is echoed */
+	BK_SINK,     /* read to EOF, record length and hash, close */
+	BK_SOURCE,   /* send source_len bytes of source_seed, then close */
+	BK_HANDLER,  /* run handler(fd, arg) in its own thread per connection */
+};
+
+#define BK_MAX_RESULTS 64
+#define BK_MAX_HANDLERS 256
+
+struct sink_result {
+	uint64_t len;
+	uint64_t hash;
+};
+
+struct backend {
+	int lfd;
+	uint16_t port;
+	int family;
+	enum backend_mode mode;
+	uint64_t source_seed, source_len;
+	void (*handler)(int fd, void *arg);
+	void *arg;
+
+	pthread_t thr;
+	bool running;
+	int stop_efd;
+	atomic_bool stopping;
+
+	atomic_int accepted;
+	atomic_int open;
+	atomic_int peak_open;
+	atomic_ullong bytes_in;
+
+	pthread_mutex_t mu;
+	int nresults;
+	struct sink_result results[BK_MAX_RESULTS];
+	int nhandlers;
+	pthread_t handlers[BK_MAX_HANDLERS];
+};
+
+/* Binds a loopback port (family AF_INET or AF_INET6) without listening:
+ * connections to it are refused until backend_run. Asserts on failure. */
+void backend_bind(struct backend *b, int family);
+void backend_run(struct backend *b, enum backend_mode mode);
+void backend_stop(struct backend *b);
+/* Waits for a sink result with len > 0. */
+bool backend_wait_sink(struct backend *b, int timeout_ms, struct sink_result *out);
+
+/* Common set-up: backend bound, proxy started on it (extra arguments are
+ * NULL-terminated, may be NULL), backend running in mode. */
+void setup(struct backend *b, struct proxy *px, enum backend_mode mode,
+	   const char *const extra[]);
+#define setup_echo(b, px, extra) setup((b), (px), BK_ECHO, (extra))
+
+/* Asserts that within timeout_ms the proxy is back to its baseline fd count
+ * and holds no sockets for its ports; what names the situation. */
+void assert_proxy_idle(const struct proxy *px, int timeout_ms, const char *what);
+
+/* ---- many connections at once ------------------------------------------- */
+
+/* n echo connections driven by one poll loop. Each sends len bytes of stream
+ * seed_base + i, then shutdown(SHUT_WR), and checks the echo up to EOF. With
+ * warm > 0 every connection first completes a warm-byte round trip, so all n
+ * are open through the proxy at the same time before the bulk is sent. */
+struct multi_stats {
+	int n, ok, connect_failed, corrupt, short_eof, reset, timeout;
+	int warm_ok;
+	uint64_t ms;
+	char first_problem[192];
+};
+void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64_t len,
+		uint64_t warm, uint64_t seed_base, int timeout_ms);
+
+#endif
