@@ -29,6 +29,8 @@ enum opt_id {
 	OPT_FIN_TIMEOUT,
 	OPT_DRAIN_TIMEOUT,
 	OPT_STATS,
+	OPT_ACCESS_LOG,
+	OPT_LOG_FORMAT,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT__COUNT
@@ -104,6 +106,12 @@ static const struct opt_def opts[] = {
 	{ OPT_STATS, "stats", 0, "[HOST]:PORT", 0, 0, 0,
 	  "serve Prometheus metrics at GET /metrics on this address, from\n"
 	  "worker 0's ring (default: off)." },
+	{ OPT_ACCESS_LOG, "access-log", 0, "PATH|-", 0, 0, 0,
+	  "append one line per finished session (time, client, upstream, bytes\n"
+	  "each way, duration, close reason) to PATH, or stdout for '-'; written\n"
+	  "through the ring, never blocking (default: off)." },
+	{ OPT_LOG_FORMAT, "log-format", 0, "text|json", 0, 0, 0,
+	  "format of the access-log lines (default: text)." },
 	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
 	  "error, warn, info or debug (default: info). Logs go to stderr." },
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
@@ -290,6 +298,21 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 			snprintf(err, errlen, "%s--listen '%s': %s", org->where, val, why);
 			return CONFIG_USAGE;
 		}
+		break;
+	case OPT_ACCESS_LOG:
+		if (*val == '\0' || strlen(val) >= sizeof(cfg->access_log)) {
+			snprintf(err, errlen, "%s--access-log: bad path '%s'", org->where, val);
+			return CONFIG_USAGE;
+		}
+		strcpy(cfg->access_log, val);
+		break;
+	case OPT_LOG_FORMAT:
+		if (strcmp(val, "text") != 0 && strcmp(val, "json") != 0) {
+			snprintf(err, errlen, "%s--log-format '%s': expected text or json", org->where,
+				 val);
+			return CONFIG_USAGE;
+		}
+		cfg->log_json = strcmp(val, "json") == 0;
 		break;
 	case OPT_STATS:
 		if (addr_parse(val, &cfg->stats, &why) < 0) {

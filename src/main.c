@@ -4,6 +4,7 @@
  * the workers. Exit status: 0 after a stop signal, 2 for usage errors, 1 for run-time failures.
  * Never runs data-path code. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sched.h>
@@ -278,7 +279,7 @@ int main(int argc, char **argv)
 	char err[512], buf[ADDR_STRLEN];
 	uint32_t cap, total, per_worker, nworkers;
 	rlim_t nofile;
-	int nup, sigfd, status = 0, started = 0;
+	int nup, sigfd, status = 0, started = 0, alog_fd = -1;
 
 	switch (config_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
 	case CONFIG_OK:
@@ -335,6 +336,7 @@ int main(int argc, char **argv)
 		w->id = (int)i;
 		w->sigfd = -1;
 		w->notify_fd = -1;
+		w->alog_fd = -1;
 		w->peers = workers;
 		w->npeers = (int)nworkers;
 		worker_mailbox_init(w);
@@ -366,6 +368,19 @@ int main(int argc, char **argv)
 		for (int i = 0; i < n; i++)
 			workers[0].hs.fds[i] = sl[i].fd;
 		workers[0].hs.nfds = n;
+	}
+	if (cfg.access_log[0] != '\0') {
+		alog_fd = strcmp(cfg.access_log, "-") == 0
+				  ? STDOUT_FILENO
+				  : open(cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (alog_fd < 0) {
+			snprintf(err, sizeof(err), "cannot open --access-log '%.300s': %s",
+				 cfg.access_log, strerror(errno));
+			status = fail(err);
+			goto out;
+		}
+		for (uint32_t i = 0; i < nworkers; i++)
+			workers[i].alog_fd = alog_fd;
 	}
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
@@ -439,6 +454,8 @@ out:
 				close(workers[i].hs.fds[j]);
 		free(workers[i].snap);
 	}
+	if (alog_fd > STDOUT_FILENO)
+		close(alog_fd);
 	free(threads);
 	free(args);
 	free(workers);

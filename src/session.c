@@ -285,20 +285,13 @@ void session_abort(struct worker *w, struct session *s, enum close_reason reason
  * socket + connect. Returns false when the pool has nothing left to try. */
 static bool connect_next(struct worker *w, struct session *s)
 {
-	struct sockaddr_storage peer;
 	const struct sockaddr *client = NULL;
 	uint32_t tried[SESSION_MAX_TRIES];
 	const struct addr *a;
 	int id;
 
-	if (backend_pool_balance(w->pool) == BALANCE_HASH) {
-		socklen_t len = sizeof(peer);
-
-		/* One syscall per attempt, only for the hash policy: multishot accept shares one
-		 * address buffer between completions, so the address is asked for here. */
-		if (getpeername(s->fd[SIDE_CLIENT], (struct sockaddr *)&peer, &len) == 0)
-			client = (const struct sockaddr *)&peer;
-	}
+	if (s->have_peer)
+		client = &w->peer_addrs[worker_slot(w, s)].u.sa;
 	for (unsigned int i = 0; i < s->ntried; i++)
 		tried[i] = s->tried[i];
 	id = backend_pick(w->pool, client, w->now_ms, tried, s->ntried);
@@ -327,6 +320,19 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	s->inflight = 0;
 	s->reason = CLOSE_NORMAL;
 	s->fin_deadline = 0;
+	s->start_ms = w->now_ms;
+	s->bytes[0] = s->bytes[1] = 0;
+	s->have_peer = 0;
+	if (w->peer_addrs != NULL) {
+		struct addr *pa = &w->peer_addrs[worker_slot(w, s)];
+
+		/* One syscall per session, only for features that need the client's address
+		 * (hash balancing, access log, PROXY protocol): a multishot accept shares one
+		 * address buffer between its completions, so it is asked for here. */
+		pa->len = sizeof(pa->u);
+		if (getpeername(client_fd, &pa->u.sa, &pa->len) == 0)
+			s->have_peer = 1;
+	}
 	timer_node_init(&s->timer, 0, worker_slot(w, s));
 	dir_reset(&s->dir[DIR_C2U]);
 	dir_reset(&s->dir[DIR_U2C]);
@@ -459,6 +465,7 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		} else {
 			queue_push(w, dr, bid);
 			w->st.bytes[d] += (uint64_t)res;
+			s->bytes[d] += (uint64_t)res;
 			timer_touch(w, s);
 			dir_pump(w, s, d);
 			if (dr->queued >= high_water_now(w) &&
@@ -567,6 +574,24 @@ void session_resume_recv(struct worker *w, struct session *s, unsigned int d)
 		recv_arm(w, s, d);
 }
 
+static void log_session(struct worker *w, struct session *s)
+{
+	struct timespec now;
+	struct accesslog_entry e = {
+		.client = s->have_peer ? &w->peer_addrs[worker_slot(w, s)] : NULL,
+		.upstream = s->backend != SESSION_NO_BACKEND ? worker_backend_addr(w, s->backend)
+							      : NULL,
+		.bytes_in = s->bytes[DIR_C2U],
+		.bytes_out = s->bytes[DIR_U2C],
+		.duration_ms = w->now_ms - s->start_ms,
+		.reason = close_reason_name((enum close_reason)s->reason),
+	};
+
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	e.end_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+	accesslog_add(w->alog, &e);
+}
+
 void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe)
 {
 	uint64_t tag = cqe->user_data;
@@ -601,6 +626,8 @@ void session_handle(struct worker *w, struct session *s, const struct io_uring_c
 		abort();
 	}
 	if (closing(s) && s->inflight == 0) {
+		if (w->alog != NULL)
+			log_session(w, s);
 		queue_drop(w, &s->dir[DIR_C2U]);
 		queue_drop(w, &s->dir[DIR_U2C]);
 		backend_drop(w, s);

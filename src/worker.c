@@ -198,6 +198,25 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	rc = bufring_init(&w->bufs, &w->loop, 0, cfg->buffers, cfg->buffer_size, why, whylen);
 	if (rc < 0)
 		goto err_loop;
+	if (w->alog_fd >= 0) {
+		w->alog = calloc(1, sizeof(*w->alog));
+		if (w->alog == NULL) {
+			snprintf(why, whylen, "cannot allocate the access-log buffers");
+			rc = -ENOMEM;
+			goto err_bufs;
+		}
+		w->alog->fd = w->alog_fd;
+		w->alog->json = cfg->log_json;
+		w->alog->dropped = &w->st.log_dropped;
+	}
+	if (w->alog != NULL || cfg->balance == BALANCE_HASH) {
+		w->peer_addrs = calloc(max_sessions, sizeof(*w->peer_addrs));
+		if (w->peer_addrs == NULL) {
+			snprintf(why, whylen, "cannot allocate %u client address slots", max_sessions);
+			rc = -ENOMEM;
+			goto err_bufs;
+		}
+	}
 	/* calloc'd slab: pages are touched only as slots are first used. */
 	w->sessions = calloc(max_sessions, sizeof(*w->sessions));
 	w->wq_cap = 2 * max_sessions;
@@ -226,6 +245,10 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	return 0;
 
 err_bufs:
+	free(w->alog);
+	free(w->peer_addrs);
+	w->alog = NULL;
+	w->peer_addrs = NULL;
 	free(w->sessions);
 	free(w->waitq);
 	w->sessions = NULL;
@@ -255,6 +278,10 @@ void worker_destroy(struct worker *w)
 			close(w->probes[id].fd);
 	}
 	httpstats_destroy(&w->hs);
+	free(w->alog);
+	free(w->peer_addrs);
+	w->alog = NULL;
+	w->peer_addrs = NULL;
 	bufring_destroy(&w->bufs, &w->loop);
 	loop_exit(&w->loop);
 	free(w->sessions);
@@ -726,6 +753,11 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 	case OP_STATS:
 		httpstats_handle(w, cqe);
 		return;
+	case OP_LOG:
+		w->misc_inflight--;
+		w->log_writing = false;
+		accesslog_done(w->alog, cqe->res);
+		return;
 	case OP_TIMER:
 		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
 			w->misc_inflight--;
@@ -772,6 +804,22 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 	session_handle(w, s, cqe);
 }
 
+/* Starts the next access-log write if none is in flight (one per worker at a time). */
+static void log_flush(struct worker *w)
+{
+	unsigned int n;
+	const char *p;
+
+	if (w->log_writing)
+		return;
+	p = accesslog_next(w->alog, &n);
+	if (p == NULL)
+		return;
+	loop_write(&w->loop, w->alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
+	w->log_writing = true;
+	w->misc_inflight++;
+}
+
 static void on_timer(struct timer_node *n, void *ctx)
 {
 	struct worker *w = ctx;
@@ -814,6 +862,8 @@ int worker_run(struct worker *w)
 		if (w->wq_len > 0)
 			resume_waiters(w);
 		accept_update(w);
+		if (w->alog != NULL)
+			log_flush(w);
 		/* Counters every iteration (a few hundred bytes); the per-upstream table when it
 		 * changed, at most every STATS_BACKENDS_EVERY_MS (the wait above wakes for it). */
 		if (w->snap != NULL)
@@ -828,6 +878,8 @@ int worker_run(struct worker *w)
 	}
 	/* Publish what the last batch recycled before the ring goes away. */
 	bufring_commit(&w->bufs);
+	if (w->alog != NULL && !w->log_writing)
+		accesslog_drain(w->alog);
 	stats_log_summary(&w->st, &w->loop.st, w->id);
 	return status;
 }

@@ -5,6 +5,7 @@
 #define UPROXY_CONFIG_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,6 +43,8 @@ struct config {
 	char config_path[PATH_MAX]; /* empty: no config file */
 	struct hostport listen;
 	struct hostport stats;	    /* --stats; port 0: off */
+	char access_log[PATH_MAX];  /* --access-log; empty: off, "-": stdout */
+	bool log_json;		    /* --log-format json */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;

@@ -84,12 +84,14 @@ struct session {
 	struct timer_node timer; /* idle / fin deadline */
 	uint64_t fin_deadline;	 /* 0 until half-closed */
 	uint64_t connect_start_us; /* when the current upstream attempt began */
+	uint64_t start_ms;	 /* accepted at (monotonic) */
+	uint64_t bytes[2];	 /* forwarded per direction */
 	uint32_t gen;	      /* bumped on release; part of every tag */
 	uint32_t next_free;   /* free-list link */
 	uint8_t state;	      /* enum session_state */
 	uint8_t reason;	      /* enum close_reason, once closing */
 	uint8_t ntried;	      /* upstreams tried so far */
-	uint8_t pad;
+	uint8_t have_peer;    /* worker's peer_addrs[slot] holds the client's address */
 	uint32_t backend;     /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
 	uint32_t inflight;    /* requests submitted and not yet completed */

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/signalfd.h>
 
+#include "uproxy/accesslog.h"
 #include "uproxy/addr.h"
 #include "uproxy/backend.h"
 #include "uproxy/bufring.h"
@@ -88,6 +89,10 @@ struct worker {
 	int nlisteners;
 
 	struct session *sessions;
+	struct addr *peer_addrs; /* per slot, when a feature needs client addresses */
+	struct accesslog *alog;	 /* --access-log, or NULL */
+	int alog_fd;		 /* its file (shared by the workers), -1 when off */
+	bool log_writing;	 /* an access-log write is in flight */
 	uint32_t max_sessions;
 	uint32_t free_head;
 	uint32_t active; /* sessions not FREE */
