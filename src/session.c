@@ -323,6 +323,7 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	s->start_ms = w->now_ms;
 	s->bytes[0] = s->bytes[1] = 0;
 	s->have_peer = 0;
+	s->wait_fd = 0;
 	if (w->peer_addrs != NULL) {
 		struct addr *pa = &w->peer_addrs[worker_slot(w, s)];
 
@@ -367,11 +368,21 @@ static void on_socket(struct worker *w, struct session *s, int res)
 	}
 	if (res < 0) {
 		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_socket, &suppressed))
-			log_warn("cannot create upstream socket: %s (client closed; %lu similar "
-				 "messages suppressed)", strerror(-res), suppressed);
-		/* Out of fds: accepting more clients would only mean closing them too. */
-		if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS)
+			log_warn("cannot create upstream socket: %s; pausing accepts, the client "
+				 "waits up to --connect-timeout (%lu similar messages suppressed)",
+				 strerror(-res), suppressed);
+		if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+			/* Out of fds: stop accepting, and let this client wait for one (retried
+			 * every back-off period, up to --connect-timeout) instead of closing it. */
 			worker_accept_backoff(w);
+			backend_drop(w, s);
+			s->ntried--;
+			if (w->now_ms - s->start_ms < w->cfg->connect_timeout_ms) {
+				s->wait_fd = 1;
+				timer_arm(w->wheel, &s->timer, w->now_ms + WORKER_ACCEPT_BACKOFF_MS);
+				return;
+			}
+		}
 		teardown(w, s, CLOSE_RESOURCE, false);
 		return;
 	}
@@ -438,6 +449,13 @@ static void timer_touch(struct worker *w, struct session *s)
 
 void session_timeout(struct worker *w, struct session *s)
 {
+	if (s->state == SS_CONNECTING && s->wait_fd) {
+		/* Waited for an fd for the upstream socket: try again. */
+		s->wait_fd = 0;
+		if (!connect_next(w, s))
+			teardown(w, s, CLOSE_CONNECT_FAILED, false);
+		return;
+	}
 	if (closing(s) || s->state == SS_CONNECTING)
 		return;
 	log_debug("session %u: %s timeout", worker_slot(w, s),

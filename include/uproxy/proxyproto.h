@@ -55,7 +55,7 @@ struct proxyproto_result {
 	enum proxyproto_command command;
 	int family;			 /* AF_INET, AF_INET6, or AF_UNSPEC */
 	struct addr src, dst;
-	uint16_t tlv_off, tlv_len;	 /* v2 PROXY: the TLVs, offsets into the header; else 0 */
+	uint16_t tlv_off, tlv_len;	 /* v2 PROXY, not UNSPEC: the TLVs (checked to fit) */
 	const char *why;		 /* after a negative return: a static explanation */
 };
 

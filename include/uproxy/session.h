@@ -92,6 +92,7 @@ struct session {
 	uint8_t reason;	      /* enum close_reason, once closing */
 	uint8_t ntried;	      /* upstreams tried so far */
 	uint8_t have_peer;    /* worker's peer_addrs[slot] holds the client's address */
+	uint8_t wait_fd;      /* CONNECTING, waiting (timer) for an fd for the upstream socket */
 	uint32_t backend;     /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
 	uint32_t inflight;    /* requests submitted and not yet completed */
