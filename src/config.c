@@ -31,6 +31,8 @@ enum opt_id {
 	OPT_STATS,
 	OPT_ACCESS_LOG,
 	OPT_LOG_FORMAT,
+	OPT_SEND_PROXY,
+	OPT_ACCEPT_PROXY,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT__COUNT
@@ -112,6 +114,13 @@ static const struct opt_def opts[] = {
 	  "through the ring, never blocking (default: off)." },
 	{ OPT_LOG_FORMAT, "log-format", 0, "text|json", 0, 0, 0,
 	  "format of the access-log lines (default: text)." },
+	{ OPT_SEND_PROXY, "send-proxy", 0, "v1|v2", 0, 0, 0,
+	  "send a PROXY protocol header with the client's addresses to the\n"
+	  "upstream before any client byte (default: off)." },
+	{ OPT_ACCEPT_PROXY, "accept-proxy", 0, NULL, 0, 0, 0,
+	  "require a PROXY protocol v1 or v2 header from every client (3 s to\n"
+	  "arrive; a missing or malformed one closes the connection); its\n"
+	  "addresses are what logs, hashing and --send-proxy use (default: off)." },
 	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
 	  "error, warn, info or debug (default: info). Logs go to stderr." },
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
@@ -313,6 +322,17 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 			return CONFIG_USAGE;
 		}
 		cfg->log_json = strcmp(val, "json") == 0;
+		break;
+	case OPT_SEND_PROXY:
+		if (strcmp(val, "v1") != 0 && strcmp(val, "v2") != 0) {
+			snprintf(err, errlen, "%s--send-proxy '%s': expected v1 or v2", org->where,
+				 val);
+			return CONFIG_USAGE;
+		}
+		cfg->send_proxy = val[1] == '1' ? 1 : 2;
+		break;
+	case OPT_ACCEPT_PROXY:
+		cfg->accept_proxy = true;
 		break;
 	case OPT_STATS:
 		if (addr_parse(val, &cfg->stats, &why) < 0) {

@@ -294,6 +294,14 @@ void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+void loop_recv_buf(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	io_uring_prep_recv(sqe, fd, buf, len, 0);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(l);

@@ -17,58 +17,41 @@
 
 /* ---- the transition table: the only place that says which state follows which ---- */
 
-static const uint8_t transitions[SS__COUNT][SE__COUNT] = {
-	[SS_FREE] = {
-		[SE_START] = SS_CONNECTING,
-		[SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT, [SE_U2C_DONE] = SS__COUNT,
-		[SE_ABORT] = SS__COUNT, [SE_RELEASED] = SS__COUNT,
-	},
-	[SS_CONNECTING] = {
-		[SE_START] = SS__COUNT,
-		[SE_CONNECTED] = SS_STREAMING,
-		[SE_C2U_DONE] = SS__COUNT, [SE_U2C_DONE] = SS__COUNT,
-		[SE_ABORT] = SS_CLOSING,
-		[SE_RELEASED] = SS__COUNT,
-	},
-	[SS_STREAMING] = {
-		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT,
-		[SE_C2U_DONE] = SS_CLIENT_DONE,
-		[SE_U2C_DONE] = SS_UPSTREAM_DONE,
-		[SE_ABORT] = SS_CLOSING,
-		[SE_RELEASED] = SS__COUNT,
-	},
-	[SS_CLIENT_DONE] = {
-		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT,
-		[SE_U2C_DONE] = SS_CLOSING,
-		[SE_ABORT] = SS_CLOSING,
-		[SE_RELEASED] = SS__COUNT,
-	},
-	[SS_UPSTREAM_DONE] = {
-		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT,
-		[SE_C2U_DONE] = SS_CLOSING,
-		[SE_U2C_DONE] = SS__COUNT,
-		[SE_ABORT] = SS_CLOSING,
-		[SE_RELEASED] = SS__COUNT,
-	},
-	[SS_CLOSING] = {
-		[SE_START] = SS__COUNT, [SE_CONNECTED] = SS__COUNT, [SE_C2U_DONE] = SS__COUNT,
-		[SE_U2C_DONE] = SS__COUNT, [SE_ABORT] = SS__COUNT,
-		[SE_RELEASED] = SS_FREE,
-	},
+static const struct {
+	uint8_t from, ev, to;
+} transitions[] = {
+	{ SS_FREE, SE_START, SS_CONNECTING },
+	{ SS_FREE, SE_START_PROXY, SS_AWAIT_HEADER },
+	{ SS_AWAIT_HEADER, SE_HEADER_DONE, SS_CONNECTING },
+	{ SS_AWAIT_HEADER, SE_ABORT, SS_CLOSING },
+	{ SS_CONNECTING, SE_CONNECTED, SS_STREAMING },
+	{ SS_CONNECTING, SE_ABORT, SS_CLOSING },
+	{ SS_STREAMING, SE_C2U_DONE, SS_CLIENT_DONE },
+	{ SS_STREAMING, SE_U2C_DONE, SS_UPSTREAM_DONE },
+	{ SS_STREAMING, SE_ABORT, SS_CLOSING },
+	{ SS_CLIENT_DONE, SE_U2C_DONE, SS_CLOSING },
+	{ SS_CLIENT_DONE, SE_ABORT, SS_CLOSING },
+	{ SS_UPSTREAM_DONE, SE_C2U_DONE, SS_CLOSING },
+	{ SS_UPSTREAM_DONE, SE_ABORT, SS_CLOSING },
+	{ SS_CLOSING, SE_RELEASED, SS_FREE },
 };
 
 static const char *const state_names[SS__COUNT] = {
-	"free", "connecting", "streaming", "client_done", "upstream_done", "closing",
+	"free", "await_header", "connecting", "streaming", "client_done", "upstream_done",
+	"closing",
 };
 static const char *const event_names[SE__COUNT] = {
-	"start", "connected", "c2u_done", "u2c_done", "abort", "released",
+	"start", "start_proxy", "header_done", "connected", "c2u_done", "u2c_done", "abort",
+	"released",
 };
 
 enum session_state session_transition(enum session_state from, enum session_event ev)
 {
-	if ((unsigned)from >= SS__COUNT || (unsigned)ev >= SE__COUNT)
-		return SS__COUNT;
-	return (enum session_state)transitions[from][ev];
+	for (size_t i = 0; i < sizeof(transitions) / sizeof(transitions[0]); i++) {
+		if (transitions[i].from == from && transitions[i].ev == ev)
+			return (enum session_state)transitions[i].to;
+	}
+	return SS__COUNT;
 }
 
 const char *session_state_name(enum session_state s)
@@ -310,9 +293,28 @@ static bool connect_next(struct worker *w, struct session *s)
 	return true;
 }
 
+static void connect_first(struct worker *w, struct session *s)
+{
+	if (!connect_next(w, s)) {
+		log_warn("no upstream available (every one is removed): client closed");
+		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+	}
+}
+
+static void header_recv(struct worker *w, struct session *s)
+{
+	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+
+	loop_recv_buf(&w->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
+		      PROXYPROTO_MAX_LEN - pr->len, stag(w, s, SIDE_CLIENT, OP_HDR_RECV));
+	s->inflight++;
+}
+
 void session_start(struct worker *w, struct session *s, int client_fd)
 {
-	fire(w, s, SE_START);
+	uint32_t slot = worker_slot(w, s);
+
+	fire(w, s, w->cfg->accept_proxy ? SE_START_PROXY : SE_START);
 	s->fd[SIDE_CLIENT] = client_fd;
 	s->fd[SIDE_UPSTREAM] = -1;
 	s->backend = SESSION_NO_BACKEND;
@@ -325,7 +327,7 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	s->have_peer = 0;
 	s->wait_fd = 0;
 	if (w->peer_addrs != NULL) {
-		struct addr *pa = &w->peer_addrs[worker_slot(w, s)];
+		struct addr *pa = &w->peer_addrs[slot];
 
 		/* One syscall per session, only for features that need the client's address
 		 * (hash balancing, access log, PROXY protocol): a multishot accept shares one
@@ -334,13 +336,135 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 		if (getpeername(client_fd, &pa->u.sa, &pa->len) == 0)
 			s->have_peer = 1;
 	}
-	timer_node_init(&s->timer, 0, worker_slot(w, s));
+	if (w->pre != NULL) {
+		struct session_pre *pr = &w->pre[slot];
+
+		pr->len = pr->off = 0;
+		memset(&pr->src, 0, sizeof(pr->src));
+		memset(&pr->dst, 0, sizeof(pr->dst));
+		if (s->have_peer)
+			pr->src = w->peer_addrs[slot];
+		pr->dst.len = sizeof(pr->dst.u);
+		if (getsockname(client_fd, &pr->dst.u.sa, &pr->dst.len) < 0)
+			memset(&pr->dst, 0, sizeof(pr->dst));
+	}
+	timer_node_init(&s->timer, 0, slot);
 	dir_reset(&s->dir[DIR_C2U]);
 	dir_reset(&s->dir[DIR_U2C]);
-	if (!connect_next(w, s)) {
-		log_warn("no upstream available (every one is removed): client closed");
-		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+	if (s->state == SS_AWAIT_HEADER) {
+		timer_arm(w->wheel, &s->timer, w->now_ms + SESSION_HEADER_TIMEOUT_MS);
+		header_recv(w, s);
+		return;
 	}
+	connect_first(w, s);
+}
+
+/* --accept-proxy: more of the client's header arrived (or the client went away). */
+static void on_header(struct worker *w, struct session *s, int res)
+{
+	uint32_t slot = worker_slot(w, s);
+	struct session_pre *pr = &w->pre[slot];
+	struct proxyproto_result r;
+	unsigned long suppressed;
+	int n;
+
+	if (closing(s))
+		return;
+	if (res <= 0) {
+		teardown(w, s, res == 0 ? CLOSE_PROTOCOL : CLOSE_CLIENT_RESET, false);
+		return;
+	}
+	pr->len += (uint16_t)res;
+	n = proxyproto_parse(pr->data, pr->len, &r);
+	if (n == 0 && pr->len < PROXYPROTO_MAX_LEN) {
+		header_recv(w, s);
+		return;
+	}
+	if (n <= 0) {
+		char buf[ADDR_STRLEN];
+
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_proxy, &suppressed))
+			log_warn("client %s: no valid PROXY protocol header (%s); closed (%lu "
+				 "similar messages suppressed)",
+				 s->have_peer ? addr_format(&w->peer_addrs[slot], buf, sizeof(buf))
+					      : "?",
+				 n < 0 && r.why ? r.why : "too long", suppressed);
+		teardown(w, s, CLOSE_PROTOCOL, false);
+		return;
+	}
+	if (r.command == PROXYPROTO_CMD_PROXY) {
+		/* The address the header carries is the client from now on. */
+		pr->src = r.src;
+		pr->dst = r.dst;
+		if (w->peer_addrs != NULL) {
+			w->peer_addrs[slot] = r.src;
+			s->have_peer = 1;
+		}
+	}
+	/* Client bytes that came behind the header go upstream first. */
+	memmove(pr->data, pr->data + n, pr->len - (uint32_t)n);
+	pr->len = (uint16_t)(pr->len - (uint32_t)n);
+	s->bytes[DIR_C2U] += pr->len;
+	w->st.bytes[DIR_C2U] += pr->len;
+	timer_cancel(w->wheel, &s->timer);
+	fire(w, s, SE_HEADER_DONE);
+	connect_first(w, s);
+}
+
+static void presend(struct worker *w, struct session *s)
+{
+	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+
+	loop_send(&w->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
+		  stag(w, s, DIR_C2U, OP_PRESEND));
+	/* Holds the client->upstream queue back until these bytes are out. */
+	s->dir[DIR_C2U].send_n = 1;
+	s->inflight++;
+}
+
+/* Connected: queue the PROXY header (--send-proxy) in front of any early client bytes. */
+static void presend_start(struct worker *w, struct session *s)
+{
+	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+
+	if (w->cfg->send_proxy) {
+		uint8_t hdr[PROXYPROTO_V1_BUILD_MAX];
+		const struct addr *src = pr->src.len ? &pr->src : NULL;
+		const struct addr *dst = pr->dst.len ? &pr->dst : NULL;
+		int h = w->cfg->send_proxy == 1
+				? proxyproto_build_v1(src, dst, (char *)hdr, sizeof(hdr))
+				: proxyproto_build_v2(src, dst, hdr, sizeof(hdr));
+
+		if (h > 0 && pr->len + (size_t)h <= sizeof(pr->data)) {
+			memmove(pr->data + h, pr->data, pr->len);
+			memcpy(pr->data, hdr, (size_t)h);
+			pr->len = (uint16_t)(pr->len + h);
+		}
+	}
+	pr->off = 0;
+	if (pr->len > 0)
+		presend(w, s);
+}
+
+static void on_presend(struct worker *w, struct session *s, int res)
+{
+	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+
+	s->inflight--;
+	s->dir[DIR_C2U].send_n = 0;
+	if (closing(s))
+		return;
+	if (res <= 0) {
+		teardown(w, s, CLOSE_UPSTREAM_RESET, true);
+		return;
+	}
+	pr->off = (uint16_t)(pr->off + res);
+	if (pr->off < pr->len) {
+		presend(w, s);
+		return;
+	}
+	pr->len = pr->off = 0;
+	dir_pump(w, s, DIR_C2U);
 }
 
 /* Gives the session's hold on its backend back (after a failure, or at release). */
@@ -433,6 +557,8 @@ static void on_connect(struct worker *w, struct session *s, int res)
 	stats_connect_observe(&w->st, monotonic_us() - s->connect_start_us);
 	fire(w, s, SE_CONNECTED);
 	timer_arm(w->wheel, &s->timer, w->now_ms + w->cfg->idle_timeout_ms);
+	if (w->pre != NULL)
+		presend_start(w, s);
 	recv_arm(w, s, DIR_C2U);
 	recv_arm(w, s, DIR_U2C);
 }
@@ -449,6 +575,12 @@ static void timer_touch(struct worker *w, struct session *s)
 
 void session_timeout(struct worker *w, struct session *s)
 {
+	if (s->state == SS_AWAIT_HEADER) {
+		log_debug("session %u: no PROXY protocol header within %d ms", worker_slot(w, s),
+			  SESSION_HEADER_TIMEOUT_MS);
+		teardown(w, s, CLOSE_PROTOCOL, false);
+		return;
+	}
 	if (s->state == SS_CONNECTING && s->wait_fd) {
 		/* Waited for an fd for the upstream socket: try again. */
 		s->wait_fd = 0;
@@ -632,6 +764,13 @@ void session_handle(struct worker *w, struct session *s, const struct io_uring_c
 		break;
 	case OP_SHUTDOWN:
 		on_shutdown(w, s, side, cqe->res);
+		break;
+	case OP_HDR_RECV:
+		s->inflight--;
+		on_header(w, s, cqe->res);
+		break;
+	case OP_PRESEND:
+		on_presend(w, s, cqe->res);
 		break;
 	case OP_LINK_TIMEOUT:
 	case OP_CANCEL:

@@ -209,7 +209,15 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		w->alog->json = cfg->log_json;
 		w->alog->dropped = &w->st.log_dropped;
 	}
-	if (w->alog != NULL || cfg->balance == BALANCE_HASH) {
+	if (cfg->send_proxy || cfg->accept_proxy) {
+		w->pre = calloc(max_sessions, sizeof(*w->pre));
+		if (w->pre == NULL) {
+			snprintf(why, whylen, "cannot allocate PROXY protocol buffers");
+			rc = -ENOMEM;
+			goto err_bufs;
+		}
+	}
+	if (w->alog != NULL || cfg->balance == BALANCE_HASH || w->pre != NULL) {
 		w->peer_addrs = calloc(max_sessions, sizeof(*w->peer_addrs));
 		if (w->peer_addrs == NULL) {
 			snprintf(why, whylen, "cannot allocate %u client address slots", max_sessions);
@@ -245,6 +253,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	return 0;
 
 err_bufs:
+	free(w->pre);
+	w->pre = NULL;
 	free(w->alog);
 	free(w->peer_addrs);
 	w->alog = NULL;
@@ -278,6 +288,8 @@ void worker_destroy(struct worker *w)
 			close(w->probes[id].fd);
 	}
 	httpstats_destroy(&w->hs);
+	free(w->pre);
+	w->pre = NULL;
 	free(w->alog);
 	free(w->peer_addrs);
 	w->alog = NULL;

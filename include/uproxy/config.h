@@ -45,6 +45,8 @@ struct config {
 	struct hostport stats;	    /* --stats; port 0: off */
 	char access_log[PATH_MAX];  /* --access-log; empty: off, "-": stdout */
 	bool log_json;		    /* --log-format json */
+	uint8_t send_proxy;	    /* --send-proxy: 0 off, 1 or 2 */
+	bool accept_proxy;	    /* --accept-proxy */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;

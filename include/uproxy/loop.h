@@ -27,6 +27,8 @@ enum loop_op {
 	OP_LINK_TIMEOUT, /* the connect's linked timeout */
 	OP_RECV,     /* multishot recv; side = direction */
 	OP_SEND,     /* send of a direction's queue; side = direction */
+	OP_HDR_RECV, /* --accept-proxy: recv of the client's header */
+	OP_PRESEND,  /* send of the bytes that go upstream before the client's stream */
 	OP_SHUTDOWN, /* shutdown(SHUT_WR); side = direction whose EOF it forwards */
 	OP_CANCEL,   /* cancel of a session request; side = side or direction */
 	OP_CLOSE,    /* close; side = which fd */
@@ -111,6 +113,8 @@ void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 /* A single recv into one provided buffer (no IORING_CQE_F_MORE). */
 void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
+/* A plain recv into buf. */
+void loop_recv_buf(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
 /* recv into buf / send from buf, each linked to a timeout (two CQEs: tag and ttag). */
 void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
 			   struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "uproxy/proxyproto.h"
 #include "uproxy/stats.h"
 #include "uproxy/timer.h"
 
@@ -17,6 +18,7 @@ struct io_uring_cqe;
 
 enum session_state {
 	SS_FREE = 0,	  /* slot unused */
+	SS_AWAIT_HEADER,  /* --accept-proxy: reading the client's PROXY protocol header */
 	SS_CONNECTING,	  /* client accepted, upstream socket/connect in flight */
 	SS_STREAMING,	  /* both directions open */
 	SS_CLIENT_DONE,	  /* client sent EOF, passed on to upstream; upstream->client still open */
@@ -27,6 +29,8 @@ enum session_state {
 
 enum session_event {
 	SE_START = 0,	/* a client was accepted into a free slot */
+	SE_START_PROXY, /* the same, with a PROXY protocol header to read first */
+	SE_HEADER_DONE, /* the header arrived and parsed */
 	SE_CONNECTED,	/* the upstream connect succeeded */
 	SE_C2U_DONE,	/* client EOF drained and shutdown(SHUT_WR) sent to upstream */
 	SE_U2C_DONE,	/* upstream EOF drained and shutdown(SHUT_WR) sent to client */
@@ -74,6 +78,19 @@ struct session_dir {
 	uint16_t flags;	     /* enum dir_flags */
 	struct msghdr msg;
 	struct iovec iov[DIR_IOV_MAX];
+};
+
+/* What a session sends upstream before the client's stream: its PROXY header (--send-proxy)
+ * and the client bytes that arrived behind an accepted header (--accept-proxy). Kept per slot,
+ * only when one of the two options is on. */
+#define SESSION_PRE_MAX (PROXYPROTO_MAX_LEN + PROXYPROTO_V1_BUILD_MAX)
+/* --accept-proxy: a header that has not arrived by then closes the connection. */
+#define SESSION_HEADER_TIMEOUT_MS 3000
+
+struct session_pre {
+	struct addr src, dst; /* the client's addresses: from the header or the socket */
+	uint16_t len, off;    /* bytes in data; bytes of them already sent */
+	uint8_t data[SESSION_PRE_MAX];
 };
 
 /* Upstreams one session may try: the first plus at most SESSION_MAX_TRIES - 1 retries. */

@@ -90,6 +90,7 @@ struct worker {
 
 	struct session *sessions;
 	struct addr *peer_addrs; /* per slot, when a feature needs client addresses */
+	struct session_pre *pre; /* per slot, with --send-proxy or --accept-proxy */
 	struct accesslog *alog;	 /* --access-log, or NULL */
 	int alog_fd;		 /* its file (shared by the workers), -1 when off */
 	bool log_writing;	 /* an access-log write is in flight */
@@ -124,7 +125,7 @@ struct worker {
 	bool backends_dirty;	     /* sessions or health moved since the last publish */
 	struct httpstats hs;	     /* worker 0 only, with --stats */
 	struct __kernel_timespec hs_ts;
-	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health;
+	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health, rl_proxy;
 };
 
 /* Largest --max-conns one worker's completion queue can carry with this many buffers. */
