@@ -2,8 +2,10 @@
  * command-line overrides, errors naming file and line), draining on SIGTERM
  * (a download in flight completes, new clients are refused at once, the
  * drain timeout cuts idle sessions, the proxy exits as soon as the last one
- * ends) and SIGHUP re-reading the upstream list without dropping a session.
- * (The zero-downtime restart is restart.sh: it needs a network namespace.) */
+ * ends, a second signal closes everything at once) and SIGHUP (the upstream
+ * list applies at once without dropping a session; a broken file changes
+ * nothing; other options only warn). The zero-downtime restart is
+ * restart.sh: it needs a network namespace. */
 #include "harness.h"
 
 #include <criterion/criterion.h>
@@ -107,20 +109,30 @@ static void write_file(const char *path, const char *fmt, ...)
 	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
 }
 
-/* A fresh private directory for config files, removed by cleanup_dir. */
+/* A fresh private directory for config files; the test's .fini removes it,
+ * whether the test passed or not. */
+static char tmp_dir[64];
+
 static void make_dir(char *dir, size_t len)
 {
 	snprintf(dir, len, "/tmp/uproxy-lifecycle-XXXXXX");
 	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(tmp_dir, sizeof(tmp_dir), "%s", dir);
 }
 
-static void cleanup_dir(const char *dir, const char *file)
+static void remove_dir(void)
 {
-	char p[300];
+	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
+	char p[128];
 
-	snprintf(p, sizeof(p), "%s/%s", dir, file);
-	unlink(p);
-	rmdir(dir);
+	if (!tmp_dir[0])
+		return;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", tmp_dir, names[i]);
+		unlink(p);
+	}
+	rmdir(tmp_dir);
+	tmp_dir[0] = '\0';
 }
 
 static bool serve_once(uint16_t port, uint64_t seed, char *why, size_t wlen)
@@ -183,7 +195,7 @@ static uint64_t term_and_wait(struct proxy *px, int timeout_ms)
 
 /* ---- config file ---------------------------------------------------------- */
 
-Test(lifecycle, config_file, .timeout = 30)
+Test(lifecycle, config_file, .timeout = 30, .fini = remove_dir)
 {
 	struct backend file_up, dead, live;
 	struct proxy px;
@@ -282,7 +294,6 @@ Test(lifecycle, config_file, .timeout = 30)
 	backend_stop(&file_up);
 	backend_stop(&dead);
 	backend_stop(&live);
-	cleanup_dir(dir, "uproxy.conf");
 }
 
 static void expect_usage_error(const char *path, const char *want, const char *what)
@@ -298,7 +309,7 @@ static void expect_usage_error(const char *path, const char *want, const char *w
 	run_result_free(&r);
 }
 
-Test(lifecycle, config_file_errors, .timeout = 30)
+Test(lifecycle, config_file_errors, .timeout = 30, .fini = remove_dir)
 {
 	char dir[64], path[128], want[192];
 	uint16_t port = free_port();
@@ -335,8 +346,6 @@ Test(lifecycle, config_file_errors, .timeout = 30)
 	write_file(path, "# a\n\n# b\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:0\n", port);
 	snprintf(want, sizeof(want), "%s:5", path);
 	expect_usage_error(path, want, "upstream port 0 on line 5");
-
-	cleanup_dir(dir, "uproxy.conf");
 
 	/* a file that does not exist */
 	snprintf(path, sizeof(path), "%s/missing.conf", dir);
@@ -567,7 +576,7 @@ static void start_on_config(struct proxy *px, const char *path, uint16_t up_a, u
 	cr_assert(started, "uproxy --config never got a free port");
 }
 
-Test(lifecycle, sighup_pool_change, .timeout = 30)
+Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = remove_dir)
 {
 	struct backend a, b;
 	struct proxy px;
@@ -631,10 +640,9 @@ Test(lifecycle, sighup_pool_change, .timeout = 30)
 	proc_release(&px.proc);
 	backend_stop(&a);
 	backend_stop(&b);
-	cleanup_dir(dir, "uproxy.conf");
 }
 
-Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30)
+Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = remove_dir)
 {
 	struct backend a, b;
 	struct proxy px;
@@ -666,5 +674,77 @@ Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30)
 	proc_release(&px.proc);
 	backend_stop(&a);
 	backend_stop(&b);
-	cleanup_dir(dir, "uproxy.conf");
+}
+
+Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = remove_dir)
+{
+	struct backend a, b;
+	struct proxy px;
+	char dir[64], path[128];
+	uint64_t extra = 0;
+	uint16_t port;
+	enum io_end e;
+	int fd;
+
+	make_dir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
+	backend_bind(&a, AF_INET);
+	backend_bind(&b, AF_INET);
+	backend_run(&a, BK_ECHO);
+	backend_run(&b, BK_ECHO);
+	start_on_config(&px, path, a.port, &port);
+
+	/* only idle-timeout changes: it needs a restart, so SIGHUP warns and
+	 * keeps the running value (600000 ms by default) */
+	write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout 300\n", port,
+		   a.port);
+	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
+	cr_assert(wait_log(&px, "needs a restart", 1000), "SIGHUP changed idle-timeout: no warning "
+		  "that it needs a restart within 1 s");
+	fd = connect_or_fail(px.port);
+	cr_assert(echo_roundtrip(fd, 0xe800, 64, 3000), "echo after the SIGHUP failed");
+	e = io_wait_close(fd, 1500, &extra);
+	cr_assert_eq(e, IO_TIMEOUT, "idle-timeout 300 from a SIGHUP applied to a running proxy: "
+		     "a silent client saw %s within 1.5 s", io_end_name(e));
+	cr_assert(echo_roundtrip(fd, 0xe801, 64, 3000), "echo 1.5 s after the SIGHUP failed");
+	close(fd);
+	cr_assert_eq(serve_which(&px, &a, &b, 0xe802, "session after the SIGHUP"), 0);
+	term_and_wait(&px, 3000);
+	proc_release(&px.proc);
+	backend_stop(&a);
+	backend_stop(&b);
+}
+
+Test(lifecycle, second_signal_closes_at_once, .timeout = 30)
+{
+	struct backend b;
+	struct proxy px;
+	uint64_t t0, ms, extra = 0;
+	enum io_end e;
+	char st[64];
+	int fd;
+
+	setup_echo(&b, &px, NULL); /* default --drain-timeout: 10 s */
+	fd = connect_or_fail(px.port);
+	cr_assert(echo_roundtrip(fd, 0xe900, 1024, 3000), "echo through the proxy failed");
+	cr_assert_eq(kill(px.proc.pid, SIGTERM), 0);
+	sleep_ms(300);
+	cr_assert(!proc_wait(&px.proc, 0), "the proxy %s 300 ms after SIGTERM with a session "
+		  "open (default --drain-timeout 10000)", status_str(&px.proc, st, sizeof(st)));
+	t0 = now_ms();
+	cr_assert_eq(kill(px.proc.pid, SIGINT), 0);
+	cr_assert(proc_wait(&px.proc, 1500), "a second signal while draining: the proxy still "
+		  "runs 1.5 s later");
+	ms = now_ms() - t0;
+	cr_assert(WIFEXITED(px.proc.status) && WEXITSTATUS(px.proc.status) == 0,
+		  "after the second signal the proxy %s, want exit 0",
+		  status_str(&px.proc, st, sizeof(st)));
+	cr_assert_leq(ms, 1000, "the proxy exited %llu ms after the second signal, want ≤ 1000 ms",
+		      (unsigned long long)ms);
+	e = io_wait_close(fd, 1000, &extra);
+	cr_assert(e == IO_EOF || e == IO_RESET, "after the second signal the client saw %s, want "
+		  "EOF or reset", io_end_name(e));
+	close(fd);
+	proc_release(&px.proc);
+	backend_stop(&b);
 }
