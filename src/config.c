@@ -33,6 +33,7 @@ enum opt_id {
 	OPT_LOG_FORMAT,
 	OPT_SEND_PROXY,
 	OPT_ACCEPT_PROXY,
+	OPT_USER,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT__COUNT
@@ -121,6 +122,9 @@ static const struct opt_def opts[] = {
 	  "require a PROXY protocol v1 or v2 header from every client (3 s to\n"
 	  "arrive; a missing or malformed one closes the connection); its\n"
 	  "addresses are what logs, hashing and --send-proxy use (default: off)." },
+	{ OPT_USER, "user", 0, "NAME", 0, 0, 0,
+	  "after binding the listeners (so ports below 1024 work), switch to\n"
+	  "this user and its groups; exits if that fails (default: stay)." },
 	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
 	  "error, warn, info or debug (default: info). Logs go to stderr." },
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
@@ -333,6 +337,13 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 		break;
 	case OPT_ACCEPT_PROXY:
 		cfg->accept_proxy = true;
+		break;
+	case OPT_USER:
+		if (*val == '\0' || strlen(val) >= sizeof(cfg->user)) {
+			snprintf(err, errlen, "%s--user: bad name '%s'", org->where, val);
+			return CONFIG_USAGE;
+		}
+		strcpy(cfg->user, val);
 		break;
 	case OPT_STATS:
 		if (addr_parse(val, &cfg->stats, &why) < 0) {
@@ -593,7 +604,9 @@ enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE 
 		if (r != CONFIG_OK)
 			return r;
 	}
-	if (cfg->listen.port == 0) {
+	/* Socket-activated (systemd passes listening sockets), --listen may be left out. */
+	if (cfg->listen.port == 0 && getenv("LISTEN_FDS") == NULL &&
+	    getenv("UPROXY_SOCKET_ACTIVATED") == NULL) {
 		snprintf(err, errlen, "missing --listen [HOST]:PORT (see --help)");
 		return CONFIG_USAGE;
 	}

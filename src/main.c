@@ -5,6 +5,8 @@
  * Never runs data-path code. */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sched.h>
@@ -194,6 +196,36 @@ static void *worker_thread(void *p)
 	return NULL;
 }
 
+/* --user: switch to an unprivileged user once everything privileged (binding, opening the
+ * access log, raising limits) is done, before any thread starts. Never continues as root. */
+static int drop_privileges(const char *name, char *err, size_t errlen)
+{
+	struct passwd *pw = getpwnam(name);
+
+	if (pw == NULL) {
+		snprintf(err, errlen, "--user %s: no such user", name);
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		snprintf(err, errlen, "--user %s: that is root; name an unprivileged user", name);
+		return -1;
+	}
+	if (initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		snprintf(err, errlen, "--user %s: cannot switch to it: %s%s", name, strerror(errno),
+			 errno == EPERM ? " (only root can change user)" : "");
+		return -1;
+	}
+	if (setuid(0) == 0 || getuid() == 0 || geteuid() == 0) {
+		snprintf(err, errlen, "--user %s: still root after switching; refusing to run",
+			 name);
+		return -1;
+	}
+	log_info("running as user %s (uid %u, gid %u)", name, (unsigned)pw->pw_uid,
+		 (unsigned)pw->pw_gid);
+	return 0;
+}
+
 /* Options SIGHUP cannot change: they shape the listeners, threads and memory. */
 static void warn_restart_only(const struct config *old, const struct config *new)
 {
@@ -220,8 +252,10 @@ static void warn_restart_only(const struct config *old, const struct config *new
  * config, then re-resolve) or for the resolve interval (re-resolve), and hand a changed pool
  * to every worker. */
 static void control_loop(const struct config *cfg, int argc, char **argv, struct worker *workers,
-			 uint32_t nworkers, struct backend_spec *pool, int npool)
+			 uint32_t nworkers, struct backend_spec *pool, int npool,
+			 const struct sdnotify *sn)
 {
+	uint64_t since_status_ms = 0;
 	static struct config cur;
 	static struct backend_spec fresh[BACKEND_MAX];
 	struct timespec tick = { .tv_sec = 0, .tv_nsec = CONTROL_POLL_MS * 1000000L };
@@ -237,6 +271,15 @@ static void control_loop(const struct config *cfg, int argc, char **argv, struct
 		int n;
 
 		since_resolve_ms += CONTROL_POLL_MS;
+		since_status_ms += CONTROL_POLL_MS;
+		if (sn->fd >= 0 && since_status_ms >= 1000) {
+			unsigned int active = 0;
+
+			since_status_ms = 0;
+			for (uint32_t i = 0; i < nworkers; i++)
+				active += __atomic_load_n(&workers[i].active, __ATOMIC_RELAXED);
+			sdnotify_status_sessions(sn, active);
+		}
 		if (!reread && (cur.resolve_interval_s == 0 ||
 				since_resolve_ms < (uint64_t)cur.resolve_interval_s * 1000))
 			continue;
@@ -279,7 +322,8 @@ int main(int argc, char **argv)
 	char err[512], buf[ADDR_STRLEN];
 	uint32_t cap, total, per_worker, nworkers;
 	rlim_t nofile;
-	int nup, sigfd, status = 0, started = 0, alog_fd = -1;
+	int nup, sigfd, status = 0, started = 0, alog_fd = -1, act[WORKER_MAX_LISTENERS], nact;
+	struct sdnotify sn = { .fd = -1 };
 
 	switch (config_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
 	case CONFIG_OK:
@@ -329,6 +373,23 @@ int main(int argc, char **argv)
 	}
 	/* Every worker's listeners are bound here, before any thread starts, so that a port in
 	 * use or a bad address is reported once, synchronously, with exit status 1. */
+	nact = sdnotify_listen_fds(act, WORKER_MAX_LISTENERS, err, sizeof(err));
+	if (nact < 0) {
+		char msg[600];
+
+		snprintf(msg, sizeof(msg), "socket activation: %s", err);
+		status = fail(msg);
+		goto out;
+	}
+	if (nact > 0) {
+		/* Kept so that a SIGHUP re-parse still accepts a config without --listen. */
+		setenv("UPROXY_SOCKET_ACTIVATED", "1", 1);
+		if (cfg.listen.port != 0)
+			log_info("socket-activated: serving the %d sockets systemd passed; --listen "
+				 "is not bound", nact);
+	}
+	if (sdnotify_open(&sn) < 0)
+		log_warn("NOTIFY_SOCKET is set but unusable; not notifying systemd");
 	for (uint32_t i = 0; i < nworkers; i++) {
 		struct worker *w = &workers[i];
 		int n;
@@ -340,7 +401,11 @@ int main(int argc, char **argv)
 		w->peers = workers;
 		w->npeers = (int)nworkers;
 		worker_mailbox_init(w);
-		n = worker_listen(&cfg.listen, w->listeners, WORKER_MAX_LISTENERS, err, sizeof(err));
+		if (nact > 0)
+			n = worker_adopt(act, nact, i == 0, w->listeners, err, sizeof(err));
+		else
+			n = worker_listen(&cfg.listen, w->listeners, WORKER_MAX_LISTENERS, err,
+					  sizeof(err));
 		if (n < 0) {
 			status = fail(err);
 			goto out;
@@ -382,6 +447,10 @@ int main(int argc, char **argv)
 		for (uint32_t i = 0; i < nworkers; i++)
 			workers[i].alog_fd = alog_fd;
 	}
+	if (cfg.user[0] != '\0' && drop_privileges(cfg.user, err, sizeof(err)) < 0) {
+		status = fail(err);
+		goto out;
+	}
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
 		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
@@ -389,6 +458,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	workers[0].sigfd = sigfd;
+	workers[0].notify = &sn;
 
 	for (uint32_t i = 0; i < nworkers; i++) {
 		args[i] = (struct thread_arg){ .w = &workers[i], .st = &st, .cfg = &cfg,
@@ -428,7 +498,9 @@ int main(int argc, char **argv)
 			 "balance %s, open-file limit %llu",
 			 nworkers, per_worker, cfg.buffers, cfg.buffer_size,
 			 backend_balance_name(cfg.balance), (unsigned long long)nofile);
-		control_loop(&cfg, argc, argv, workers, nworkers, pool, nup);
+		sdnotify_ready(&sn);
+		sdnotify_status_sessions(&sn, 0);
+		control_loop(&cfg, argc, argv, workers, nworkers, pool, nup, &sn);
 	}
 	for (int i = 0; i < started; i++) {
 		pthread_join(threads[i], NULL);
@@ -456,6 +528,7 @@ out:
 	}
 	if (alog_fd > STDOUT_FILENO)
 		close(alog_fd);
+	sdnotify_close(&sn);
 	free(threads);
 	free(args);
 	free(workers);

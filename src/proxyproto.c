@@ -170,7 +170,9 @@ static int v1_unknown(const char *s, size_t pos, size_t n, struct proxyproto_res
 
 static void set_in4(struct addr *a, const struct in_addr *ip, uint16_t port)
 {
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = *ip };
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
+
+	sin.sin_addr = *ip;
 
 	addr_from_sockaddr(a, (const struct sockaddr *)&sin, sizeof(sin));
 }

@@ -41,10 +41,8 @@ static int sdnotify_parse_addr(struct sdnotify *n, const char *e)
 int sdnotify_open(struct sdnotify *n)
 {
 	const char *e = getenv("NOTIFY_SOCKET");
-	struct timeval tv = {
-		.tv_sec = SDNOTIFY_SEND_TIMEOUT_MS / 1000,
-		.tv_usec = (SDNOTIFY_SEND_TIMEOUT_MS % 1000) * 1000,
-	};
+	struct timeval tv = { .tv_sec = SDNOTIFY_SEND_TIMEOUT_MS / 1000,
+			      .tv_usec = (SDNOTIFY_SEND_TIMEOUT_MS % 1000) * 1000 };
 	int fd, r;
 
 	memset(n, 0, sizeof(*n));
@@ -202,8 +200,8 @@ static int sdnotify_collect(int *fds, int max, char *why, size_t whylen)
 		return -EINVAL;
 	}
 	if (n > max) {
-		snprintf(why, whylen, "LISTEN_FDS=%ld: more than the %d listening sockets supported",
-			 n, max);
+		snprintf(why, whylen,
+			 "LISTEN_FDS=%ld: more than the %d listening sockets supported", n, max);
 		return -E2BIG;
 	}
 	for (int i = 0; i < (int)n; i++) {

@@ -4,6 +4,7 @@
 #include "uproxy/worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -113,6 +114,29 @@ int worker_listen(const struct hostport *hp, struct listener *out, int max, char
 		count++;
 	}
 	return count;
+}
+
+int worker_adopt(const int *fds, int n, bool original, struct listener *out, char *why,
+		 size_t whylen)
+{
+	for (int i = 0; i < n; i++) {
+		struct listener *l = &out[i];
+
+		memset(l, 0, sizeof(*l));
+		l->fd = original ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+		if (l->fd < 0) {
+			snprintf(why, whylen, "cannot duplicate inherited socket %d: %s", fds[i],
+				 strerror(errno));
+			while (i-- > 0)
+				if (!original)
+					close(out[i].fd);
+			return -1;
+		}
+		l->addr.len = sizeof(l->addr.u);
+		if (getsockname(l->fd, &l->addr.u.sa, &l->addr.len) < 0)
+			memset(&l->addr, 0, sizeof(l->addr));
+	}
+	return n;
 }
 
 /* ---- set-up ---- */
@@ -357,7 +381,8 @@ static struct session *session_alloc(struct worker *w)
 		return NULL;
 	s = &w->sessions[w->free_head];
 	w->free_head = s->next_free;
-	w->active++;
+	/* Relaxed atomic stores: the control thread reads the count for sd_notify STATUS=. */
+	__atomic_store_n(&w->active, w->active + 1, __ATOMIC_RELAXED);
 	return s;
 }
 
@@ -367,7 +392,7 @@ void worker_release(struct worker *w, struct session *s)
 	s->gen = (s->gen + 1) & TAG_GEN_MASK;
 	s->next_free = w->free_head;
 	w->free_head = worker_slot(w, s);
-	w->active--;
+	__atomic_store_n(&w->active, w->active - 1, __ATOMIC_RELAXED);
 }
 
 void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d)
@@ -591,9 +616,12 @@ static void stop(struct worker *w, int signo)
 		close_all(w);
 		return;
 	}
-	if (w->sigfd >= 0)
+	if (w->sigfd >= 0) {
 		log_info("received %s: no longer accepting; draining connections for up to %u ms",
 			 strsignal(signo), w->cfg->drain_timeout_ms);
+		if (w->notify != NULL)
+			sdnotify_stopping(w->notify);
+	}
 	w->stopping = true;
 	httpstats_stop(w);
 	for (int i = 0; i < w->nlisteners; i++) {

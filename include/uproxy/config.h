@@ -47,6 +47,7 @@ struct config {
 	bool log_json;		    /* --log-format json */
 	uint8_t send_proxy;	    /* --send-proxy: 0 off, 1 or 2 */
 	bool accept_proxy;	    /* --accept-proxy */
+	char user[64];		    /* --user; empty: keep the current user */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;

@@ -38,7 +38,7 @@
 #define PROXYPROTO_V2_BUILD_MAX (PROXYPROTO_V2_HDR_LEN + 36)
 
 enum proxyproto_command {
-	PROXYPROTO_CMD_PROXY,	/* relayed: src and dst are the client's original TCP endpoints */
+	PROXYPROTO_CMD_PROXY,	/* relayed: src and dst are the client's original endpoints */
 	PROXYPROTO_CMD_LOCAL,	/* v2 LOCAL: the sender's own connection (a health check) */
 	PROXYPROTO_CMD_UNKNOWN, /* v1 UNKNOWN, v2 PROXY over AF_UNSPEC or AF_UNIX stream */
 };

@@ -16,6 +16,7 @@
 #include "uproxy/httpstats.h"
 #include "uproxy/log.h"
 #include "uproxy/loop.h"
+#include "uproxy/sdnotify.h"
 #include "uproxy/session.h"
 #include "uproxy/stats.h"
 #include "uproxy/timer.h"
@@ -111,6 +112,7 @@ struct worker {
 	struct worker_mailbox mbox;
 	unsigned int stops_seen;
 	struct worker *peers; /* all workers, for worker 0 to pass a stop on */
+	const struct sdnotify *notify; /* worker 0: tells systemd STOPPING=1 */
 	int npeers;
 	bool stopping;	/* not accepting any more; sessions drain */
 	bool closing_all; /* every session told to close */
@@ -134,6 +136,11 @@ uint32_t worker_max_sessions_for(uint32_t buffers);
 /* Opens listening sockets for hp (every address it names). Returns the count or -1 with why. */
 int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
 		  size_t whylen);
+
+/* Socket activation: takes the n inherited listening sockets (worker 0 the originals, the
+ * others dup()s of them, all sharing one accept queue). Returns n or -1 with why. */
+int worker_adopt(const int *fds, int n, bool original, struct listener *out, char *why,
+		 size_t whylen);
 
 /* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
  * thread (the ring is single-issuer). Listeners and sigfd are handed in. */

@@ -567,8 +567,10 @@ Test(proxyproto, round_trips)
 		   "1:2:3:4:5:6:7:8");
 	round_trip("1::", 7, "0:0:1::1:0:0", 8, AF_INET6, "1::", "0:0:1::1:0:0");
 	/* mixed families: the IPv4 side travels v4-mapped */
-	round_trip("192.0.2.7", 1234, "2001:db8::1", 80, AF_INET6, "::ffff:192.0.2.7", "2001:db8::1");
-	round_trip("2001:db8::1", 1234, "192.0.2.7", 80, AF_INET6, "2001:db8::1", "::ffff:192.0.2.7");
+	round_trip("192.0.2.7", 1234, "2001:db8::1", 80, AF_INET6, "::ffff:192.0.2.7",
+		   "2001:db8::1");
+	round_trip("2001:db8::1", 1234, "192.0.2.7", 80, AF_INET6, "2001:db8::1",
+		   "::ffff:192.0.2.7");
 }
 
 Test(proxyproto, build_non_ip_family)
