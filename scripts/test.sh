@@ -10,6 +10,7 @@
 # counts as 1 failed. Exit status 0 iff nothing failed and at least one test passed.
 #
 #   --no-san      skip the sanitizer build (quick local runs)
+#   --no-fuzz     skip the brief libFuzzer run (scripts/fuzz.sh --brief)
 #   other args    passed to both `meson test` runs, e.g. --suite unit, -v, --repeat 3
 set -euo pipefail
 
@@ -21,10 +22,12 @@ root="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." && pwd 
 cd -- "$root"
 
 san=1
+fuzz=1
 meson_args=()
 for arg in "$@"; do
     case "$arg" in
         --no-san) san=0 ;;
+        --no-fuzz) fuzz=0 ;;
         -h | --help) usage; exit 0 ;;
         *) meson_args+=("$arg") ;;
     esac
@@ -198,6 +201,18 @@ if ((san)); then
     export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
     suite build-san build-san --timeout-multiplier 3 -- \
         -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false -Dtests=enabled
+fi
+
+# libFuzzer targets (PROXY parser, config/address parser), a few seconds each: a crash fails.
+if ((fuzz)); then
+    printf '\n======== fuzz (brief) ========\n'
+    if scripts/fuzz.sh --brief; then
+        total_pass=$((total_pass + 1))
+        summary+=("[fuzz] brief run of every target: ok (counted as 1 passed)")
+    else
+        total_fail=$((total_fail + 1))
+        summary+=("[fuzz] brief run FAILED (counted as 1 failed; inputs in build-fuzz/crashes/)")
+    fi
 fi
 
 printf '\n======== summary ========\n'
