@@ -80,6 +80,8 @@ const char *accesslog_next(struct accesslog *al, unsigned int *len)
 		const char *start = al->flight + al->flight_off;
 		const char *nl = memrchr(start, '\n', ACCESSLOG_WRITE_MAX);
 
+		if (nl == NULL) /* one line longer than the limit: it goes alone */
+			nl = memchr(start + ACCESSLOG_WRITE_MAX, '\n', n - ACCESSLOG_WRITE_MAX);
 		n = nl != NULL ? (size_t)(nl - start) + 1 : n;
 	}
 	*len = (unsigned int)n;

@@ -32,7 +32,7 @@ int httpstats_route(const char *req, size_t len)
 		return 400;
 	path = sp + 1;
 	pend = memchr(path, ' ', (size_t)(end - path));
-	if (pend == NULL || memcmp(pend + 1, "HTTP/1.", 7) != 0)
+	if (pend == NULL || end - (pend + 1) < 7 || memcmp(pend + 1, "HTTP/1.", 7) != 0)
 		return 400;
 	if ((size_t)(sp - req) != 3 || memcmp(req, "GET", 3) != 0)
 		return 405;
