@@ -179,47 +179,38 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	put(&o, "uproxy_upstream_connect_duration_seconds_sum %.6f\n", SUM(st.connect_sum_us) / 1e6);
 	put(&o, "uproxy_upstream_connect_duration_seconds_count %" PRIu64 "\n", cum);
 
-	/* Per upstream, by address; a worker that sees it down makes it down. */
-	head(&o, "uproxy_upstream_up", "gauge", "1 if the upstream is taking sessions, 0 if down.");
-	for (int w = 0; w < n; w++) {
-		for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
-			const struct stats_backend *b = &snaps[w].backends[i];
-			bool seen = false, up = true;
-			char a[ADDR_STRLEN];
+	/* Per upstream, by address: sessions summed over workers; a worker that sees it down
+	 * makes it down. */
+	{
+		static __thread struct stats_backend agg[BACKEND_MAX];
+		uint32_t na = 0;
+		char a[ADDR_STRLEN];
 
-			for (int pw = 0; pw <= w && !seen; pw++)
-				for (uint32_t j = 0; j < (pw < w ? snaps[pw].nbackends : i); j++)
-					seen |= addr_equal(&snaps[pw].backends[j].addr, &b->addr);
-			if (seen)
-				continue;
-			for (int ww = w; ww < n; ww++)
-				for (uint32_t j = 0; j < snaps[ww].nbackends; j++)
-					if (addr_equal(&snaps[ww].backends[j].addr, &b->addr))
-						up &= snaps[ww].backends[j].up != 0;
+		for (int w = 0; w < n; w++) {
+			for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
+				const struct stats_backend *b = &snaps[w].backends[i];
+				uint32_t j = 0;
+
+				while (j < na && !addr_equal(&agg[j].addr, &b->addr))
+					j++;
+				if (j == na) {
+					if (na == BACKEND_MAX)
+						continue;
+					agg[na++] = (struct stats_backend){ .addr = b->addr, .up = 1 };
+				}
+				agg[j].active += b->active;
+				agg[j].up &= b->up;
+			}
+		}
+		head(&o, "uproxy_upstream_up", "gauge",
+		     "1 if the upstream is taking sessions, 0 if down.");
+		for (uint32_t j = 0; j < na; j++)
 			put(&o, "uproxy_upstream_up{upstream=\"%s\"} %d\n",
-			    addr_format(&b->addr, a, sizeof(a)), up ? 1 : 0);
-		}
-	}
-	head(&o, "uproxy_upstream_active_sessions", "gauge", "Sessions on each upstream now.");
-	for (int w = 0; w < n; w++) {
-		for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
-			const struct stats_backend *b = &snaps[w].backends[i];
-			bool seen = false;
-			uint64_t active = 0;
-			char a[ADDR_STRLEN];
-
-			for (int pw = 0; pw <= w && !seen; pw++)
-				for (uint32_t j = 0; j < (pw < w ? snaps[pw].nbackends : i); j++)
-					seen |= addr_equal(&snaps[pw].backends[j].addr, &b->addr);
-			if (seen)
-				continue;
-			for (int ww = w; ww < n; ww++)
-				for (uint32_t j = 0; j < snaps[ww].nbackends; j++)
-					if (addr_equal(&snaps[ww].backends[j].addr, &b->addr))
-						active += snaps[ww].backends[j].active;
-			put(&o, "uproxy_upstream_active_sessions{upstream=\"%s\"} %" PRIu64 "\n",
-			    addr_format(&b->addr, a, sizeof(a)), active);
-		}
+			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].up ? 1 : 0);
+		head(&o, "uproxy_upstream_active_sessions", "gauge", "Sessions on each upstream now.");
+		for (uint32_t j = 0; j < na; j++)
+			put(&o, "uproxy_upstream_active_sessions{upstream=\"%s\"} %" PRIu32 "\n",
+			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].active);
 	}
 	counter(&o, "uproxy_buffer_ring_exhausted_total",
 		"Receives that found the provided-buffer ring empty.", SUM(st.buf_exhausted));

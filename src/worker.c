@@ -174,6 +174,21 @@ static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 	return 0;
 }
 
+/* The per-slot arrays worker_init allocates after the rings. */
+static void free_slot_arrays(struct worker *w)
+{
+	free(w->pre);
+	free(w->alog);
+	free(w->peer_addrs);
+	free(w->sessions);
+	free(w->waitq);
+	w->pre = NULL;
+	w->alog = NULL;
+	w->peer_addrs = NULL;
+	w->sessions = NULL;
+	w->waitq = NULL;
+}
+
 int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
 		int nspecs, uint32_t max_sessions, char *why, size_t whylen)
 {
@@ -277,16 +292,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	return 0;
 
 err_bufs:
-	free(w->pre);
-	w->pre = NULL;
-	free(w->alog);
-	free(w->peer_addrs);
-	w->alog = NULL;
-	w->peer_addrs = NULL;
-	free(w->sessions);
-	free(w->waitq);
-	w->sessions = NULL;
-	w->waitq = NULL;
+	free_slot_arrays(w);
 	bufring_destroy(&w->bufs, &w->loop);
 err_loop:
 	loop_exit(&w->loop);
@@ -312,18 +318,9 @@ void worker_destroy(struct worker *w)
 			close(w->probes[id].fd);
 	}
 	httpstats_destroy(&w->hs);
-	free(w->pre);
-	w->pre = NULL;
-	free(w->alog);
-	free(w->peer_addrs);
-	w->alog = NULL;
-	w->peer_addrs = NULL;
 	bufring_destroy(&w->bufs, &w->loop);
 	loop_exit(&w->loop);
-	free(w->sessions);
-	free(w->waitq);
-	w->sessions = NULL;
-	w->waitq = NULL;
+	free_slot_arrays(w);
 	backend_pool_free(w->pool);
 	w->pool = NULL;
 	timer_wheel_free(w->wheel);
