@@ -33,7 +33,8 @@ for arg in "$@"; do
     esac
 done
 
-scripts/setup.sh
+# nginx and haproxy are real peers in the PROXY protocol tests: install them too.
+scripts/setup.sh --bench
 
 # One line about the machine, for reading CI logs (io_uring may be disabled or filtered).
 uring_sysctl="$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 'n/a')"
