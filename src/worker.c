@@ -769,6 +769,13 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 	uint64_t tag = cqe->user_data;
 	enum loop_op op = tag_op(tag);
 
+	/* The first completion after a wait reads the clock: now_ms must not be the time before
+	 * an idle wait (session start times and deadlines are taken from it). */
+	if (w->clock_stale) {
+		w->now_ms = monotonic_ms();
+		w->clock_stale = false;
+	}
+
 	switch (op) {
 	case OP_ACCEPT:
 		on_accept(w, cqe);
@@ -881,11 +888,13 @@ int worker_run(struct worker *w)
 		httpstats_start(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
 		int64_t wait = timer_next_ms(w->wheel, w->now_ms);
+		int rc;
 
 		if (w->snap != NULL && w->backends_dirty &&
 		    (wait < 0 || wait > STATS_BACKENDS_EVERY_MS))
 			wait = STATS_BACKENDS_EVERY_MS;
-		int rc = loop_run_once(&w->loop, dispatch, w, wait);
+		w->clock_stale = true;
+		rc = loop_run_once(&w->loop, dispatch, w, wait);
 
 		if (rc < 0) {
 			log_error("io_uring_enter failed: %s", strerror(-rc));

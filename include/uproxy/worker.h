@@ -80,6 +80,7 @@ struct worker {
 	struct addr *baddr; /* per backend id: its address, stable while the id is held */
 	struct timer_wheel *wheel;
 	uint64_t now_ms;    /* CLOCK_MONOTONIC, read once per loop iteration */
+	bool clock_stale;   /* set before each wait; the next completion re-reads the clock */
 	struct __kernel_timespec connect_ts, drain_ts, health_ts;
 	struct probe *probes;
 
