@@ -232,6 +232,7 @@ Test(proxyproto, send_v1_ipv4, .timeout = 30)
 	close(fd);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
+	free(c); /* after backend_stop: its handler threads are done with it */
 }
 
 Test(proxyproto, send_v2_ipv4, .timeout = 30)
@@ -272,6 +273,7 @@ Test(proxyproto, send_v2_ipv4, .timeout = 30)
 	close(fd);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
+	free(c); /* after backend_stop: its handler threads are done with it */
 }
 
 Test(proxyproto, send_v1_ipv6, .timeout = 30)
@@ -312,6 +314,7 @@ Test(proxyproto, send_v1_ipv6, .timeout = 30)
 	close(fd);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
+	free(c); /* after backend_stop: its handler threads are done with it */
 }
 
 /* ---- --accept-proxy ----------------------------------------------------- */
@@ -353,6 +356,7 @@ static void accept_split(bool v2, const char *what)
 	close(fd);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
+	free(c); /* after backend_stop: its handler threads are done with it */
 }
 
 Test(proxyproto, accept_v1_split_resent_v1, .timeout = 30)
@@ -675,5 +679,6 @@ Test(proxyproto, haproxy_in_front, .timeout = 30)
 	stop_peer(&hp, "haproxy");
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
+	free(c); /* after backend_stop: its handler threads are done with it */
 	remove_tree(dir);
 }
