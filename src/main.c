@@ -59,6 +59,17 @@ static atomic_int running_workers;
  * count, or -1 with why when a name does not resolve and strict is set; when not strict, an
  * entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky DNS from
  * emptying the pool). */
+/* Appends spec to out[0..*n) unless its address is there already (the first weight wins). */
+static void pool_add(struct backend_spec *out, int *n, int max, const struct backend_spec *spec)
+{
+	for (int j = 0; j < *n; j++) {
+		if (addr_equal(&out[j].addr, &spec->addr))
+			return;
+	}
+	if (*n < max)
+		out[(*n)++] = *spec;
+}
+
 static int resolve_pool(const struct config *cfg, struct backend_spec *out, int max,
 			const struct backend_spec *prev, int nprev, bool strict, char *why,
 			size_t whylen)
@@ -75,22 +86,18 @@ static int resolve_pool(const struct config *cfg, struct backend_spec *out, int 
 				return -1;
 			log_warn("re-resolving upstream '%s' failed (%s); keeping its addresses",
 				 cu->hp.host, why);
-			for (int i = 0; i < nprev && n < max; i++) {
+			/* The previous pool does not say which entry an address came from: every
+			 * previous address on this port is kept (sin_port and sin6_port share
+			 * their offset). */
+			for (int i = 0; i < nprev; i++) {
 				if (ntohs(prev[i].addr.u.in4.sin_port) == cu->hp.port)
-					out[n++] = prev[i];
+					pool_add(out, &n, max, &prev[i]);
 			}
 			continue;
 		}
-		for (int i = 0; i < k && n < max; i++) {
-			bool dup = false;
-
-			for (int j = 0; j < n && !dup; j++)
-				dup = out[j].addr.len == addrs[i].len &&
-				      memcmp(&out[j].addr.u, &addrs[i].u, addrs[i].len) == 0;
-			if (!dup)
-				out[n++] = (struct backend_spec){ .addr = addrs[i],
-								  .weight = cu->weight };
-		}
+		for (int i = 0; i < k; i++)
+			pool_add(out, &n, max,
+				 &(struct backend_spec){ .addr = addrs[i], .weight = cu->weight });
 	}
 	return n;
 }
