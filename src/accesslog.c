@@ -11,6 +11,13 @@
 
 #include "uproxy/log.h"
 
+const char *accesslog_truncated_name(unsigned int truncated)
+{
+	static const char *const names[] = { "none", "client", "upstream", "both" };
+
+	return names[truncated & 3];
+}
+
 size_t accesslog_format(char *buf, size_t len, bool json, const struct accesslog_entry *e)
 {
 	char when[40], client[ADDR_STRLEN] = "-", up[ADDR_STRLEN] = "-";
@@ -30,17 +37,17 @@ size_t accesslog_format(char *buf, size_t len, bool json, const struct accesslog
 		n = snprintf(buf, len,
 			     "{\"time\":\"%s\",\"client\":\"%s\",\"upstream\":\"%s\","
 			     "\"bytes_client_to_upstream\":%llu,\"bytes_upstream_to_client\":%llu,"
-			     "\"duration_ms\":%llu,\"reason\":\"%s\"}\n",
+			     "\"duration_ms\":%llu,\"reason\":\"%s\",\"truncated\":\"%s\"}\n",
 			     when, client, up, (unsigned long long)e->bytes_in,
 			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
-			     e->reason);
+			     e->reason, accesslog_truncated_name(e->truncated));
 	else
 		n = snprintf(buf, len,
 			     "%s client=%s upstream=%s bytes_in=%llu bytes_out=%llu duration_ms=%llu "
-			     "reason=%s\n",
+			     "reason=%s truncated=%s\n",
 			     when, client, up, (unsigned long long)e->bytes_in,
 			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
-			     e->reason);
+			     e->reason, accesslog_truncated_name(e->truncated));
 	if (n < 0 || (size_t)n >= len)
 		return 0;
 	return (size_t)n;

@@ -1,6 +1,7 @@
-/* bufring: one registered provided-buffer ring (5.19+) per worker. Buffers are handed to the
- * kernel, come back in recv CQEs, travel in a session's queue, and are put back here when
- * their send completes. Must never hand the kernel a buffer twice. */
+/* bufring: one registered provided-buffer ring (5.19+) per worker, and the fallback buffers
+ * that stand in when it runs low. Pool buffers are handed to the kernel, come back in recv
+ * CQEs, travel in a session's queue, and are put back here when their send completes.
+ * Must never hand the kernel a buffer twice, nor free memory a request may still read. */
 #include "uproxy/bufring.h"
 
 #include <errno.h>
@@ -10,15 +11,17 @@
 #include <sys/mman.h>
 
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
-		 char *why, size_t whylen)
+		 uint32_t fb_cap, char *why, size_t whylen)
 {
 	struct io_uring_buf_reg reg;
+	size_t ids = (size_t)count + fb_cap;
 	int rc;
 
 	memset(b, 0, sizeof(*b));
 	b->size = size;
 	b->count = count;
 	b->bgid = bgid;
+	b->fb_cap = fb_cap;
 	b->ring_bytes = (size_t)count * sizeof(struct io_uring_buf);
 	b->br = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 		     0);
@@ -27,19 +30,27 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 		snprintf(why, whylen, "cannot allocate the buffer ring: %s", strerror(errno));
 		return -ENOMEM;
 	}
-	/* Buffer memory is touched lazily by the kernel: an idle proxy keeps it unmapped. */
+	/* Buffer memory is touched lazily by the kernel: an idle proxy keeps it unmapped. The
+	 * per-id arrays are calloc'd: pages of fallback ids are touched only when used. */
 	b->base_bytes = (size_t)count * size;
 	b->base = mmap(NULL, b->base_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		       -1, 0);
-	b->next = calloc(count, sizeof(*b->next));
-	b->len = calloc(count, sizeof(*b->len));
-	if (b->base == MAP_FAILED || b->next == NULL || b->len == NULL) {
+	b->next = calloc(ids, sizeof(*b->next));
+	b->len = calloc(ids, sizeof(*b->len));
+	b->fb = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb));
+	b->fb_free = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb_free));
+	if (b->base == MAP_FAILED || b->next == NULL || b->len == NULL || b->fb == NULL ||
+	    b->fb_free == NULL) {
 		if (b->base == MAP_FAILED)
 			b->base = NULL;
 		snprintf(why, whylen, "cannot allocate %u receive buffers of %u bytes", count, size);
-		bufring_destroy(b, NULL);
+		bufring_destroy(b);
 		return -ENOMEM;
 	}
+	/* Lowest ids on top of the stack. */
+	for (uint32_t i = 0; i < fb_cap; i++)
+		b->fb_free[i] = count + fb_cap - 1 - i;
+	b->fb_nfree = fb_cap;
 	io_uring_buf_ring_init(b->br);
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
@@ -49,7 +60,7 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	if (rc < 0) {
 		snprintf(why, whylen, "cannot register the provided-buffer ring: %s "
 			 "(needs Linux 5.19 or newer)", strerror(-rc));
-		bufring_destroy(b, NULL);
+		bufring_destroy(b);
 		return rc;
 	}
 	for (uint32_t i = 0; i < count; i++)
@@ -58,21 +69,46 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	return 0;
 }
 
-void bufring_destroy(struct bufring *b, struct loop *l)
+void bufring_destroy(struct bufring *b)
 {
-	if (l != NULL && b->br != NULL)
-		io_uring_unregister_buf_ring(&l->ring, b->bgid);
 	if (b->br != NULL)
 		munmap(b->br, b->ring_bytes);
 	if (b->base != NULL)
 		munmap(b->base, b->base_bytes);
+	for (uint32_t i = 0; b->fb != NULL && i < b->fb_cap; i++)
+		free(b->fb[i]);
+	free(b->fb);
+	free(b->fb_free);
 	free(b->next);
 	free(b->len);
 	memset(b, 0, sizeof(*b));
 }
 
+uint32_t bufring_fallback_get(struct bufring *b)
+{
+	uint32_t bid;
+	uint8_t *mem;
+
+	if (b->fb_nfree == 0)
+		return BUFRING_NIL;
+	mem = malloc(BUFRING_FALLBACK_SIZE);
+	if (mem == NULL)
+		return BUFRING_NIL;
+	bid = b->fb_free[--b->fb_nfree];
+	b->fb[bid - b->count] = mem;
+	b->len[bid] = 0;
+	b->next[bid] = BUFRING_NIL;
+	return bid;
+}
+
 void bufring_put(struct bufring *b, uint32_t bid)
 {
+	if (bid >= b->count) {
+		free(b->fb[bid - b->count]);
+		b->fb[bid - b->count] = NULL;
+		b->fb_free[b->fb_nfree++] = bid;
+		return;
+	}
 	io_uring_buf_ring_add(b->br, bufring_data(b, bid), b->size, (unsigned short)bid,
 			      io_uring_buf_ring_mask(b->count), (int)b->pending);
 	b->pending++;

@@ -327,7 +327,7 @@ int main(int argc, char **argv)
 	struct thread_arg *args = NULL;
 	pthread_t *threads = NULL;
 	char err[512], buf[ADDR_STRLEN];
-	uint32_t cap, total, per_worker, nworkers;
+	uint32_t total, per_worker, nworkers;
 	rlim_t nofile;
 	int nup, sigfd, status = 0, started = 0, alog_fd = -1, act[WORKER_MAX_LISTENERS], nact;
 	struct sdnotify sn = { .fd = -1 };
@@ -347,14 +347,6 @@ int main(int argc, char **argv)
 	nworkers = cfg.workers != 0 ? cfg.workers : cpu_count();
 	if (nworkers > CONFIG_MAX_WORKERS)
 		nworkers = CONFIG_MAX_WORKERS;
-	cap = worker_max_sessions_for(cfg.buffers);
-	if (cfg.max_conns != 0 && (cfg.max_conns + nworkers - 1) / nworkers > cap) {
-		fprintf(stderr,
-			"uproxy: --max-conns %u is more than %u worker(s) can track with --buffers "
-			"%u (at most %u per worker)\n",
-			cfg.max_conns, nworkers, cfg.buffers, cap);
-		return 2;
-	}
 	nofile = raise_nofile();
 	if (cfg.max_conns != 0) {
 		total = cfg.max_conns;
@@ -363,9 +355,9 @@ int main(int argc, char **argv)
 
 		total = nofile > 2 * reserve ? (uint32_t)((nofile - reserve) / 2) : 16;
 	}
+	/* The session limit follows the open-file limit only: the completion queue is sized for
+	 * it where it can be, and an overflow beyond that is reaped, not avoided (worker.h). */
 	per_worker = (total + nworkers - 1) / nworkers;
-	if (per_worker > cap)
-		per_worker = cap;
 
 	nup = resolve_pool(&cfg, pool, BACKEND_MAX, NULL, 0, true, err, sizeof(err));
 	if (nup < 0)

@@ -5,14 +5,17 @@
 #include "uproxy/session.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "uproxy/timer.h"
+#include "uproxy/util.h"
 #include "uproxy/worker.h"
 
 /* ---- the transition table: the only place that says which state follows which ---- */
@@ -79,14 +82,6 @@ static void fire(struct worker *w, struct session *s, enum session_event ev)
 
 /* ---- helpers ---- */
 
-static uint64_t monotonic_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 static inline uint64_t stag(const struct worker *w, const struct session *s, unsigned int side,
 			    enum loop_op op)
 {
@@ -101,28 +96,61 @@ static void dir_reset(struct session_dir *dr)
 	dr->queued = 0;
 	dr->send_n = 0;
 	dr->flags = 0;
+	dr->fb = BUFRING_NIL;
 }
 
 /* One wake-up of a multishot recv can fill up to 32 buffers (the kernel's MULTISHOT_MAX_RETRY)
  * before back-pressure gets a say; with fewer free buffers than that above half the pool, a
  * single-shot recv takes exactly one buffer per arm instead. */
 #define RECV_MULTISHOT_BURST 32u
-
-static void recv_arm(struct worker *w, struct session *s, unsigned int d)
-{
-	struct session_dir *dr = &s->dir[d];
-
-	if (bufring_available(&w->bufs) > w->bufs.count / 2 + RECV_MULTISHOT_BURST)
-		loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
-	else
-		loop_recv(&w->loop, s->fd[d], w->bufs.bgid, stag(w, s, d, OP_RECV));
-	dr->flags |= DIR_RECV_ARMED;
-	s->inflight++;
-}
+/* Below this share of the pool free (1/16: 128 of 2,048 buffers, 4 of 64), a direction
+ * receives into a fallback buffer of its own instead: whatever other sessions pin, each
+ * session can always move its bytes, and no direction ever waits for buffers. */
+#define RECV_POOL_RESERVE_DIVISOR 16u
 
 static bool closing(const struct session *s)
 {
 	return s->state == SS_CLOSING;
+}
+
+static void teardown(struct worker *w, struct session *s, enum close_reason reason, bool rst);
+
+/* Arms a receive on direction d: from the shared pool while it has room, else into a fallback
+ * buffer (one per direction at most, so a session's fallback memory is bounded). */
+static void recv_arm_from(struct worker *w, struct session *s, unsigned int d, bool pool_ok)
+{
+	struct session_dir *dr = &s->dir[d];
+	uint32_t avail = bufring_available(&w->bufs);
+	uint64_t tag = stag(w, s, d, OP_RECV);
+
+	if (closing(s))
+		return;
+	if (pool_ok && avail > w->bufs.count / RECV_POOL_RESERVE_DIVISOR) {
+		if (avail > w->bufs.count / 2 + RECV_MULTISHOT_BURST)
+			loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, tag);
+		else
+			loop_recv(&w->loop, s->fd[d], w->bufs.bgid, tag);
+	} else {
+		uint32_t bid = bufring_fallback_get(&w->bufs);
+
+		if (bid == BUFRING_NIL) {
+			/* Out of memory: fail this session loudly, never park it. */
+			teardown(w, s, CLOSE_RESOURCE, false);
+			return;
+		}
+		w->st.fallback_recvs++;
+		dr->fb = bid;
+		dr->flags |= DIR_RECV_FB;
+		loop_recv_buf(&w->loop, s->fd[d], bufring_data(&w->bufs, bid),
+			      BUFRING_FALLBACK_SIZE, tag);
+	}
+	dr->flags |= DIR_RECV_ARMED;
+	s->inflight++;
+}
+
+static void recv_arm(struct worker *w, struct session *s, unsigned int d)
+{
+	recv_arm_from(w, s, d, true);
 }
 
 /* The high-water mark in force now: the full mark while at least half of the buffer pool is
@@ -144,7 +172,7 @@ static bool recv_wanted(const struct worker *w, const struct session *s, unsigne
 	const struct session_dir *dr = &s->dir[d];
 
 	return !closing(s) && s->state != SS_CONNECTING &&
-	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF | DIR_WAIT_BUF)) &&
+	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF)) &&
 	       (dr->queued == 0 || dr->queued < high_water_now(w) / 4);
 }
 
@@ -216,14 +244,6 @@ static void dir_pump(struct worker *w, struct session *s, unsigned int d)
 	}
 }
 
-static void set_linger_rst(int fd)
-{
-	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
-	/* Error path only: a zero linger turns the close into an RST, passing a reset on. */
-	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-}
-
 /* Cancels, by tag, every request that may be pending on fd[side]: a pending recv would
  * otherwise hold the socket open after the close, and no FIN or RST would go out. By tag, not
  * by fd: the kernel finds a tag in its hash table, while a cancel by fd walks every pending
@@ -269,7 +289,7 @@ static void close_fds(struct worker *w, struct session *s, bool rst, enum sessio
 		if (fd < 0)
 			continue;
 		if (rst)
-			set_linger_rst(fd);
+			sock_linger_rst(fd);
 		if (s->inflight > 0)
 			cancel_side(w, s, side, prev);
 		loop_close(&w->loop, fd, stag(w, s, side, OP_CLOSE));
@@ -278,12 +298,53 @@ static void close_fds(struct worker *w, struct session *s, bool rst, enum sessio
 	}
 }
 
+/* Bytes the kernel holds unread on fd's receive queue (0 if unknown). */
+static int unread_bytes(int fd)
+{
+	int n = 0;
+
+	if (fd < 0 || ioctl(fd, SIOCINQ, &n) < 0)
+		return 0;
+	return n;
+}
+
+/* Which sides lose bytes if the session ends now: bytes queued in the session for a side, the
+ * PROXY/early bytes not yet sent upstream, or input unread in the other side's socket. */
+static unsigned int lost_sides(struct worker *w, const struct session *s)
+{
+	unsigned int lost = 0;
+
+	/* While a PROXY header is awaited, nothing has been forwarded: a rejected header is a
+	 * protocol error (reason=protocol), not lost bytes. */
+	if (s->state == SS_AWAIT_HEADER)
+		return 0;
+	if (s->dir[DIR_U2C].queued > 0 || unread_bytes(s->fd[SIDE_UPSTREAM]) > 0)
+		lost |= SESSION_LOST_CLIENT;
+	if (s->dir[DIR_C2U].queued > 0 || unread_bytes(s->fd[SIDE_CLIENT]) > 0 ||
+	    (w->pre != NULL && w->pre[worker_slot(w, s)].len > w->pre[worker_slot(w, s)].off))
+		lost |= SESSION_LOST_UPSTREAM;
+	return lost;
+}
+
+/* Ends the session. rst: a peer reset or failed, pass the reset on. Otherwise the close is a
+ * clean FIN only if no byte is lost; if any is, both sides get an RST, so neither peer can
+ * mistake a cut stream for a finished one (the sender learns its bytes did not arrive). */
 static void teardown(struct worker *w, struct session *s, enum close_reason reason, bool rst)
 {
 	enum session_state prev = (enum session_state)s->state;
+	unsigned int lost;
 
 	if (closing(s))
 		return;
+	lost = lost_sides(w, s);
+	if (lost != 0) {
+		s->truncated = (uint8_t)lost;
+		if (lost & SESSION_LOST_CLIENT)
+			w->st.truncated[SIDE_CLIENT]++;
+		if (lost & SESSION_LOST_UPSTREAM)
+			w->st.truncated[SIDE_UPSTREAM]++;
+		rst = true;
+	}
 	fire(w, s, SE_ABORT);
 	s->reason = (uint8_t)reason;
 	timer_cancel(w->wheel, &s->timer);
@@ -354,7 +415,7 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	s->ntried = 0;
 	s->inflight = 0;
 	s->reason = CLOSE_NORMAL;
-	s->fin_deadline = 0;
+	s->truncated = 0;
 	s->start_ms = w->now_ms;
 	s->bytes[0] = s->bytes[1] = 0;
 	s->have_peer = 0;
@@ -596,14 +657,19 @@ static void on_connect(struct worker *w, struct session *s, int res)
 	recv_arm(w, s, DIR_U2C);
 }
 
-/* Pushes the idle deadline on; a half-closed session also keeps its fin deadline. */
+static bool half_closed(const struct session *s)
+{
+	return s->state == SS_CLIENT_DONE || s->state == SS_UPSTREAM_DONE;
+}
+
+/* Progress (bytes received from, or sent to, either peer): the session may now stay inactive
+ * for --idle-timeout, or --fin-timeout once half-closed. Both are inactivity timers, like
+ * nginx's proxy_timeout and HAProxy's timeout client-fin, counted from the last progress in
+ * either direction. timer_arm pushing a deadline later is one store. */
 static void timer_touch(struct worker *w, struct session *s)
 {
-	uint64_t at = w->now_ms + w->cfg->idle_timeout_ms;
-
-	if (s->fin_deadline != 0 && s->fin_deadline < at)
-		at = s->fin_deadline;
-	timer_arm(w->wheel, &s->timer, at);
+	timer_arm(w->wheel, &s->timer,
+		  w->now_ms + (half_closed(s) ? w->cfg->fin_timeout_ms : w->cfg->idle_timeout_ms));
 }
 
 void session_timeout(struct worker *w, struct session *s)
@@ -623,8 +689,7 @@ void session_timeout(struct worker *w, struct session *s)
 	}
 	if (closing(s) || s->state == SS_CONNECTING)
 		return;
-	log_debug("session %u: %s timeout", worker_slot(w, s),
-		  s->fin_deadline != 0 && w->now_ms >= s->fin_deadline ? "fin" : "idle");
+	log_debug("session %u: %s timeout", worker_slot(w, s), half_closed(s) ? "fin" : "idle");
 	teardown(w, s, CLOSE_TIMEOUT, false);
 }
 
@@ -634,15 +699,23 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 	struct session_dir *dr = &s->dir[d];
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 	int res = cqe->res;
+	uint32_t bid = BUFRING_NIL;
 
 	if (!more) {
 		dr->flags &= (uint16_t) ~(DIR_RECV_ARMED | DIR_RECV_CANCEL);
 		s->inflight--;
 	}
-	if (cqe->flags & IORING_CQE_F_BUFFER) {
-		uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-
+	if (dr->flags & DIR_RECV_FB) {
+		/* A single-shot recv into this direction's fallback buffer. */
+		bid = dr->fb;
+		dr->fb = BUFRING_NIL;
+		dr->flags &= (uint16_t)~DIR_RECV_FB;
+		bufring_fallback_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
+		bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		bufring_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+	}
+	if (bid != BUFRING_NIL) {
 		if (res <= 0 || closing(s)) {
 			bufring_put(&w->bufs, bid);
 		} else {
@@ -675,12 +748,11 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		return;
 	}
 	if (res == -ENOBUFS) {
+		/* The pool ran dry under this recv: go on at once with a fallback buffer. Never
+		 * parked, so the direction keeps a recv armed and sees its peer's FIN or RST. */
 		w->st.buf_exhausted++;
-		if (!more) {
-			/* Re-armed when buffers come back, never on a timer or in a loop. */
-			dr->flags |= DIR_WAIT_BUF;
-			worker_wait_buffers(w, s, d);
-		}
+		if (!more && recv_wanted(w, s, d))
+			recv_arm_from(w, s, d, false);
 		return;
 	}
 	/* A multishot that ended without an error (CQ overflow, cancel for back-pressure):
@@ -703,6 +775,7 @@ static void on_send(struct worker *w, struct session *s, unsigned int d, int res
 		teardown(w, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
 		return;
 	}
+	timer_touch(w, s);
 	left = (uint32_t)res;
 	while (left > 0 && dr->head != BUFRING_NIL) {
 		uint32_t bid = dr->head;
@@ -739,8 +812,7 @@ static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int
 	s->dir[d].flags |= DIR_DONE;
 	fire(w, s, d == DIR_C2U ? SE_C2U_DONE : SE_U2C_DONE);
 	if (!closing(s)) {
-		/* Half-closed: the other side has --fin-timeout to finish too. */
-		s->fin_deadline = w->now_ms + w->cfg->fin_timeout_ms;
+		/* Half-closed: from now on the session may be inactive for --fin-timeout. */
 		timer_touch(w, s);
 	} else {
 		/* Both directions finished cleanly. */
@@ -748,13 +820,6 @@ static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int
 		timer_cancel(w->wheel, &s->timer);
 		close_fds(w, s, false, SS_CLOSING);
 	}
-}
-
-void session_resume_recv(struct worker *w, struct session *s, unsigned int d)
-{
-	s->dir[d].flags &= (uint16_t)~DIR_WAIT_BUF;
-	if (recv_wanted(w, s, d))
-		recv_arm(w, s, d);
 }
 
 static void log_session(struct worker *w, struct session *s)
@@ -768,6 +833,7 @@ static void log_session(struct worker *w, struct session *s)
 		.bytes_out = s->bytes[DIR_U2C],
 		.duration_ms = w->now_ms - s->start_ms,
 		.reason = close_reason_name((enum close_reason)s->reason),
+		.truncated = s->truncated,
 	};
 
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);

@@ -48,14 +48,15 @@ void stats_log_summary(const struct worker_stats *st, const struct loop_stats *l
 		 " resource=%" PRIu64 " timeout=%" PRIu64 " protocol=%" PRIu64
 		 " bytes c2u=%" PRIu64 " u2c=%" PRIu64 " connect_errors=%" PRIu64
 		 " accept_errors=%" PRIu64 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64
-		 " buf_exhausted=%" PRIu64 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64
+		 " buf_exhausted=%" PRIu64 " fallback_recvs=%" PRIu64 " truncated client=%" PRIu64
+		 " upstream=%" PRIu64 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64
 		 " enters=%" PRIu64 " sqes=%" PRIu64 " cqes=%" PRIu64 " cq_overflow=%" PRIu64,
 		 worker, st->accepted, st->closed[CLOSE_NORMAL], st->closed[CLOSE_CLIENT_RESET],
 		 st->closed[CLOSE_UPSTREAM_RESET], st->closed[CLOSE_CONNECT_FAILED],
 		 st->closed[CLOSE_SHUTDOWN], st->closed[CLOSE_RESOURCE], st->closed[CLOSE_TIMEOUT],
 		 st->closed[CLOSE_PROTOCOL], st->bytes[0], st->bytes[1], st->connect_errors,
 		 st->accept_errors, st->accept_backoffs, st->accept_overflow, st->buf_exhausted,
-		 st->backpressure, st->stale_cqes, ls->enters, ls->submitted, ls->cqes,
+		 st->fallback_recvs, st->truncated[0], st->truncated[1], st->backpressure, st->stale_cqes, ls->enters, ls->submitted, ls->cqes,
 		 ls->cq_overflow);
 }
 
@@ -214,6 +215,15 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	}
 	counter(&o, "uproxy_buffer_ring_exhausted_total",
 		"Receives that found the provided-buffer ring empty.", SUM(st.buf_exhausted));
+	counter(&o, "uproxy_fallback_receives_total",
+		"Receives into a session's own fallback buffer because the shared pool was low.",
+		SUM(st.fallback_recvs));
+	head(&o, "uproxy_connections_truncated_total", "counter",
+	     "Sides closed with a reset because bytes for them were lost (timeout, drain, error).");
+	put(&o, "uproxy_connections_truncated_total{side=\"client\"} %" PRIu64 "\n",
+	    SUM(st.truncated[0]));
+	put(&o, "uproxy_connections_truncated_total{side=\"upstream\"} %" PRIu64 "\n",
+	    SUM(st.truncated[1]));
 	counter(&o, "uproxy_backpressure_pauses_total",
 		"Receives paused because the other side was not reading.", SUM(st.backpressure));
 	counter(&o, "uproxy_ring_enters_total", "io_uring_enter system calls.", SUM(ls.enters));

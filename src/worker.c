@@ -15,11 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-uint32_t worker_max_sessions_for(uint32_t buffers)
-{
-	return (WORKER_CQ_MAX - buffers - WORKER_BACKLOG - WORKER_CQ_RESERVE) /
-	       WORKER_CQES_PER_SESSION;
-}
+#include "uproxy/util.h"
 
 static unsigned int roundup_pow2(unsigned int v)
 {
@@ -144,14 +140,6 @@ int worker_adopt(const int *fds, int n, bool original, struct listener *out, cha
 /* The per-upstream metrics table is republished at most this often while it changes. */
 #define STATS_BACKENDS_EVERY_MS 10
 
-static uint64_t monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void ms_to_ts(struct __kernel_timespec *ts, uint32_t ms)
 {
 	ts->tv_sec = ms / 1000;
@@ -168,8 +156,13 @@ static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 	for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
 		struct backend_info bi;
 
-		if (backend_info(w->pool, id, &bi) == 0)
-			w->baddr[id] = bi.addr;
+		if (backend_info(w->pool, id, &bi) < 0)
+			continue;
+		/* A reused id names another upstream: results still in flight for the old one
+		 * (health probes) carry the old generation and are ignored. */
+		if (!addr_equal(&w->baddr[id], &bi.addr))
+			w->bgen[id] = (w->bgen[id] + 1) & TAG_GEN_MASK;
+		w->baddr[id] = bi.addr;
 	}
 	return 0;
 }
@@ -181,12 +174,10 @@ static void free_slot_arrays(struct worker *w)
 	free(w->alog);
 	free(w->peer_addrs);
 	free(w->sessions);
-	free(w->waitq);
 	w->pre = NULL;
 	w->alog = NULL;
 	w->peer_addrs = NULL;
 	w->sessions = NULL;
-	w->waitq = NULL;
 }
 
 int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
@@ -207,7 +198,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	bo.seed = (uint64_t)w->now_ms * 2654435761u + (uint64_t)w->id;
 	w->baddr = calloc(BACKEND_MAX, sizeof(*w->baddr));
 	w->probes = calloc(BACKEND_MAX, sizeof(*w->probes));
-	if (w->baddr == NULL || w->probes == NULL || backend_pool_new(&bo, &w->pool) < 0 ||
+	w->bgen = calloc(BACKEND_MAX, sizeof(*w->bgen));
+	if (w->baddr == NULL || w->probes == NULL || w->bgen == NULL || backend_pool_new(&bo, &w->pool) < 0 ||
 	    timer_wheel_new(w->now_ms, &w->wheel) < 0) {
 		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
 		return -ENOMEM;
@@ -234,7 +226,9 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	rc = loop_probe(&w->loop, why, whylen);
 	if (rc < 0)
 		goto err_loop;
-	rc = bufring_init(&w->bufs, &w->loop, 0, cfg->buffers, cfg->buffer_size, why, whylen);
+	/* Two fallback ids per session: one per direction at most. */
+	rc = bufring_init(&w->bufs, &w->loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
+			  why, whylen);
 	if (rc < 0)
 		goto err_loop;
 	if (w->alog_fd >= 0) {
@@ -266,9 +260,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	}
 	/* calloc'd slab: pages are touched only as slots are first used. */
 	w->sessions = calloc(max_sessions, sizeof(*w->sessions));
-	w->wq_cap = 2 * max_sessions;
-	w->waitq = calloc(w->wq_cap, sizeof(*w->waitq));
-	if (w->sessions == NULL || w->waitq == NULL) {
+	if (w->sessions == NULL) {
 		snprintf(why, whylen, "cannot allocate %u session slots", max_sessions);
 		rc = -ENOMEM;
 		goto err_bufs;
@@ -293,9 +285,12 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 
 err_bufs:
 	free_slot_arrays(w);
-	bufring_destroy(&w->bufs, &w->loop);
+	loop_exit(&w->loop);
+	bufring_destroy(&w->bufs);
+	goto err_notify;
 err_loop:
 	loop_exit(&w->loop);
+err_notify:
 	close(w->notify_fd);
 	w->notify_fd = -1;
 	return rc;
@@ -318,8 +313,9 @@ void worker_destroy(struct worker *w)
 			close(w->probes[id].fd);
 	}
 	httpstats_destroy(&w->hs);
-	bufring_destroy(&w->bufs, &w->loop);
+	/* The ring first: its teardown ends every send that may still read a buffer. */
 	loop_exit(&w->loop);
+	bufring_destroy(&w->bufs);
 	free_slot_arrays(w);
 	backend_pool_free(w->pool);
 	w->pool = NULL;
@@ -327,8 +323,10 @@ void worker_destroy(struct worker *w)
 	w->wheel = NULL;
 	free(w->baddr);
 	free(w->probes);
+	free(w->bgen);
 	w->baddr = NULL;
 	w->probes = NULL;
+	w->bgen = NULL;
 	free(w->mbox.specs);
 	w->mbox.specs = NULL;
 }
@@ -390,33 +388,6 @@ void worker_release(struct worker *w, struct session *s)
 	s->next_free = w->free_head;
 	w->free_head = worker_slot(w, s);
 	__atomic_store_n(&w->active, w->active - 1, __ATOMIC_RELAXED);
-}
-
-void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d)
-{
-	/* Each direction is queued at most once (DIR_WAIT_BUF), so 2 per slot always fits. */
-	uint32_t at = (w->wq_head + w->wq_len) % w->wq_cap;
-
-	w->waitq[at] = tag_make(worker_slot(w, s), s->gen, d, OP_RECV);
-	w->wq_len++;
-}
-
-/* Re-arms parked recvs, at most one per free buffer, so an empty ring never spins. */
-static void resume_waiters(struct worker *w)
-{
-	uint32_t budget = bufring_available(&w->bufs);
-
-	while (w->wq_len > 0 && budget > 0) {
-		uint64_t t = w->waitq[w->wq_head];
-		struct session *s = &w->sessions[tag_slot(t)];
-
-		w->wq_head = (w->wq_head + 1) % w->wq_cap;
-		w->wq_len--;
-		if (s->gen != tag_gen(t) || s->state == SS_FREE)
-			continue;
-		session_resume_recv(w, s, tag_side(t));
-		budget--;
-	}
 }
 
 /* ---- accepting ---- */
@@ -563,6 +534,15 @@ void worker_post_stop(struct worker *w)
 	mailbox_ring(w);
 }
 
+void worker_post_abort(struct worker *w)
+{
+	pthread_mutex_lock(&w->mbox.mu);
+	w->mbox.abort = true;
+	w->mbox.stops++;
+	pthread_mutex_unlock(&w->mbox.mu);
+	mailbox_ring(w);
+}
+
 int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n)
 {
 	struct backend_spec *copy = malloc((size_t)(n > 0 ? n : 1) * sizeof(*copy));
@@ -651,10 +631,11 @@ static void on_notify(struct worker *w)
 	struct backend_spec *specs = NULL;
 	unsigned int stops;
 	int n = 0;
-	bool update;
+	bool update, abort_now;
 
 	pthread_mutex_lock(&w->mbox.mu);
 	stops = w->mbox.stops;
+	abort_now = w->mbox.abort;
 	update = w->mbox.update;
 	if (update) {
 		specs = w->mbox.specs;
@@ -679,6 +660,8 @@ static void on_notify(struct worker *w)
 		w->stops_seen++;
 		stop(w, SIGTERM);
 	}
+	if (abort_now)
+		close_all(w);
 }
 
 /* ---- active health checks ---- */
@@ -702,14 +685,17 @@ static void health_round(struct worker *w)
 		w->probes[id].busy = true;
 		w->probes[id].fd = -1;
 		loop_socket(&w->loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
-			    IPPROTO_TCP, tag_make(id, 0, PROBE_SOCKET, OP_PROBE));
+			    IPPROTO_TCP, tag_make(id, w->bgen[id], PROBE_SOCKET, OP_PROBE));
 	}
 }
 
 static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 {
-	uint32_t id = tag_slot(cqe->user_data);
+	uint32_t id = tag_slot(cqe->user_data), gen = tag_gen(cqe->user_data);
 	struct probe *p = &w->probes[id];
+	/* The probe was started for the upstream this id named then: if SIGHUP or re-resolution
+	 * gave the id to another address since, its result says nothing about the new one. */
+	bool current = gen == w->bgen[id];
 	struct backend_info bi;
 	char buf[ADDR_STRLEN];
 	int res = cqe->res;
@@ -721,24 +707,24 @@ static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 			return;
 		}
 		p->fd = res;
-		if (w->stopping || backend_info(w->pool, id, &bi) < 0 || bi.removed) {
-			loop_close(&w->loop, p->fd, tag_make(id, 0, PROBE_CLOSE, OP_PROBE));
+		if (w->stopping || !current || backend_info(w->pool, id, &bi) < 0 || bi.removed) {
+			loop_close(&w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 			p->fd = -1;
 			return;
 		}
 		loop_connect_timeout(&w->loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
-				     &w->connect_ts, tag_make(id, 0, PROBE_CONNECT, OP_PROBE),
-				     tag_make(id, 0, PROBE_TIMEOUT, OP_PROBE));
+				     &w->connect_ts, tag_make(id, gen, PROBE_CONNECT, OP_PROBE),
+				     tag_make(id, gen, PROBE_TIMEOUT, OP_PROBE));
 		return;
 	case PROBE_CONNECT:
 		w->backends_dirty = true;
-		if (backend_info(w->pool, id, &bi) == 0 && !bi.removed &&
+		if (current && backend_info(w->pool, id, &bi) == 0 && !bi.removed &&
 		    backend_set_up(w->pool, id, res == 0))
 			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
 				 addr_format(&w->baddr[id], buf, sizeof(buf)),
 				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
 				 res == 0 ? "" : ")");
-		loop_close(&w->loop, p->fd, tag_make(id, 0, PROBE_CLOSE, OP_PROBE));
+		loop_close(&w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 		p->fd = -1;
 		return;
 	case PROBE_CLOSE:
@@ -871,6 +857,36 @@ static void on_timer(struct timer_node *n, void *ctx)
 	session_timeout(w, &w->sessions[n->data]);
 }
 
+/* The ring failed for good: nothing more can be submitted. Every session is reset at once
+ * with plain syscalls (its bytes cannot be forwarded any more: never a clean FIN), the other
+ * workers are told to close theirs, and the process exits non-zero so that a supervisor
+ * restarts it, instead of living on with one dead worker. */
+static void fail_fatal(struct worker *w, int rc)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < w->max_sessions; i++) {
+		struct session *s = &w->sessions[i];
+
+		if (s->state == SS_FREE)
+			continue;
+		n++;
+		for (unsigned int side = 0; side < 2; side++) {
+			if (s->fd[side] < 0)
+				continue;
+			sock_linger_rst(s->fd[side]);
+			close(s->fd[side]);
+			s->fd[side] = -1;
+		}
+	}
+	log_error("worker %d: io_uring failed: %s; reset its %u connection(s); uproxy exits",
+		  w->id, strerror(-rc), n);
+	for (int i = 0; i < w->npeers; i++)
+		if (&w->peers[i] != w)
+			worker_post_abort(&w->peers[i]);
+	w->stopping = true;
+}
+
 int worker_run(struct worker *w)
 {
 	int status = 0;
@@ -897,7 +913,7 @@ int worker_run(struct worker *w)
 		rc = loop_run_once(&w->loop, dispatch, w, wait);
 
 		if (rc < 0) {
-			log_error("io_uring_enter failed: %s", strerror(-rc));
+			fail_fatal(w, rc);
 			status = 1;
 			break;
 		}
@@ -905,8 +921,6 @@ int worker_run(struct worker *w)
 		if (timer_count(w->wheel) > 0)
 			timer_advance(w->wheel, w->now_ms, on_timer, w);
 		bufring_commit(&w->bufs);
-		if (w->wq_len > 0)
-			resume_waiters(w);
 		accept_update(w);
 		if (w->alog != NULL)
 			log_flush(w);

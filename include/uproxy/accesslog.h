@@ -25,7 +25,11 @@ struct accesslog_entry {
 	uint64_t bytes_out;	  /* upstream -> client */
 	uint64_t duration_ms;
 	const char *reason;
+	unsigned int truncated;	  /* SESSION_LOST_* bits: 1 client, 2 upstream */
 };
+
+/* "none", "client", "upstream" or "both" for accesslog_entry.truncated. */
+const char *accesslog_truncated_name(unsigned int truncated);
 
 struct accesslog {
 	int fd;

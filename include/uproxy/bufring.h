@@ -1,7 +1,9 @@
-/* bufring: the provided-buffer ring a worker's multishot recvs fill. Registers it, hands out
- * buffer memory by id, recycles ids once their bytes are sent, and counts exhaustion.
- * Never frees a buffer the kernel or a pending send may still be using: callers recycle only
- * after the send that used it has completed. */
+/* bufring: a worker's receive buffers. A registered provided-buffer ring (the shared pool the
+ * kernel fills), plus private fallback buffers, one at most per direction, used when the pool
+ * runs low so that no session ever waits for another to free a buffer. Hands out buffer memory
+ * by id, recycles ids once their bytes are sent, and counts exhaustion. Never frees a buffer
+ * the kernel or a pending send may still be using: callers put an id back only after the send
+ * that used it has completed, and the pool's memory is unmapped only after the ring is gone. */
 #ifndef UPROXY_BUFRING_H
 #define UPROXY_BUFRING_H
 
@@ -12,32 +14,47 @@
 
 #define BUFRING_NIL UINT32_MAX /* end of a buffer queue */
 
+/* A fallback buffer: what a direction receives into while the pool is low. 4 KiB keeps the
+ * worst case small (two per session: 8 KiB, against HAProxy's 2 x 16 KiB per session) while a
+ * session that has only fallback buffers still moves ~4 KiB per round trip of the loop. */
+#define BUFRING_FALLBACK_SIZE 4096u
+
 struct bufring {
 	struct io_uring_buf_ring *br;
 	size_t ring_bytes;
-	uint8_t *base;	   /* count * size bytes of buffer memory */
+	uint8_t *base;	   /* count * size bytes of pool memory */
 	size_t base_bytes;
-	uint32_t size;	   /* bytes per buffer */
-	uint32_t count;	   /* buffers in all */
+	uint32_t size;	   /* bytes per pool buffer */
+	uint32_t count;	   /* pool buffers: ids 0 .. count-1 */
 	uint16_t bgid;	   /* buffer group id */
-	uint32_t in_ring;  /* buffers the kernel can fill now */
+	uint32_t in_ring;  /* pool buffers the kernel can fill now */
 	uint32_t pending;  /* recycled but not yet published to the kernel */
-	uint32_t *next;	   /* per buffer: next buffer in its session queue */
-	uint32_t *len;	   /* per buffer: bytes of data it holds */
+	uint32_t *next;	   /* per id: next buffer in its session queue */
+	uint32_t *len;	   /* per id: bytes of data it holds */
+	/* Fallback ids: count .. count+fb_cap-1, memory malloc'd while in use. */
+	uint32_t fb_cap;
+	uint32_t fb_nfree; /* ids on the free stack */
+	uint32_t *fb_free;
+	uint8_t **fb;	   /* per fallback id: its memory, NULL when free */
 	uint64_t exhausted; /* ENOBUFS completions seen */
 };
 
-/* Allocates count buffers of size bytes and registers them as group bgid. -errno on failure. */
+/* Allocates count pool buffers of size bytes, registers them as group bgid, and prepares
+ * fb_cap fallback ids (memory allocated only while one is in use). -errno on failure. */
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
-		 char *why, size_t whylen);
-void bufring_destroy(struct bufring *b, struct loop *l);
+		 uint32_t fb_cap, char *why, size_t whylen);
+/* Frees everything. Call only after the ring is gone (loop_exit): a send may read a buffer
+ * until its completion arrives, and the ring's teardown is what ends such sends. */
+void bufring_destroy(struct bufring *b);
 
 static inline uint8_t *bufring_data(const struct bufring *b, uint32_t bid)
 {
-	return b->base + (size_t)bid * b->size;
+	if (bid < b->count)
+		return b->base + (size_t)bid * b->size;
+	return b->fb[bid - b->count];
 }
 
-/* A recv completion consumed buffer bid holding len bytes. */
+/* A recv completion consumed pool buffer bid holding len bytes. */
 static inline void bufring_took(struct bufring *b, uint32_t bid, uint32_t len)
 {
 	b->in_ring--;
@@ -45,13 +62,30 @@ static inline void bufring_took(struct bufring *b, uint32_t bid, uint32_t len)
 	b->next[bid] = BUFRING_NIL;
 }
 
-/* Gives buffer bid back; the kernel sees it after the next bufring_commit. */
+/* A fallback buffer for one recv: its id, or BUFRING_NIL when out of ids or memory. */
+uint32_t bufring_fallback_get(struct bufring *b);
+
+/* A recv into fallback buffer bid completed with len bytes. */
+static inline void bufring_fallback_took(struct bufring *b, uint32_t bid, uint32_t len)
+{
+	b->len[bid] = len;
+	b->next[bid] = BUFRING_NIL;
+}
+
+/* Fallback buffers in use now. */
+static inline uint32_t bufring_fallback_used(const struct bufring *b)
+{
+	return b->fb_cap - b->fb_nfree;
+}
+
+/* Gives buffer bid back: a pool buffer to the kernel (after the next bufring_commit), a
+ * fallback buffer's memory to the allocator. */
 void bufring_put(struct bufring *b, uint32_t bid);
 
-/* Publishes every buffer put since the last commit (one store-release). */
+/* Publishes every pool buffer put since the last commit (one store-release). */
 void bufring_commit(struct bufring *b);
 
-/* Buffers available to the kernel, counting those put but not yet committed. */
+/* Pool buffers available to the kernel, counting those put but not yet committed. */
 static inline uint32_t bufring_available(const struct bufring *b)
 {
 	return b->in_ring + b->pending;

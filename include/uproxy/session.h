@@ -67,7 +67,7 @@ enum dir_flags {
 	DIR_EOF = 1 << 2,	  /* the sending peer finished */
 	DIR_SHUT_SENT = 1 << 3,	  /* shutdown(SHUT_WR) submitted to the receiving peer */
 	DIR_DONE = 1 << 4,	  /* that shutdown completed */
-	DIR_WAIT_BUF = 1 << 5,	  /* parked until the buffer ring refills */
+	DIR_RECV_FB = 1 << 5,	  /* the recv in flight fills fallback buffer fb */
 };
 
 struct session_dir {
@@ -76,6 +76,7 @@ struct session_dir {
 	uint32_t queued;     /* bytes received but not yet sent */
 	uint16_t send_n;     /* buffers covered by the send in flight; 0 = none */
 	uint16_t flags;	     /* enum dir_flags */
+	uint32_t fb;	     /* fallback buffer of the recv in flight (DIR_RECV_FB) */
 	struct msghdr msg;
 	struct iovec iov[DIR_IOV_MAX];
 };
@@ -93,13 +94,16 @@ struct session_pre {
 	uint8_t data[SESSION_PRE_MAX];
 };
 
+/* session.truncated bits. */
+#define SESSION_LOST_CLIENT   1u /* bytes for the client were dropped */
+#define SESSION_LOST_UPSTREAM 2u /* bytes for the upstream were dropped */
+
 /* Upstreams one session may try: the first plus at most SESSION_MAX_TRIES - 1 retries. */
 #define SESSION_MAX_TRIES  17
 #define SESSION_NO_BACKEND UINT32_MAX
 
 struct session {
-	struct timer_node timer; /* idle / fin deadline */
-	uint64_t fin_deadline;	 /* 0 until half-closed */
+	struct timer_node timer; /* idle / fin inactivity deadline */
 	uint64_t connect_start_us; /* when the current upstream attempt began */
 	uint64_t start_ms;	 /* accepted at (monotonic) */
 	uint64_t bytes[2];	 /* forwarded per direction */
@@ -110,6 +114,7 @@ struct session {
 	uint8_t ntried;	      /* upstreams tried so far */
 	uint8_t have_peer;    /* worker's peer_addrs[slot] holds the client's address */
 	uint8_t wait_fd;      /* CONNECTING, waiting (timer) for an fd for the upstream socket */
+	uint8_t truncated;    /* SESSION_LOST_* bits: sides reset because bytes for them were lost */
 	uint32_t backend;     /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
 	uint32_t inflight;    /* requests submitted and not yet completed */
@@ -123,13 +128,12 @@ void session_start(struct worker *w, struct session *s, int client_fd);
 /* Applies one completion to its session (already checked not stale). */
 void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe);
 
-/* Closes the session for reason (no RST). No-op if already closing. */
+/* Closes the session for reason. A side toward which bytes are lost (queued in the session,
+ * or unread in the other side's socket) is closed with RST, and so is the other side: loss is
+ * never a clean FIN. No-op if already closing. */
 void session_abort(struct worker *w, struct session *s, enum close_reason reason);
 
-/* Its idle or fin deadline passed: close it. */
+/* Its idle or fin deadline passed: close it (or push it on, if there was activity since). */
 void session_timeout(struct worker *w, struct session *s);
-
-/* The buffer ring has room again: re-arm a recv parked on DIR_WAIT_BUF. */
-void session_resume_recv(struct worker *w, struct session *s, unsigned int d);
 
 #endif

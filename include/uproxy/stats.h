@@ -40,6 +40,8 @@ struct worker_stats {
 	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* successful connects, +Inf last */
 	uint64_t connect_sum_us;
 	uint64_t buf_exhausted;	    /* recvs that found the buffer ring empty */
+	uint64_t fallback_recvs;    /* recvs into a fallback buffer (the pool was low) */
+	uint64_t truncated[2];	    /* sides reset because bytes for them were lost: [client, upstream] */
 	uint64_t backpressure;	    /* recvs paused by the high-water mark */
 	uint64_t stale_cqes;	    /* completions for a slot whose generation moved on */
 	uint64_t log_dropped;	    /* access-log lines dropped because the log could not keep up */

@@ -23,12 +23,14 @@
 
 #define WORKER_MAX_LISTENERS 8
 
-/* Completion-queue budget: the kernel allows at most 64Ki CQEs. Each session can have at most
- * WORKER_CQES_PER_SESSION single-shot requests in flight (2 sends or shutdowns, 2 closes, 2
- * cancels, a connect or socket, plus the final CQEs of its 2 recvs); multishot recv CQEs are
- * bounded by the buffers, multishot accept CQEs by the listen backlog. */
+/* Completion-queue sizing: the kernel allows at most 64Ki CQEs. A session in teardown can have
+ * WORKER_CQES_PER_SESSION completions outstanding (2 recvs, 2 sends or shutdowns, up to 5
+ * cancels, 2 closes, a connect and its linked timeout); multishot recv CQEs are bounded by the
+ * buffers, multishot accept CQEs by the listen backlog. The CQ is sized for that when it fits
+ * in 64Ki; beyond, the session limit still follows the open-file limit and a burst that
+ * overflows the CQ is kept by the kernel and reaped by the loop (counted, never lost). */
 #define WORKER_CQ_MAX		65536u
-#define WORKER_CQES_PER_SESSION 8u
+#define WORKER_CQES_PER_SESSION 13u
 #define WORKER_BACKLOG		1024u
 /* Multishot accept only while at least this many slots are free: one wake-up of a multishot
  * accept can take the whole backlog at once, and every client accepted must get a slot. */
@@ -62,6 +64,7 @@ struct worker_mailbox {
 	struct backend_spec *specs; /* new pool, owned by the mailbox until taken */
 	int nspecs;
 	bool update;
+	bool abort;		    /* another worker died: close everything now, no drain */
 };
 
 struct listener {
@@ -83,6 +86,7 @@ struct worker {
 	bool clock_stale;   /* set before each wait; the next completion re-reads the clock */
 	struct __kernel_timespec connect_ts, drain_ts, health_ts;
 	struct probe *probes;
+	uint32_t *bgen;	    /* per backend id: bumped when the id names a new address */
 
 	struct loop loop;
 	struct bufring bufs;
@@ -101,10 +105,6 @@ struct worker {
 	uint32_t active; /* sessions not FREE */
 	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
 	uint32_t high_water; /* back-pressure mark per direction with the pool at ease, bytes */
-
-	/* Directions parked on an empty buffer ring, oldest first: tags of their recvs. */
-	uint64_t *waitq;
-	uint32_t wq_cap, wq_head, wq_len;
 
 	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
@@ -131,9 +131,6 @@ struct worker {
 	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health, rl_proxy;
 };
 
-/* Largest --max-conns one worker's completion queue can carry with this many buffers. */
-uint32_t worker_max_sessions_for(uint32_t buffers);
-
 /* Opens listening sockets for hp (every address it names). Returns the count or -1 with why. */
 int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
 		  size_t whylen);
@@ -150,6 +147,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 
 /* Control thread: ask worker w to stop (drain), or to take a new upstream pool (copied). */
 void worker_post_stop(struct worker *w);
+/* Another worker failed: w closes every session now (no drain) and exits. */
+void worker_post_abort(struct worker *w);
 int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n);
 
 /* Sets up the mailbox; call once before the thread starts. */
@@ -165,9 +164,6 @@ static inline uint32_t worker_slot(const struct worker *w, const struct session 
 {
 	return (uint32_t)(s - w->sessions);
 }
-
-/* For session.c: park direction d of s until buffers return. */
-void worker_wait_buffers(struct worker *w, struct session *s, unsigned int d);
 
 /* Out of fds or memory: stop accepting for WORKER_ACCEPT_BACKOFF_MS (idempotent). */
 void worker_accept_backoff(struct worker *w);

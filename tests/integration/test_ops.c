@@ -690,7 +690,7 @@ static char *wait_lines(const char *path, size_t off, int want, int timeout_ms)
 }
 
 struct text_line {
-	char time[32], client[64], upstream[64], reason[32];
+	char time[32], client[64], upstream[64], reason[32], truncated[16];
 	unsigned long long in, out, ms;
 };
 
@@ -703,9 +703,10 @@ static void parse_text_line(const char *line, struct text_line *t)
 	memset(t, 0, sizeof(*t));
 	cr_assert_eq(sscanf(line,
 			    "%31s client=%63s upstream=%63s bytes_in=%llu bytes_out=%llu "
-			    "duration_ms=%llu reason=%31s%n",
-			    t->time, t->client, t->upstream, &t->in, &t->out, &t->ms, t->reason, &end),
-		     7, "bad access-log line '%s'", line);
+			    "duration_ms=%llu reason=%31s truncated=%15s%n",
+			    t->time, t->client, t->upstream, &t->in, &t->out, &t->ms, t->reason,
+			    t->truncated, &end),
+		     8, "bad access-log line '%s'", line);
 	cr_assert(end > 0 && line[end] == '\0', "trailing text in '%s'", line);
 	/* 2026-11-29T03:15:04.992Z, within a minute of now */
 	cr_assert_eq(strlen(t->time), 24, "time '%s'", t->time);
@@ -851,6 +852,7 @@ Test(access_log, text, .timeout = 30)
 		cr_assert_eq(t.out, 2 * sizes[i] + 1, "bytes_out in '%s', want %llu", line,
 			     (unsigned long long)(2 * sizes[i] + 1));
 		cr_assert_str_eq(t.reason, "normal", "'%s'", line);
+		cr_assert_str_eq(t.truncated, "none", "'%s'", line);
 		/* the session's own length: at least the client's pause, at most what the client
 		 * saw from connect to EOF (plus a little) */
 		cr_assert_geq(t.ms, pauses[i], "duration_ms in '%s', the client paused %u ms", line,
@@ -904,6 +906,7 @@ Test(access_log, connect_failed, .timeout = 30)
 	/* README: "upstream is - when no upstream was reached" */
 	cr_assert_str_eq(t.upstream, "-", "'%s'", line);
 	cr_assert_str_eq(t.reason, "connect_failed", "'%s'", line);
+	cr_assert_str_eq(t.truncated, "none", "'%s'", line);
 	cr_assert_eq(t.in, 0, "'%s'", line);
 	cr_assert_eq(t.out, 0, "'%s'", line);
 	free(tail);
@@ -1014,8 +1017,9 @@ Test(access_log, json, .timeout = 30)
 {
 	static const char *const keys[] = { "time", "client", "upstream",
 					    "bytes_client_to_upstream",
-					    "bytes_upstream_to_client", "duration_ms", "reason" };
-	static const bool is_str[] = { true, true, true, false, false, false, true };
+					    "bytes_upstream_to_client", "duration_ms", "reason",
+					    "truncated" };
+	static const bool is_str[] = { true, true, true, false, false, false, true, true };
 	static const uint64_t sizes[2] = { 10, 5000 };
 	struct backend b;
 	struct proxy px;
@@ -1042,8 +1046,8 @@ Test(access_log, json, .timeout = 30)
 		cr_assert_eq(line[strlen(line) - 1], '}');
 		cr_assert_not_null(strstr(line, "\"reason\":\"normal\""), "'%s'", line);
 		parse_json_line(line, &o);
-		cr_assert_eq(o.n, 7, "%d keys in '%s', want 7", o.n, line);
-		for (int k = 0; k < 7; k++) {
+		cr_assert_eq(o.n, 8, "%d keys in '%s', want 8", o.n, line);
+		for (int k = 0; k < 8; k++) {
 			cr_assert_str_eq(o.key[k], keys[k], "key %d of '%s'", k, line);
 			cr_assert_eq(o.str[k], is_str[k], "type of \"%s\" in '%s'", keys[k], line);
 		}
@@ -1090,6 +1094,7 @@ Test(ops, access_log_stdout, .timeout = 30)
 		cr_assert_eq(t.in, 1234, "'%s'", line);
 		cr_assert_eq(t.out, 1234, "'%s'", line);
 		cr_assert_str_eq(t.reason, "normal", "'%s'", line);
+		cr_assert_str_eq(t.truncated, "none", "'%s'", line);
 	}
 	free(out);
 	backend_stop(&b);

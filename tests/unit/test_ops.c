@@ -170,7 +170,7 @@ Test(ops, accesslog_text_ipv4)
 
 	expect_line(false, &e,
 		    "2023-11-14T22:13:20.123Z client=127.0.0.1:50698 upstream=127.0.0.1:8081 "
-		    "bytes_in=79 bytes_out=212 duration_ms=363 reason=normal\n");
+		    "bytes_in=79 bytes_out=212 duration_ms=363 reason=normal truncated=none\n");
 }
 
 Test(ops, accesslog_text_ipv6_and_no_upstream)
@@ -183,7 +183,7 @@ Test(ops, accesslog_text_ipv6_and_no_upstream)
 
 	expect_line(false, &e,
 		    "1970-01-01T00:00:00.005Z client=[2001:db8::1]:443 upstream=- bytes_in=0 "
-		    "bytes_out=0 duration_ms=0 reason=connect_failed\n");
+		    "bytes_out=0 duration_ms=0 reason=connect_failed truncated=none\n");
 }
 
 Test(ops, accesslog_text_big_numbers_and_unknown_client)
@@ -198,7 +198,7 @@ Test(ops, accesslog_text_big_numbers_and_unknown_client)
 	expect_line(false, &e,
 		    "2023-11-14T22:13:20.999Z client=- upstream=[::1]:9000 "
 		    "bytes_in=18446744073709551615 bytes_out=1099511627776 duration_ms=86400000 "
-		    "reason=client_reset\n");
+		    "reason=client_reset truncated=none\n");
 }
 
 Test(ops, accesslog_json_ipv4)
@@ -212,7 +212,8 @@ Test(ops, accesslog_json_ipv4)
 	expect_line(true, &e,
 		    "{\"time\":\"2023-11-14T22:13:20.123Z\",\"client\":\"127.0.0.1:50698\","
 		    "\"upstream\":\"10.1.2.3:8081\",\"bytes_client_to_upstream\":79,"
-		    "\"bytes_upstream_to_client\":212,\"duration_ms\":363,\"reason\":\"normal\"}\n");
+		    "\"bytes_upstream_to_client\":212,\"duration_ms\":363,\"reason\":\"normal\","
+		    "\"truncated\":\"none\"}\n");
 }
 
 Test(ops, accesslog_json_ipv6_and_no_upstream)
@@ -227,7 +228,7 @@ Test(ops, accesslog_json_ipv6_and_no_upstream)
 		    "{\"time\":\"1970-01-01T00:00:00.000Z\",\"client\":\"[::1]:40000\","
 		    "\"upstream\":\"-\",\"bytes_client_to_upstream\":12,"
 		    "\"bytes_upstream_to_client\":0,\"duration_ms\":7,"
-		    "\"reason\":\"connect_failed\"}\n");
+		    "\"reason\":\"connect_failed\",\"truncated\":\"none\"}\n");
 }
 
 /* ---- accesslog double buffer -------------------------------------------- */
@@ -678,6 +679,9 @@ static void fill_worker(struct worker_stats *st, struct loop_stats *ls, uint64_t
 	st->backpressure = base + 31;
 	st->stale_cqes = base + 32;
 	st->log_dropped = base + 33;
+	st->fallback_recvs = base + 34;
+	st->truncated[0] = base + 35;
+	st->truncated[1] = base + 36;
 	ls->enters = base + 40;
 	ls->submitted = base + 41;
 	ls->cqes = base + 42;
@@ -769,6 +773,9 @@ Test(ops, stats_render_sums_workers)
 	expect_u(&parsed, "uproxy_backpressure_pauses_total", 131 + 7031);
 	expect_u(&parsed, "uproxy_stale_cqes_total", 132 + 7032);
 	expect_u(&parsed, "uproxy_access_log_dropped_total", 133 + 7033);
+	expect_u(&parsed, "uproxy_fallback_receives_total", 134 + 7034);
+	expect_u(&parsed, "uproxy_connections_truncated_total{side=\"client\"}", 135 + 7035);
+	expect_u(&parsed, "uproxy_connections_truncated_total{side=\"upstream\"}", 136 + 7036);
 	expect_u(&parsed, "uproxy_accept_errors_total", 102 + 7002);
 	expect_u(&parsed, "uproxy_ring_enters_total", 140 + 7040);
 	expect_u(&parsed, "uproxy_ring_submissions_total", 141 + 7041);
@@ -794,6 +801,8 @@ Test(ops, stats_render_help_and_type_for_each_metric)
 		{ "uproxy_upstream_up", "gauge" },
 		{ "uproxy_upstream_active_sessions", "gauge" },
 		{ "uproxy_buffer_ring_exhausted_total", "counter" },
+		{ "uproxy_fallback_receives_total", "counter" },
+		{ "uproxy_connections_truncated_total", "counter" },
 		{ "uproxy_backpressure_pauses_total", "counter" },
 		{ "uproxy_ring_enters_total", "counter" },
 		{ "uproxy_ring_submissions_total", "counter" },
