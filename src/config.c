@@ -85,11 +85,11 @@ static const struct opt_def opts[] = {
 	  "re-resolve upstream host names every SEC seconds; 0 = only at start\n"
 	  "and on SIGHUP (default: 30)." },
 	{ OPT_IDLE_TIMEOUT, "idle-timeout", 0, "MS", NUM(idle_timeout_ms), 1, CONFIG_MAX_MS,
-	  "close a session after MS milliseconds with no bytes either way\n"
-	  "(default: 600000)." },
+	  "close a session after MS milliseconds of inactivity: no byte received\n"
+	  "from, and no send completed to, either peer (default: 600000)." },
 	{ OPT_FIN_TIMEOUT, "fin-timeout", 0, "MS", NUM(fin_timeout_ms), 1, CONFIG_MAX_MS,
-	  "close a half-closed session whose other side has not finished after\n"
-	  "MS milliseconds (default: 30000)." },
+	  "once one direction has finished, the inactivity allowed before the\n"
+	  "session is closed (default: 30000)." },
 	{ OPT_MAX_CONNS, "max-conns", 0, "N", NUM(max_conns), 1, CONFIG_MAX_CONNS_LIMIT,
 	  "most client connections open at once; above it new clients wait in\n"
 	  "the kernel backlog (default: derived from the open-file limit,\n"
@@ -104,8 +104,9 @@ static const struct opt_def opts[] = {
 	{ OPT_BUFFER_SIZE, "buffer-size", 0, "BYTES", NUM(buffer_size), CONFIG_MIN_BUFFER_SIZE,
 	  CONFIG_MAX_BUFFER_SIZE, "size of each receive buffer, 1024-1048576 (default: 16384)." },
 	{ OPT_BUFFERS, "buffers", 0, "N", NUM(buffers), CONFIG_MIN_BUFFERS, CONFIG_MAX_BUFFERS,
-	  "receive buffers per worker, a power of two, 64-32768 (default: 2048);\n"
-	  "memory = N x buffer size." },
+	  "receive buffers per worker in the shared pool, a power of two,\n"
+	  "64-32768 (default: 2048); pool memory = N x buffer size. When it runs\n"
+	  "low, sessions receive into 4 KiB buffers of their own." },
 	{ OPT_STATS, "stats", 0, "[HOST]:PORT", 0, 0, 0,
 	  "serve Prometheus metrics at GET /metrics on this address, from\n"
 	  "worker 0's ring (default: off)." },
