@@ -10,6 +10,12 @@
 #include <string.h>
 #include <sys/mman.h>
 
+/* Buffers kept in the ring at least (or the whole pool if smaller): 128 x 16 KiB covers four
+ * full multishot bursts (32 buffers each) between two commits; a ring that runs dry doubles
+ * its target at once, and the target halves back toward this after each calm second. */
+#define BUFRING_TARGET_MIN   128u
+#define BUFRING_TARGET_DECAY_MS 1000u
+
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
 		 uint32_t fb_cap, char *why, size_t whylen)
 {
@@ -39,8 +45,9 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	b->len = calloc(ids, sizeof(*b->len));
 	b->fb = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb));
 	b->fb_free = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb_free));
+	b->stack = calloc(count, sizeof(*b->stack));
 	if (b->base == MAP_FAILED || b->next == NULL || b->len == NULL || b->fb == NULL ||
-	    b->fb_free == NULL) {
+	    b->fb_free == NULL || b->stack == NULL) {
 		if (b->base == MAP_FAILED)
 			b->base = NULL;
 		snprintf(why, whylen, "cannot allocate %u receive buffers of %u bytes", count, size);
@@ -63,9 +70,11 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 		bufring_destroy(b);
 		return rc;
 	}
-	for (uint32_t i = 0; i < count; i++)
+	/* Lowest ids on top: they are the ones a quiet proxy keeps reusing. */
+	for (uint32_t i = count; i-- > 0;)
 		bufring_put(b, i);
-	bufring_commit(b);
+	b->target = count < BUFRING_TARGET_MIN ? count : BUFRING_TARGET_MIN;
+	bufring_commit(b, 0);
 	return 0;
 }
 
@@ -79,6 +88,7 @@ void bufring_destroy(struct bufring *b)
 		free(b->fb[i]);
 	free(b->fb);
 	free(b->fb_free);
+	free(b->stack);
 	free(b->next);
 	free(b->len);
 	memset(b, 0, sizeof(*b));
@@ -109,16 +119,33 @@ void bufring_put(struct bufring *b, uint32_t bid)
 		b->fb_free[b->fb_nfree++] = bid;
 		return;
 	}
-	io_uring_buf_ring_add(b->br, bufring_data(b, bid), b->size, (unsigned short)bid,
-			      io_uring_buf_ring_mask(b->count), (int)b->pending);
-	b->pending++;
+	b->stack[b->nstack++] = bid;
 }
 
-void bufring_commit(struct bufring *b)
+void bufring_starved(struct bufring *b, uint64_t now_ms)
 {
-	if (b->pending == 0)
+	b->target = b->target * 2 < b->count ? b->target * 2 : b->count;
+	b->target_ms = now_ms;
+}
+
+void bufring_commit(struct bufring *b, uint64_t now_ms)
+{
+	uint32_t floor = b->count < BUFRING_TARGET_MIN ? b->count : BUFRING_TARGET_MIN;
+	int n = 0;
+
+	if (b->target > floor && now_ms - b->target_ms >= BUFRING_TARGET_DECAY_MS) {
+		b->target = b->target / 2 > floor ? b->target / 2 : floor;
+		b->target_ms = now_ms;
+	}
+	while (b->in_ring + (uint32_t)n < b->target && b->nstack > 0) {
+		uint32_t bid = b->stack[--b->nstack];
+
+		io_uring_buf_ring_add(b->br, bufring_data(b, bid), b->size, (unsigned short)bid,
+				      io_uring_buf_ring_mask(b->count), n);
+		n++;
+	}
+	if (n == 0)
 		return;
-	io_uring_buf_ring_advance(b->br, (int)b->pending);
-	b->in_ring += b->pending;
-	b->pending = 0;
+	io_uring_buf_ring_advance(b->br, n);
+	b->in_ring += (uint32_t)n;
 }

@@ -751,6 +751,7 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		/* The pool ran dry under this recv: go on at once with a fallback buffer. Never
 		 * parked, so the direction keeps a recv armed and sees its peer's FIN or RST. */
 		w->st.buf_exhausted++;
+		bufring_starved(&w->bufs, w->now_ms);
 		if (!more && recv_wanted(w, s, d))
 			recv_arm_from(w, s, d, false);
 		return;

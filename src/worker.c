@@ -920,7 +920,7 @@ int worker_run(struct worker *w)
 		w->now_ms = monotonic_ms();
 		if (timer_count(w->wheel) > 0)
 			timer_advance(w->wheel, w->now_ms, on_timer, w);
-		bufring_commit(&w->bufs);
+		bufring_commit(&w->bufs, w->now_ms);
 		accept_update(w);
 		if (w->alog != NULL)
 			log_flush(w);
@@ -937,7 +937,7 @@ int worker_run(struct worker *w)
 		}
 	}
 	/* Publish what the last batch recycled before the ring goes away. */
-	bufring_commit(&w->bufs);
+	bufring_commit(&w->bufs, w->now_ms);
 	if (w->alog != NULL && !w->log_writing)
 		accesslog_drain(w->alog);
 	stats_log_summary(&w->st, &w->loop.st, w->id);

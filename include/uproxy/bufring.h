@@ -28,7 +28,13 @@ struct bufring {
 	uint32_t count;	   /* pool buffers: ids 0 .. count-1 */
 	uint16_t bgid;	   /* buffer group id */
 	uint32_t in_ring;  /* pool buffers the kernel can fill now */
-	uint32_t pending;  /* recycled but not yet published to the kernel */
+	/* Free pool buffers not in the ring, most recently used on top: the ring is topped up
+	 * from here to `target` at each commit, so a quiet proxy keeps reusing the same few warm
+	 * buffers instead of cycling (and touching the pages of) the whole pool. */
+	uint32_t *stack;
+	uint32_t nstack;
+	uint32_t target;    /* buffers to keep in the ring: doubles on ENOBUFS, decays when calm */
+	uint64_t target_ms; /* when target last changed */
 	uint32_t *next;	   /* per id: next buffer in its session queue */
 	uint32_t *len;	   /* per id: bytes of data it holds */
 	/* Fallback ids: count .. count+fb_cap-1, memory malloc'd while in use. */
@@ -78,17 +84,21 @@ static inline uint32_t bufring_fallback_used(const struct bufring *b)
 	return b->fb_cap - b->fb_nfree;
 }
 
-/* Gives buffer bid back: a pool buffer to the kernel (after the next bufring_commit), a
- * fallback buffer's memory to the allocator. */
+/* Gives buffer bid back: a pool buffer to the free stack (the kernel gets it at a commit),
+ * a fallback buffer's memory to the allocator. */
 void bufring_put(struct bufring *b, uint32_t bid);
 
-/* Publishes every pool buffer put since the last commit (one store-release). */
-void bufring_commit(struct bufring *b);
+/* A receive found the ring empty: keep more buffers in it from the next commit on. */
+void bufring_starved(struct bufring *b, uint64_t now_ms);
 
-/* Pool buffers available to the kernel, counting those put but not yet committed. */
+/* Tops the ring up to its target from the free stack (one store-release) and lets the target
+ * decay while the ring does not run dry. Once per loop iteration, before the wait. */
+void bufring_commit(struct bufring *b, uint64_t now_ms);
+
+/* Free pool buffers: in the ring or on the stack. */
 static inline uint32_t bufring_available(const struct bufring *b)
 {
-	return b->in_ring + b->pending;
+	return b->in_ring + b->nstack;
 }
 
 #endif
