@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +42,13 @@
 #define FRESH_TIMEOUT_MS 2000
 
 #define MAX_SLOW 3000
-/* The slow clients' receive buffer, set before connect so the window starts small. */
+/* The slow clients' receive buffer, set before connect so the window starts small, and their
+ * MSS: an Ethernet-sized one, as a remote client would have. Loopback's 64 KiB MSS would let
+ * the kernel size each of the proxy's client sockets for ~1 MiB of send queue (tcp_sndbuf_expand:
+ * 2 x 10 segments), ~3 GiB for 3,000 clients, past the host's tcp_mem limit; with 1460 it is
+ * ~90 KiB each. */
 #define SLOW_RCVBUF 4096
+#define SLOW_MSS 1460
 
 /* Removed in .fini, so a failed assertion leaves no 10 MiB of files in /tmp. */
 static char tmp_dir[64];
@@ -71,7 +77,9 @@ static void write_stream_file(const char *path, uint64_t seed, uint64_t len)
 }
 
 /* nginx on a free port serving /large, /medium and /small from tmp_dir/www. It holds one
- * connection and one open file per slow client, so it gets room for both. */
+ * connection and one open file per slow client, so it gets room for both. Its send buffer is
+ * fixed at 8 KiB: autotuned, each of its sockets would queue 4 MiB (tcp_wmem max) of the
+ * large file in the kernel, 12 GiB for 3,000 clients. */
 static uint16_t start_nginx(struct proc *ng)
 {
 	char www[128], path[160], body[512];
@@ -92,7 +100,7 @@ static uint16_t start_nginx(struct proc *ng)
 		 "    root %s;\n    location / { }", www);
 	cfg.dir = tmp_dir;
 	cfg.port = free_port();
-	cfg.listen_opts = "backlog=4096";
+	cfg.listen_opts = "backlog=4096 sndbuf=8k";
 	cfg.server_body = body;
 	cfg.worker_connections = 8192;
 	cfg.nofile = 16384;
@@ -230,6 +238,60 @@ static void rss_sample(const struct proxy *px, long *peak)
 		*peak = kib;
 }
 
+/* ---- the proxy's own counters ------------------------------------------------ */
+
+/* Sum over all label sets of metric name in the proxy's /metrics on sport; -1 if absent. */
+static long long metric(uint16_t sport, const char *name)
+{
+	static const char req[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+	static char page[256 * KIB];
+	size_t len = 0, nlen = strlen(name);
+	uint64_t deadline = now_ms() + 2000;
+	long long sum = -1;
+	int fd = tcp_connect(AF_INET, sport, 2000);
+
+	cr_assert_geq(fd, 0, "connect to --stats 127.0.0.1:%u: %s", sport, strerror(errno));
+	cr_assert_eq(io_write_all(fd, req, strlen(req), 2000, NULL), IO_DONE);
+	while (len < sizeof(page) - 1 && now_ms() < deadline) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		ssize_t k;
+
+		if (poll(&pfd, 1, 50) <= 0)
+			continue;
+		k = recv(fd, page + len, sizeof(page) - 1 - len, 0);
+		if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+			break;
+		if (k > 0)
+			len += (size_t)k;
+	}
+	close(fd);
+	page[len] = '\0';
+	for (char *l = page; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		char *v;
+
+		if (strncmp(l, name, nlen) != 0 || (l[nlen] != ' ' && l[nlen] != '{'))
+			continue;
+		v = strchr(l + nlen, ' ');
+		if (v)
+			sum = (sum < 0 ? 0 : sum) + strtoll(v + 1, NULL, 10);
+	}
+	return sum;
+}
+
+/* Asserts the shared pool ran low at least once (a receive found it empty, or went to a
+ * fallback buffer): otherwise the test would not be exercising fairness at all. */
+static void assert_pool_ran_low(uint16_t sport, const char *what)
+{
+	long long empty = metric(sport, "uproxy_buffer_ring_exhausted_total"),
+		  fallback = metric(sport, "uproxy_fallback_receives_total");
+
+	cr_log_info("%s: receives that found the pool empty %lld, fallback receives %lld", what,
+		    empty, fallback);
+	cr_assert(empty > 0 || fallback > 0, "%s: the buffer pool never ran low (%lld receives "
+		  "found it empty, %lld used a fallback buffer): the set-up pins nothing", what,
+		  empty, fallback);
+}
+
 /* ---- clients that never read ---------------------------------------------------- */
 
 /* Connects n clients with a small receive buffer, each sending req and never reading. */
@@ -238,13 +300,14 @@ static void open_slow(int *fds, int n, uint16_t port, const char *req)
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
 				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	struct timeval tv = { .tv_sec = 2 };
-	int small = SLOW_RCVBUF;
+	int small = SLOW_RCVBUF, mss = SLOW_MSS;
 
 	for (int i = 0; i < n; i++) {
 		int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 		cr_assert_geq(s, 0, "slow client %d: socket: %s", i, strerror(errno));
 		setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+		setsockopt(s, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
 		/* bounds the blocking connect and send */
 		setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 		cr_assert_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), 0,
@@ -287,18 +350,22 @@ static void slow_readers(int nslow, int workers, uint32_t buffers, const char *c
 	struct proxy px;
 	struct proc ng;
 	struct http_res r;
-	char up[64], what[96];
+	char up[64], what[96], stats[64];
+	uint16_t sport = free_port();
 	uint64_t t0, max_ms = 0, bound;
 	long peak = 0, last;
-	int socks, slowest = -1;
+	int socks, slowest = -1, n = 0;
 
 	cr_assert_leq(nslow, MAX_SLOW);
 	raise_nofile();
 	cfg.up_port = start_nginx(&ng);
 	snprintf(up, sizeof(up), "127.0.0.1:%u", cfg.up_port);
 	cfg.upstream = up;
+	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
+	cfg.extra[n++] = "--stats";
+	cfg.extra[n++] = stats;
 	for (int i = 0; extra && extra[i]; i++)
-		cfg.extra[i] = extra[i];
+		cfg.extra[n++] = extra[i];
 	proxy_start(&px, &cfg);
 
 	t0 = now_ms();
@@ -325,6 +392,8 @@ static void slow_readers(int nslow, int workers, uint32_t buffers, const char *c
 	rss_sample(&px, &peak);
 	cr_log_info("held: proxy RSS %ld KiB (baseline %ld KiB), kernel TCP memory %ld KiB",
 		    peak, px.base_rss_kib, tcp_mem_kib());
+	snprintf(what, sizeof(what), "%d slow clients held", nslow);
+	assert_pool_ran_low(sport, what);
 
 	for (int i = 0; i < FRESH_CLIENTS; i++) {
 		snprintf(what, sizeof(what), "fresh client %d of %d, GET /small (%d slow clients "
@@ -524,9 +593,10 @@ static void parked_session(bool client_resets)
 	struct proxy_cfg cfg = { 0 };
 	struct backend b;
 	struct proxy px;
+	char stats[64];
 	uint64_t t0, ms;
-	uint16_t cport;
-	int fd, fds_before, fds_with;
+	uint16_t cport, sport = free_port();
+	int fd, fds_before, fds_with, n = 0;
 
 	memset(&p, 0, sizeof(p));
 	p.nslow = PIN_SLOW;
@@ -535,8 +605,11 @@ static void parked_session(bool client_resets)
 	raise_nofile();
 	backend_bind(&b, AF_INET);
 	cfg.up_port = b.port;
+	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
+	cfg.extra[n++] = "--stats";
+	cfg.extra[n++] = stats;
 	for (int i = 0; extra[i]; i++)
-		cfg.extra[i] = extra[i];
+		cfg.extra[n++] = extra[i];
 	proxy_start(&px, &cfg);
 	b.handler = pin_handler;
 	b.arg = &p;
@@ -547,6 +620,7 @@ static void parked_session(bool client_resets)
 		sleep_ms(10);
 	cr_assert_eq(atomic_load(&p.stalled), PIN_SLOW, "only %d of %d slow sessions stalled in "
 		     "15 s", atomic_load(&p.stalled), PIN_SLOW);
+	assert_pool_ran_low(sport, "slow readers stalled");
 	fds_before = proxy_fds(&px);
 
 	/* the fresh session: connected both ways, then idle long enough to arm (or park) its
