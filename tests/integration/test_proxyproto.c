@@ -5,20 +5,18 @@
  * with `listen ... proxy_protocol` behind uproxy, HAProxy send-proxy-v2 in
  * front of it. */
 #include "harness.h"
+#include "peers.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- a backend that records what each connection sends, up to its EOF ---- */
@@ -452,90 +450,6 @@ Test(proxyproto, accept_strict_no_header_and_silence, .timeout = 30)
 
 /* ---- real peers: nginx behind, HAProxy in front ------------------------- */
 
-static const char *find_prog(const char *name)
-{
-	static char buf[4][128];
-	static int k;
-	const char *dirs[] = { "/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin" };
-	char *b = buf[k++ % 4];
-
-	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		snprintf(b, sizeof(buf[0]), "%s/%s", dirs[i], name);
-		if (access(b, X_OK) == 0)
-			return b;
-	}
-	cr_assert_fail("%s is not installed (run scripts/setup.sh --bench); this test needs it",
-		       name);
-	return NULL;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path) == 0 || errno == ENOENT ? 0 : -1;
-}
-
-/* Removes a temp dir this test made with mkdtemp, and what the peer put in it. */
-static void remove_tree(const char *dir)
-{
-	if (strncmp(dir, "/tmp/uproxy-", 12) == 0)
-		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	cr_assert_not_null(f, "cannot write %s: %s", path, strerror(errno));
-	fputs(text, f);
-	fclose(f);
-}
-
-/* Waits for a listener on 127.0.0.1:port (without connecting to it). */
-static bool wait_listening(struct proc *p, uint16_t port, int timeout_ms)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	char want[32], line[512];
-
-	snprintf(want, sizeof(want), "0100007F:%04X", port);
-	do {
-		FILE *f = fopen("/proc/net/tcp", "r");
-		bool found = false;
-
-		if (f) {
-			while (!found && fgets(line, sizeof(line), f)) {
-				char local[64], remote[64];
-				unsigned int st;
-
-				if (sscanf(line, "%*d: %63s %63s %x", local, remote, &st) == 3 &&
-				    st == 0x0A && strcmp(local, want) == 0)
-					found = true;
-			}
-			fclose(f);
-		}
-		if (found)
-			return true;
-		if (proc_wait(p, 0))
-			return false;
-		sleep_ms(20);
-	} while (now_ms() < deadline);
-	return false;
-}
-
-static void stop_peer(struct proc *p, const char *name)
-{
-	if (!p->reaped) {
-		kill(p->pid, SIGTERM);
-		if (!proc_wait(p, 3000)) {
-			cr_log_warn("%s did not exit within 3 s of SIGTERM; killing it", name);
-			proc_kill(p);
-		}
-	}
-	proc_release(p);
-}
-
 /* GET / through the proxy on port; the body of the answer into body. */
 static void http_get_body(uint16_t port, uint16_t *cport, char *body, size_t cap)
 {
@@ -574,39 +488,20 @@ static void http_get_body(uint16_t port, uint16_t *cport, char *body, size_t cap
 
 static void nginx_behind(const char *version)
 {
-	char dir[] = "/tmp/uproxy-ngx-XXXXXX", conf[128], elog[128], text[2048], body[256],
-	     want[64], up[64];
-	const char *nginx = find_prog("nginx");
+	char dir[] = "/tmp/uproxy-ngx-XXXXXX", body[256], want[64], up[64];
 	uint16_t nport = free_port(), cport;
+	struct nginx_cfg ncfg = { 0 };
 	struct proc ng;
 	struct proxy px;
 	struct proxy_cfg cfg = { 0 };
 
-	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
-	snprintf(elog, sizeof(elog), "%s/error.log", dir);
-	snprintf(text, sizeof(text),
-		 "daemon off;\nmaster_process off;\nworker_processes 1;\n"
-		 "pid %s/nginx.pid;\nerror_log %s/error.log info;\n"
-		 "events { worker_connections 64; }\n"
-		 "http {\n  access_log off;\n"
-		 "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
-		 "  fastcgi_temp_path %s/fastcgi;\n  uwsgi_temp_path %s/uwsgi;\n"
-		 "  scgi_temp_path %s/scgi;\n"
-		 "  server {\n    listen 127.0.0.1:%u proxy_protocol;\n"
-		 "    location / { default_type text/plain; "
-		 "return 200 \"$proxy_protocol_addr:$proxy_protocol_port\"; }\n  }\n}\n",
-		 dir, dir, dir, dir, dir, dir, dir, nport);
-	write_file(conf, text);
-	char *argv[] = { (char *)nginx, "-e", elog, "-p", dir, "-c", conf, NULL };
-
-	cr_assert_eq(proc_spawn(&ng, argv, 0, 0), 0, "cannot spawn nginx");
-	if (!wait_listening(&ng, nport, 5000)) {
-		char st[64], *err = proc_stderr(&ng);
-
-		cr_assert_fail("nginx not listening on 127.0.0.1:%u within 5 s (%s); stderr:\n%s",
-			       nport, status_str(&ng, st, sizeof(st)), err);
-	}
+	make_temp_dir(dir);
+	ncfg.dir = dir;
+	ncfg.port = nport;
+	ncfg.listen_opts = "proxy_protocol";
+	ncfg.server_body = "location / { default_type text/plain; "
+			   "return 200 \"$proxy_protocol_addr:$proxy_protocol_port\"; }";
+	nginx_start(&ng, &ncfg);
 
 	cfg.up_port = nport;
 	cfg.extra[0] = "--send-proxy";
@@ -645,7 +540,7 @@ Test(proxyproto, haproxy_in_front, .timeout = 30)
 	struct proc hp;
 	int fd, n;
 
-	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	make_temp_dir(dir);
 	start_handler_proxy(&b, &px, c, extra);
 	snprintf(conf, sizeof(conf), "%s/haproxy.cfg", dir);
 	snprintf(text, sizeof(text),
