@@ -428,7 +428,7 @@ static void trickler(int fd, void *arg)
 	atomic_store(&t->done, true);
 }
 
-Test(loss, finding2_half_closed_trickle_longer_than_fin_timeout, .timeout = 10)
+Test(loss, finding2_half_closed_trickle_longer_than_fin_timeout, .timeout = 12)
 {
 	static const char *const args[] = { "--fin-timeout", "1000", NULL };
 	static struct trickle t;
