@@ -573,7 +573,6 @@ static void backend_drop(struct worker *w, struct session *s)
 
 static void on_socket(struct worker *w, struct session *s, int res)
 {
-	static const int one = 1;
 	unsigned long suppressed;
 
 	if (closing(s)) {
@@ -605,9 +604,9 @@ static void on_socket(struct worker *w, struct session *s, int res)
 		return;
 	}
 	s->fd[SIDE_UPSTREAM] = res;
-	/* Forwarded bytes must leave at once; Nagle would hold back a response's tail. One
-	 * setsockopt per connection (io_uring's SOCKET_URING_OP_SETSOCKOPT needs 6.7). */
-	(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Two setsockopts per upstream connection (io_uring's SOCKET_URING_OP_SETSOCKOPT needs
+	 * 6.7); accepted client sockets inherit the same from the listener. */
+	sock_set_forwarding(res);
 	const struct addr *a = worker_backend_addr(w, s->backend);
 	/* The connect and its timeout are one linked pair: two CQEs, both counted in flight. */
 	loop_connect_timeout(&w->loop, res, &a->u.sa, a->len, &w->connect_ts,

@@ -48,8 +48,8 @@ static int listen_one(const struct addr *a, bool dual_stack, struct listener *l,
 		close(fd);
 		return -errno;
 	}
-	/* Accepted sockets inherit TCP_NODELAY from the listener: no per-connection syscall. */
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Accepted sockets inherit these from the listener: no per-connection syscall. */
+	sock_set_forwarding(fd);
 	if (a->u.sa.sa_family == AF_INET6)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, dual_stack ? &zero : &one,
 				 sizeof(int));
@@ -128,6 +128,7 @@ int worker_adopt(const int *fds, int n, bool original, struct listener *out, cha
 					close(out[i].fd);
 			return -1;
 		}
+		sock_set_forwarding(l->fd);
 		l->addr.len = sizeof(l->addr.u);
 		if (getsockname(l->fd, &l->addr.u.sa, &l->addr.len) < 0)
 			memset(&l->addr, 0, sizeof(l->addr));

@@ -3,6 +3,8 @@
 #ifndef UPROXY_UTIL_H
 #define UPROXY_UTIL_H
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -27,6 +29,25 @@ static inline void sock_linger_rst(int fd)
 	static const struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
 	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+/* Unsent bytes a forwarding socket may hold before a send waits (TCP_NOTSENT_LOWAT, 3.12).
+ * Without it loopback autotunes a send buffer of 4 MiB, and a send into a full one completes
+ * only after a third of it drained: a client reading 640 KiB/s saw no send completion for
+ * 2.2-2.8 s, so "progress" (the idle timer) could not be told from a stall. 128 KiB, half the
+ * session high-water mark, gives a completion per ~64-128 KiB moved and bounds the unsent
+ * bytes the kernel holds per socket. */
+#define SOCK_NOTSENT_LOWAT (128 * 1024)
+
+/* Options of every socket that forwards bytes: no Nagle delay (a response's tail leaves at
+ * once) and SOCK_NOTSENT_LOWAT. Set on listeners, whose accepted sockets inherit them, and on
+ * each upstream socket. */
+static inline void sock_set_forwarding(int fd)
+{
+	static const int one = 1, lowat = SOCK_NOTSENT_LOWAT;
+
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
 #endif
