@@ -41,7 +41,8 @@ static int open_warm(int *fds, int n, uint16_t port, size_t warm, uint64_t seed_
 		check_init(&chk[i], seed_base + (uint64_t)i);
 		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fds[i] < 0 ||
-		    (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS)) {
+		    (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0 &&
+		     errno != EINPROGRESS)) {
 			if (fds[i] >= 0)
 				close(fds[i]);
 			fds[i] = -1;
@@ -209,8 +210,8 @@ Test(ring, finding4_cq_overflow_counted_and_nothing_lost, .timeout = 60)
 	}
 	cr_log_info("%d clients closed by the idle timeout in %llu ms", eof,
 		    (unsigned long long)(now_ms() - t0));
-	cr_assert_eq(eof, F4_CLIENTS, "%d of %d idle sessions ended with a clean EOF after the mass "
-		     "expiry (%d did not): a completion was lost", eof, F4_CLIENTS, other);
+	cr_assert_eq(eof, F4_CLIENTS, "%d of %d idle sessions ended with a clean EOF after the "
+		     "mass expiry (%d did not): a completion was lost", eof, F4_CLIENTS, other);
 	assert_proxy_idle(&px, 5000, "after the mass expiry");
 	ovf = metric(stport, "uproxy_ring_cq_overflows_total");
 	cr_log_info("uproxy_ring_cq_overflows_total %.0f", ovf);
@@ -435,6 +436,7 @@ static void blackhole_close(struct blackhole *h)
 #define F6_CONNECT_TIMEOUT_MS 1750
 #define F6_HEALTH_MS 500
 #define F6_WATCH_MS 3000
+#define POOL_FILE "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nupstream 127.0.0.1:%u\n"
 
 Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 30,
      .fini = remove_dir)
@@ -467,8 +469,7 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 	px.family = AF_INET;
 	for (int attempt = 0; attempt < 3 && !ready; attempt++) {
 		px.port = free_port();
-		write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nupstream 127.0.0.1:%u\n",
-			   px.port, a.port, c.port);
+		write_file(path, POOL_FILE, px.port, a.port, c.port);
 		t_spawn = now_ms();
 		cr_assert_eq(proc_spawn(&px.proc, argv, 0, 0), 0);
 		for (int i = 0; i < 100 && !ready && !proc_wait(&px.proc, 0); i++) {
@@ -493,19 +494,18 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 	for (int i = 0; i < 50 && tcp4_count(a.port, TCP_SYN_SENT) == fill_syn; i++)
 		sleep_ms(10);
 	t_probe = now_ms();
-	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "no probe of A in flight %llu ms after "
-		     "start", (unsigned long long)(t_probe - t_spawn));
+	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "no probe of A in flight %llu "
+		     "ms after start", (unsigned long long)(t_probe - t_spawn));
 
-	write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nupstream 127.0.0.1:%u\n",
-		   px.port, b.port, c.port);
+	write_file(path, POOL_FILE, px.port, b.port, c.port);
 	t_hup = now_ms();
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
 	cr_assert_geq(wait_log(&px, "upstream pool changed", 1000), 0, "SIGHUP: no 'upstream pool "
 		      "changed' in the log within 1 s");
 	t_applied = now_ms();
 	/* the set-up must hold: the reload landed while A's probe was still waiting */
-	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "A's probe was no longer in flight when "
-		     "the reload was applied (%llu ms after start): nothing tested",
+	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "A's probe was no longer in "
+		     "flight when the reload was applied (%llu ms after start): nothing tested",
 		     (unsigned long long)(now_ms() - t_spawn));
 
 	/* sessions from the reload until F6_WATCH_MS after A's probe timed out */
@@ -536,7 +536,8 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 		     "connect timeout", F6_WATCH_MS, F6_CONNECT_TIMEOUT_MS);
 	cr_log_info("probe of A seen %llu ms after start, reload applied %llu ms after start; %d "
 		    "sessions after it, %d on B, longest run without B %d",
-		    (unsigned long long)(t_probe - t_spawn), (unsigned long long)(t_applied - t_spawn),
+		    (unsigned long long)(t_probe - t_spawn),
+		    (unsigned long long)(t_applied - t_spawn),
 		    n, on_b, worst_run);
 	cr_assert_lt(wait_log(&px, down_b, 0), 0, "A's probe timed out after SIGHUP replaced A by "
 		     "B, and the log says B (healthy, listening) is down:\n%s", proxy_stderr(&px));
