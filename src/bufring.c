@@ -46,8 +46,10 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	b->fb = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb));
 	b->fb_free = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb_free));
 	b->stack = calloc(count, sizeof(*b->stack));
+	b->ring_bid = calloc(count, sizeof(*b->ring_bid));
+	b->pos_of = calloc(count, sizeof(*b->pos_of));
 	if (b->base == MAP_FAILED || b->next == NULL || b->len == NULL || b->fb == NULL ||
-	    b->fb_free == NULL || b->stack == NULL) {
+	    b->fb_free == NULL || b->stack == NULL || b->ring_bid == NULL || b->pos_of == NULL) {
 		if (b->base == MAP_FAILED)
 			b->base = NULL;
 		snprintf(why, whylen, "cannot allocate %u receive buffers of %u bytes", count, size);
@@ -89,6 +91,8 @@ void bufring_destroy(struct bufring *b)
 	free(b->fb);
 	free(b->fb_free);
 	free(b->stack);
+	free(b->ring_bid);
+	free(b->pos_of);
 	free(b->next);
 	free(b->len);
 	memset(b, 0, sizeof(*b));
@@ -139,13 +143,17 @@ void bufring_commit(struct bufring *b, uint64_t now_ms)
 	}
 	while (b->in_ring + (uint32_t)n < b->target && b->nstack > 0) {
 		uint32_t bid = b->stack[--b->nstack];
+		uint16_t pos = (uint16_t)(b->tail + n);
 
 		io_uring_buf_ring_add(b->br, bufring_data(b, bid), b->size, (unsigned short)bid,
 				      io_uring_buf_ring_mask(b->count), n);
+		b->ring_bid[pos & (b->count - 1)] = bid;
+		b->pos_of[bid] = pos;
 		n++;
 	}
 	if (n == 0)
 		return;
 	io_uring_buf_ring_advance(b->br, n);
+	b->tail = (uint16_t)(b->tail + n);
 	b->in_ring += (uint32_t)n;
 }

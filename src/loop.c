@@ -391,3 +391,22 @@ void loop_cancel_fd_then_close(struct loop *l, int fd, uint64_t cancel_tag, uint
 	io_uring_prep_close(sqe, fd);
 	io_uring_sqe_set_data64(sqe, close_tag);
 }
+
+/* ---- receive bundles (6.10) ---- */
+
+bool loop_has_recv_bundle(const struct loop *l)
+{
+	return l->ring.features & IORING_FEAT_RECVSEND_BUNDLE;
+}
+
+void loop_recv_bundle(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	/* Multishot, and each completion may fill several consecutive buffers of the ring. */
+	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = bgid;
+	io_uring_sqe_set_data64(sqe, tag);
+}

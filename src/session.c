@@ -126,10 +126,14 @@ static void recv_arm_from(struct worker *w, struct session *s, unsigned int d, b
 	if (closing(s))
 		return;
 	if (pool_ok && avail > w->bufs.count / RECV_POOL_RESERVE_DIVISOR) {
-		if (avail > w->bufs.count / 2 + RECV_MULTISHOT_BURST)
-			loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, tag);
-		else
+		if (avail <= w->bufs.count / 2 + RECV_MULTISHOT_BURST) {
 			loop_recv(&w->loop, s->fd[d], w->bufs.bgid, tag);
+		} else if (w->recv_bundle) {
+			loop_recv_bundle(&w->loop, s->fd[d], w->bufs.bgid, tag);
+			dr->flags |= DIR_RECV_BUNDLE;
+		} else {
+			loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, tag);
+		}
 	} else {
 		uint32_t bid = bufring_fallback_get(&w->bufs);
 
@@ -692,16 +696,37 @@ void session_timeout(struct worker *w, struct session *s)
 	teardown(w, s, CLOSE_TIMEOUT, false);
 }
 
+/* A bundle completion: res bytes in consecutive ring entries from pool buffer first on, each
+ * full but the last. Queued in ring order (or given back if the session is closing). */
+static void take_bundle(struct worker *w, struct session *s, unsigned int d, uint32_t first,
+			uint32_t res)
+{
+	uint32_t n = (res + w->bufs.size - 1) / w->bufs.size;
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t bid = bufring_bundle_bid(&w->bufs, first, i);
+		uint32_t len = res > w->bufs.size ? w->bufs.size : res;
+
+		bufring_took(&w->bufs, bid, len);
+		res -= len;
+		if (closing(s))
+			bufring_put(&w->bufs, bid);
+		else
+			queue_push(w, &s->dir[d], bid);
+	}
+}
+
 static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		    const struct io_uring_cqe *cqe)
 {
 	struct session_dir *dr = &s->dir[d];
 	bool more = cqe->flags & IORING_CQE_F_MORE;
+	bool bundle = dr->flags & DIR_RECV_BUNDLE;
 	int res = cqe->res;
 	uint32_t bid = BUFRING_NIL;
 
 	if (!more) {
-		dr->flags &= (uint16_t) ~(DIR_RECV_ARMED | DIR_RECV_CANCEL);
+		dr->flags &= (uint16_t) ~(DIR_RECV_ARMED | DIR_RECV_CANCEL | DIR_RECV_BUNDLE);
 		s->inflight--;
 	}
 	if (dr->flags & DIR_RECV_FB) {
@@ -712,26 +737,30 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		bufring_fallback_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
 	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
 		bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-		bufring_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
-	}
-	if (bid != BUFRING_NIL) {
-		if (res <= 0 || closing(s)) {
-			bufring_put(&w->bufs, bid);
+		if (bundle && res > (int)w->bufs.size) {
+			take_bundle(w, s, d, bid, (uint32_t)res);
+			bid = BUFRING_NIL;
 		} else {
-			queue_push(w, dr, bid);
-			w->st.bytes[d] += (uint64_t)res;
-			s->bytes[d] += (uint64_t)res;
-			timer_touch(w, s);
-			dir_pump(w, s, d);
-			if (dr->queued >= high_water_now(w) &&
-			    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
-				/* Back-pressure: stop reading this peer until the other drains. */
-				loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
-					    stag(w, s, d, OP_CANCEL));
-				s->inflight++;
-				dr->flags |= DIR_RECV_CANCEL;
-				w->st.backpressure++;
-			}
+			bufring_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+		}
+	}
+	if (bid != BUFRING_NIL && (res <= 0 || closing(s)))
+		bufring_put(&w->bufs, bid);
+	else if (bid != BUFRING_NIL)
+		queue_push(w, dr, bid);
+	if (res > 0 && !closing(s)) {
+		w->st.bytes[d] += (uint64_t)res;
+		s->bytes[d] += (uint64_t)res;
+		timer_touch(w, s);
+		dir_pump(w, s, d);
+		if (dr->queued >= high_water_now(w) &&
+		    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
+			/* Back-pressure: stop reading this peer until the other drains. */
+			loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
+				    stag(w, s, d, OP_CANCEL));
+			s->inflight++;
+			dr->flags |= DIR_RECV_CANCEL;
+			w->st.backpressure++;
 		}
 	}
 	if (closing(s))

@@ -181,6 +181,14 @@ static void free_slot_arrays(struct worker *w)
 	w->sessions = NULL;
 }
 
+/* An environment switch set to "0": a feature forced off (for tests and comparisons). */
+static bool env_off(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && strcmp(v, "0") == 0;
+}
+
 int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
 		int nspecs, uint32_t max_sessions, char *why, size_t whylen)
 {
@@ -227,6 +235,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	rc = loop_probe(&w->loop, why, whylen);
 	if (rc < 0)
 		goto err_loop;
+	w->recv_bundle = loop_has_recv_bundle(&w->loop) && !env_off("UPROXY_RECV_BUNDLE");
 	/* Two fallback ids per session: one per direction at most. */
 	rc = bufring_init(&w->bufs, &w->loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
 			  why, whylen);
@@ -278,10 +287,10 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		if (w->high_water < 2 * cfg->buffer_size)
 			w->high_water = 2 * cfg->buffer_size;
 	}
-	log_debug("worker %d: ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d, %u buffers of "
-		  "%u bytes, %u session slots",
+	log_debug("worker %d: ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d recv_bundle=%d, "
+		  "%u buffers of %u bytes, %u session slots",
 		  w->id, WORKER_SQ_ENTRIES, cq, w->loop.setup_flags, w->loop.ring_fd_registered,
-		  cfg->buffers, cfg->buffer_size, max_sessions);
+		  w->recv_bundle, cfg->buffers, cfg->buffer_size, max_sessions);
 	return 0;
 
 err_bufs:

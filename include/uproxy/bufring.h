@@ -33,6 +33,11 @@ struct bufring {
 	 * buffers instead of cycling (and touching the pages of) the whole pool. */
 	uint32_t *stack;
 	uint32_t nstack;
+	/* Where each buffer went in the ring, and which buffer is at each ring entry: a bundle
+	 * completion names only its first buffer; the others are the entries after it. */
+	uint32_t *ring_bid; /* per ring entry (tail & mask): its buffer id */
+	uint16_t *pos_of;   /* per pool id: the ring position it was published at */
+	uint16_t tail;	    /* positions published so far (the kernel's tail, 16 bits) */
 	uint32_t target;    /* buffers to keep in the ring: doubles on ENOBUFS, decays when calm */
 	uint64_t target_ms; /* when target last changed */
 	uint32_t *next;	   /* per id: next buffer in its session queue */
@@ -66,6 +71,12 @@ static inline void bufring_took(struct bufring *b, uint32_t bid, uint32_t len)
 	b->in_ring--;
 	b->len[bid] = len;
 	b->next[bid] = BUFRING_NIL;
+}
+
+/* Buffer i (0 = first) of a bundle that starts with pool buffer first. */
+static inline uint32_t bufring_bundle_bid(const struct bufring *b, uint32_t first, uint32_t i)
+{
+	return b->ring_bid[(uint16_t)(b->pos_of[first] + i) & (b->count - 1)];
 }
 
 /* A fallback buffer for one recv: its id, or BUFRING_NIL when out of ids or memory. */

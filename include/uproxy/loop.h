@@ -110,6 +110,11 @@ void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t l
 void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
 			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
+/* Whether the kernel fills several provided buffers per recv completion (6.10). */
+bool loop_has_recv_bundle(const struct loop *l);
+/* A multishot recv whose completions are bundles: res bytes in consecutive ring entries
+ * starting with the buffer the CQE names (6.10; check loop_has_recv_bundle first). */
+void loop_recv_bundle(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 /* A single recv into one provided buffer (no IORING_CQE_F_MORE). */
 void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);

@@ -68,6 +68,7 @@ enum dir_flags {
 	DIR_SHUT_SENT = 1 << 3,	  /* shutdown(SHUT_WR) submitted to the receiving peer */
 	DIR_DONE = 1 << 4,	  /* that shutdown completed */
 	DIR_RECV_FB = 1 << 5,	  /* the recv in flight fills fallback buffer fb */
+	DIR_RECV_BUNDLE = 1 << 6, /* the recv in flight completes in bundles of buffers */
 };
 
 struct session_dir {

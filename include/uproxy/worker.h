@@ -105,6 +105,7 @@ struct worker {
 	uint32_t active; /* sessions not FREE */
 	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
 	uint32_t high_water; /* back-pressure mark per direction with the pool at ease, bytes */
+	bool recv_bundle;    /* multishot recvs complete in bundles (6.10; UPROXY_RECV_BUNDLE=0: off) */
 
 	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
