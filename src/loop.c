@@ -393,6 +393,8 @@ static int syn_dispatch(struct loop *l, loop_cqe_fn fn, void *ctx)
 {
 	unsigned int n = l->syn_len;
 
+	if (n == 0)
+		return 0;
 	for (unsigned int i = 0; i < n; i++) {
 		struct io_uring_cqe c = l->syn[i]; /* fn may grow (move) l->syn */
 
