@@ -41,7 +41,7 @@ const char *loop_fault_name(enum loop_fault f)
 #define FAULT_MSG_IOV	 8
 /* Iterations the cq_overflow fault leaves completions unreaped (posting more with each
  * GETEVENTS), unless the kernel reports a real overflow first. */
-#define FAULT_HOLD_ITERS 16
+#define FAULT_HOLD_ITERS   16
 #define FAULT_RATE_DEFAULT 50
 
 struct loop_fault_state {
@@ -50,8 +50,8 @@ struct loop_fault_state {
 	uint32_t kinds;	      /* bit per enum loop_fault enabled */
 	uint64_t fatal_after; /* the enter that fails fatally (and every one after), 0: never */
 	uint64_t enters;
-	unsigned int hold;    /* iterations left without reaping (cq_overflow fault) */
-	bool fake_overflow;   /* run the overflow flush when the hold ends */
+	unsigned int hold;  /* iterations left without reaping (cq_overflow fault) */
+	bool fake_overflow; /* run the overflow flush when the hold ends */
 	unsigned int nmsg;
 	struct {
 		struct msghdr msg;

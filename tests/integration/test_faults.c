@@ -237,7 +237,8 @@ Test(faults, concurrent_1000_echo, .timeout = 90)
 		cr_log_info("round %d: ok %d, reset %d, connect failed %d, short EOF %d, corrupt %d, "
 			    "timeout %d in %llu ms", round, s->ok, s->reset, s->connect_failed,
 			    s->short_eof, s->corrupt, s->timeout, (unsigned long long)s->ms);
-		/* The promise: intact, or an error the client sees. */
+		/* The promise: intact, or an error the client sees (connect_failed: the RST of
+		 * an injected session_start fault can beat the client's connect completion). */
 		cr_assert_eq(s->corrupt, 0, "round %d: corrupt bytes: %s", round, s->first_problem);
 		cr_assert_eq(s->short_eof, 0, "round %d: a clean EOF after too few bytes (silent "
 			     "loss): %s", round, s->first_problem);
