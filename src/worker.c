@@ -490,7 +490,17 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 		w->misc_inflight--;
 	}
 	if (res >= 0) {
-		struct session *s = w->stopping ? NULL : session_alloc(w);
+		struct session *s;
+
+		if (loop_fault_session_start(&w->loop)) {
+			/* Fault injection only: session set-up "ran out of memory"; RST. */
+			setsockopt(res, SOL_SOCKET, SO_LINGER, &(struct linger){ 1, 0 },
+				   sizeof(struct linger));
+			close(res);
+			w->st.accept_overflow++;
+			return;
+		}
+		s = w->stopping ? NULL : session_alloc(w);
 
 		if (s == NULL) {
 			/* While stopping; or a multishot burst larger than the listen backlog,

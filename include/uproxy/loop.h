@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 
 #include "uproxy/compat.h"
+#include "uproxy/log.h"
 
 /* user_data layout: | slot:24 | generation:24 | side:4 | op:12 |. A CQE whose generation differs
  * from its slot's is stale and dropped, so an fd number reused by a new session is never
@@ -65,19 +66,61 @@ static inline enum loop_op tag_op(uint64_t t)
 	return (enum loop_op)(t & 0xfff);
 }
 
+/* Faults the fault-injection build (meson -Dfault_injection=true, run with UPROXY_FAULT_SEED set)
+ * can inject, each counted in loop_stats.faults[]. Always declared, so counters keep one layout;
+ * without the option every count stays 0. */
+enum loop_fault {
+	LOOP_FAULT_SHORT_SEND = 0, /* send/sendmsg submitted with fewer bytes than asked */
+	LOOP_FAULT_ENOBUFS,	   /* buffer-select recv completes -ENOBUFS, not submitted */
+	LOOP_FAULT_RECV_RESET,	   /* buffer-select recv completes -ECONNRESET */
+	LOOP_FAULT_SEND_RESET,	   /* send/sendmsg completes -ECONNRESET */
+	LOOP_FAULT_SOCKET,	   /* socket completes -EMFILE */
+	LOOP_FAULT_CONNECT,	   /* connect completes -ECONNREFUSED */
+	LOOP_FAULT_ENTER,	   /* io_uring_enter fails with -EAGAIN or -ENOMEM, not entered */
+	LOOP_FAULT_SQ_FULL,	   /* an SQE finds the SQ full and the submit failing: backlog */
+	LOOP_FAULT_CQ_OVERFLOW,	   /* completions are left unreaped for a few iterations, then
+				    * the overflow flush runs as if IORING_SQ_CQ_OVERFLOW were set */
+	LOOP_FAULT_SESSION_START,  /* loop_fault_session_start() said true (ENOMEM at accept) */
+	LOOP_FAULT_FATAL,	   /* UPROXY_FAULT_FATAL_AFTER: an enter failed with -EBADF */
+	LOOP_FAULT__COUNT
+};
+
+/* "short_send", "enobufs", ...: the names UPROXY_FAULT_KINDS takes and the summary prints. */
+const char *loop_fault_name(enum loop_fault f);
+
 struct loop_stats {
 	uint64_t enters;     /* io_uring_enter calls made by the loop */
 	uint64_t submitted;  /* SQEs submitted */
-	uint64_t cqes;	     /* CQEs handled */
+	uint64_t cqes;	     /* CQEs handled (synthetic ones included) */
 	uint64_t sq_full;    /* early submits because the SQ was full */
-	uint64_t cq_overflow; /* kernel-reported CQ overflows (a bug if non-zero) */
+	uint64_t cq_overflow; /* CQ overflow episodes seen (IORING_SQ_CQ_OVERFLOW or koverflow) */
+	uint64_t cq_lost;     /* completions the kernel dropped (koverflow; a bug if non-zero) */
+	uint64_t enter_retries; /* transient io_uring_enter failures backed off and retried */
+	uint64_t sq_backlog;  /* SQEs that waited in the userspace backlog (SQ full, submit failed) */
+	uint64_t faults[LOOP_FAULT__COUNT]; /* injected faults (fault-injection build only) */
 };
+
+struct loop_fault_state;
 
 struct loop {
 	struct io_uring ring;
 	unsigned int setup_flags; /* the IORING_SETUP_* flags the kernel accepted */
 	bool ring_fd_registered;
 	struct loop_stats st;
+	/* SQEs prepared while the SQ was full and could not be submitted, oldest first at
+	 * [bl_head]; flushed into the ring, in order and whole link chains at a time, before the
+	 * next enter. While non-empty every new SQE goes behind them. */
+	struct io_uring_sqe *bl;
+	unsigned int bl_head, bl_len, bl_cap;
+	unsigned int chain_left; /* SQEs still to come of a chain reserve_sqes() placed */
+	bool chain_backlog;	 /* ... and whether they go to the backlog */
+	/* Synthetic completions (fault injection), handed out at the next loop_run_once. */
+	struct io_uring_cqe *syn;
+	unsigned int syn_len, syn_cap;
+	unsigned int backoff_ms; /* current back-off after a transient enter error, 0 if none */
+	unsigned int koverflow_seen;
+	struct log_ratelimit rl_overflow;
+	struct loop_fault_state *fault; /* NULL unless injecting */
 };
 
 /* Creates the ring. On failure returns -errno and writes an explanation for the operator. */
@@ -94,11 +137,26 @@ const char *loop_setup_error(int err);
 typedef void (*loop_cqe_fn)(void *ctx, const struct io_uring_cqe *cqe);
 
 /* Submits everything queued and waits for at least one completion or timeout_ms (< 0: no
- * limit) in one io_uring_enter, then hands every available CQE to fn, in batches. Returns the
- * number handled or -errno. */
+ * limit) in one io_uring_enter, then hands every available CQE to fn, in batches. A transient
+ * enter error (EINTR, EAGAIN, ENOMEM, EBUSY) is counted, backed off (1..100 ms) and returns
+ * normally; only a fatal one returns -errno (the worker must then close its sessions and the
+ * process exit). Returns the number of CQEs handled or -errno. */
 int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx, int64_t timeout_ms);
 
-/* Submission helpers: each fills one SQE (submitting first if the SQ is full). */
+/* Fault injection: true when this accepted connection must be refused as if session set-up had
+ * run out of memory (the caller closes it with an RST). Always false without the option. */
+#ifdef UPROXY_FAULT_INJECTION
+bool loop_fault_session_start(struct loop *l);
+#else
+static inline bool loop_fault_session_start(struct loop *l)
+{
+	(void)l;
+	return false;
+}
+#endif
+
+/* Submission helpers: each fills one SQE (submitting first if the SQ is full, or queueing it
+ * in the loop's backlog if even that fails). They never fail. */
 void loop_accept_multishot(struct loop *l, int fd, uint64_t tag);
 void loop_accept(struct loop *l, int fd, uint64_t tag);
 void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
