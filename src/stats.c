@@ -50,14 +50,15 @@ void stats_log_summary(const struct worker_stats *st, const struct loop_stats *l
 		 " accept_errors=%" PRIu64 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64
 		 " buf_exhausted=%" PRIu64 " fallback_recvs=%" PRIu64 " truncated client=%" PRIu64
 		 " upstream=%" PRIu64 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64
-		 " enters=%" PRIu64 " sqes=%" PRIu64 " cqes=%" PRIu64 " cq_overflow=%" PRIu64,
+		 " enters=%" PRIu64 " sqes=%" PRIu64 " cqes=%" PRIu64 " cq_overflow=%" PRIu64
+		 " cq_lost=%" PRIu64 " enter_retries=%" PRIu64 " sq_backlog=%" PRIu64,
 		 worker, st->accepted, st->closed[CLOSE_NORMAL], st->closed[CLOSE_CLIENT_RESET],
 		 st->closed[CLOSE_UPSTREAM_RESET], st->closed[CLOSE_CONNECT_FAILED],
 		 st->closed[CLOSE_SHUTDOWN], st->closed[CLOSE_RESOURCE], st->closed[CLOSE_TIMEOUT],
 		 st->closed[CLOSE_PROTOCOL], st->bytes[0], st->bytes[1], st->connect_errors,
 		 st->accept_errors, st->accept_backoffs, st->accept_overflow, st->buf_exhausted,
 		 st->fallback_recvs, st->truncated[0], st->truncated[1], st->backpressure, st->stale_cqes, ls->enters, ls->submitted, ls->cqes,
-		 ls->cq_overflow);
+		 ls->cq_overflow, ls->cq_lost, ls->enter_retries, ls->sq_backlog);
 }
 
 void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct worker_stats *st,
@@ -230,8 +231,17 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	counter(&o, "uproxy_ring_submissions_total", "SQEs submitted to the rings.",
 		SUM(ls.submitted));
 	counter(&o, "uproxy_ring_cqes_total", "CQEs handled.", SUM(ls.cqes));
-	counter(&o, "uproxy_ring_cq_overflows_total", "Completion queue overflows (should be 0).",
+	counter(&o, "uproxy_ring_cq_overflows_total",
+		"Completion-queue overflows seen and reaped from the kernel's backlog.",
 		SUM(ls.cq_overflow));
+	counter(&o, "uproxy_ring_cq_lost_total",
+		"Completions the kernel dropped on overflow (should be 0).", SUM(ls.cq_lost));
+	counter(&o, "uproxy_ring_enter_retries_total",
+		"Transient io_uring_enter failures (EINTR, EAGAIN, ENOMEM, EBUSY) retried.",
+		SUM(ls.enter_retries));
+	counter(&o, "uproxy_ring_sq_backlog_total",
+		"SQEs that waited in user space because the SQ was full and a submit failed.",
+		SUM(ls.sq_backlog));
 	counter(&o, "uproxy_stale_cqes_total", "Completions dropped for a reused slot.",
 		SUM(st.stale_cqes));
 	counter(&o, "uproxy_accept_errors_total", "Failed accepts.", SUM(st.accept_errors));

@@ -494,8 +494,7 @@ static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
 
 		if (loop_fault_session_start(&w->loop)) {
 			/* Fault injection only: session set-up "ran out of memory"; RST. */
-			setsockopt(res, SOL_SOCKET, SO_LINGER, &(struct linger){ 1, 0 },
-				   sizeof(struct linger));
+			sock_linger_rst(res);
 			close(res);
 			w->st.accept_overflow++;
 			return;

@@ -687,6 +687,9 @@ static void fill_worker(struct worker_stats *st, struct loop_stats *ls, uint64_t
 	ls->cqes = base + 42;
 	ls->sq_full = base + 43;
 	ls->cq_overflow = base + 44;
+	ls->cq_lost = base + 45;
+	ls->enter_retries = base + 46;
+	ls->sq_backlog = base + 47;
 }
 
 static char *render(int n)
@@ -781,6 +784,9 @@ Test(ops, stats_render_sums_workers)
 	expect_u(&parsed, "uproxy_ring_submissions_total", 141 + 7041);
 	expect_u(&parsed, "uproxy_ring_cqes_total", 142 + 7042);
 	expect_u(&parsed, "uproxy_ring_cq_overflows_total", 144 + 7044);
+	expect_u(&parsed, "uproxy_ring_cq_lost_total", 145 + 7045);
+	expect_u(&parsed, "uproxy_ring_enter_retries_total", 146 + 7046);
+	expect_u(&parsed, "uproxy_ring_sq_backlog_total", 147 + 7047);
 	free(text);
 	free(snaps);
 }
@@ -808,6 +814,9 @@ Test(ops, stats_render_help_and_type_for_each_metric)
 		{ "uproxy_ring_submissions_total", "counter" },
 		{ "uproxy_ring_cqes_total", "counter" },
 		{ "uproxy_ring_cq_overflows_total", "counter" },
+		{ "uproxy_ring_cq_lost_total", "counter" },
+		{ "uproxy_ring_enter_retries_total", "counter" },
+		{ "uproxy_ring_sq_backlog_total", "counter" },
 		{ "uproxy_stale_cqes_total", "counter" },
 		{ "uproxy_accept_errors_total", "counter" },
 		{ "uproxy_access_log_dropped_total", "counter" },
