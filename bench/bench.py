@@ -44,10 +44,12 @@ BIG_PATH = "/big.bin"
 BIG_SIZE = 256 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# quick must finish in about 4 minutes, full in about 15 (on the 2-core reference machine).
+# On the 2-core reference machine, quick takes about 4 minutes, full about 16 (bench/README.md).
 MODES = {
-    "quick": {"reps": 3, "duration": 2, "syscall_duration": 1, "mem_reps": 3, "slow_reps": 1, "slow_fresh": 50},
-    "full": {"reps": 5, "duration": 10, "syscall_duration": 1, "mem_reps": 3, "slow_reps": 3, "slow_fresh": 200},
+    "quick": {"reps": 3, "duration": 2, "alone_duration": 2, "syscall_duration": 1, "mem_reps": 3, "slow_reps": 1,
+              "slow_fresh": 50},
+    "full": {"reps": 5, "duration": 10, "alone_duration": 5, "syscall_duration": 1, "mem_reps": 3, "slow_reps": 3,
+             "slow_fresh": 200},
 }
 PHASES = ("load", "syscalls", "bulk", "alone", "slow", "memory")
 # The layouts of the timed runs (bench/README.md, "Two layouts"): "shared" is the --pin layout
@@ -166,7 +168,10 @@ def socket_mem_kib(ports: list[int]) -> tuple[int, int]:
     `ss -tm` skmem receive queue + send queue + forward allocation + option memory + backlog. Our
     own sockets only (the machine-wide /proc/net/sockstat figure moves with everyone else's)."""
     flt = " or ".join(f"sport = :{p} or dport = :{p}" for p in ports)
-    cp = subprocess.run(["ss", "-tmnH", "state", "all", f"( {flt} )"], capture_output=True, text=True, timeout=60)
+    try:
+        cp = subprocess.run(["ss", "-tmnH", "state", "all", f"( {flt} )"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, 0  # no ss (iproute2): the figure shows as 0 sockets
     n, total = 0, 0
     for m in re.finditer(r"skmem:\(r(\d+),rb\d+,t(\d+),tb\d+,f(\d+),w(\d+),o(\d+),bl(\d+)", cp.stdout):
         r, _t, f, w, o, bl = map(int, m.groups())
@@ -335,9 +340,9 @@ class Layout:
     the CPUs of each part. "shared" (the --pin layout) and "alone" (each proxy on a CPU of its
     own) have separate instances, so re-pinning never touches a running process."""
 
-    def __init__(self, name: str, desc: str, server_cpus: set[int] | None, client_cpus: set[int] | None,
-                 backend_cpus: set[int] | None):
-        self.name, self.desc = name, desc
+    def __init__(self, name: str, desc: str, duration: int, server_cpus: set[int] | None,
+                 client_cpus: set[int] | None, backend_cpus: set[int] | None):
+        self.name, self.desc, self.duration = name, desc, duration
         self.server_cpus, self.client_cpus, self.backend_cpus = server_cpus, client_cpus, backend_cpus
         self.backend: Server | None = None
         self.instances: dict[str, Server] = {}  # target name -> the server it measures
@@ -350,11 +355,12 @@ class Bench:
     def __init__(self, args, tmp: Path):
         self.args, self.tmp = args, tmp
         self.server_cpus, self.client_cpus = args.server_cpus, args.client_cpus
-        self.shared = Layout("shared", args.pin_desc, args.server_cpus, args.client_cpus, args.server_cpus)
+        self.shared = Layout("shared", args.pin_desc, args.duration, args.server_cpus, args.client_cpus,
+                             args.server_cpus)
         self.alone: Layout | None = None
         if args.alone_cpus:
             proxy_cpus, rest = args.alone_cpus
-            self.alone = Layout("alone", args.alone_desc, proxy_cpus, rest, rest)
+            self.alone = Layout("alone", args.alone_desc, args.alone_duration, proxy_cpus, rest, rest)
         self.backend: Server | None = None
         self.instances = self.shared.instances  # the shared layout's, as before
         self.ports: dict[str, int] = {}
@@ -490,7 +496,7 @@ def measure_load(b: Bench, target: str, conns: int, lay: Layout | None = None) -
     srv, backend = lay.instances[target], lay.backend
     t0, sys0, k0 = time.monotonic(), system_busy_seconds(), children_cpu_seconds()
     c0, b0, x0 = srv.cpu(), backend.cpu(), srv.ctxsw()
-    r = run_wrk(b, target, conns, b.args.duration, lay=lay)
+    r = run_wrk(b, target, conns, lay.duration, lay=lay)
     time.sleep(SETTLE)  # teardown of wrk's connections is part of the cost
     c1, b1, x1 = srv.cpu(), backend.cpu(), srv.ctxsw()
     t1, sys1, k1 = time.monotonic(), system_busy_seconds(), children_cpu_seconds()
@@ -1107,12 +1113,12 @@ def render_md(res: dict) -> str:
         L.append("")
         L += table(cost)
         L += ["",
-              "Separate instances of every server, pinned this way; wrk -t1, same durations and body. "
+              f"Separate instances of every server, pinned this way; wrk -t1, {cfg['alone_duration']} s runs, same body. "
               "direct\\*: wrk and the backend alone on their CPU, no proxy (its CPU, syscall and context-switch "
               "figures are the backend's). CPU µs/req and ctx sw/req (voluntary + involuntary, every thread, "
               "/proc/PID/task/*/status) come from the timed run; syscalls/req and io_uring_enter/req from "
               f"separate {cfg['syscall_method']} runs.", ""]
-        L += spread(perf + cost)
+        L += spread(perf) + [""] + spread(cost)[2:]
 
     slow_targets = [t for t in targets if t != "direct"]
     if "slow" not in cfg["skip"] and slow_targets:
@@ -1179,6 +1185,7 @@ def parse_args(argv: list[str]):
                    help="split: wrk/curl on the last CPU, servers on the others (default); none: no pinning")
     p.add_argument("--reps", type=int, help="repetitions (default 3 quick, 5 full)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 2 quick, 10 full)")
+    p.add_argument("--alone-duration", type=int, help="seconds per wrk run of the dedicated-core layout (default 2 quick, 5 full)")
     p.add_argument("--syscall-duration", type=int, help="seconds per syscall-counting run (default 1)")
     p.add_argument("--syscall-method", choices=("auto", "perf", "strace"), default="auto",
                    help="how to count system calls (default auto: perf when it can count, else strace)")
@@ -1212,7 +1219,7 @@ def parse_args(argv: list[str]):
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.skip - set(PHASES):
         p.error(f"--skip: unknown phase(s) {sorted(args.skip - set(PHASES))}")
-    if min(args.reps, args.duration, args.syscall_duration, args.mem_reps, args.mem_conns, args.slow_reps,
+    if min(args.reps, args.duration, args.alone_duration, args.syscall_duration, args.mem_reps, args.mem_conns, args.slow_reps,
            args.slow_conns, args.slow_fresh, args.slow_size, *args.conns, *args.alone_conns) < 1:
         p.error("counts and durations must be at least 1")
     args.uproxy_bin = Path(args.uproxy_bin or ROOT / "build-bench" / "uproxy").resolve()
@@ -1394,6 +1401,7 @@ def main(argv: list[str]) -> int:
                    "mem_reps": args.mem_reps, "mem_conns": args.mem_conns, "conns": args.conns,
                    "body": args.body, "pin": args.pin, "pin_desc": args.pin_desc, "uproxy_args": args.uproxy_args,
                    "alone": bool(b and b.alone), "alone_conns": args.alone_conns, "alone_desc": args.alone_desc,
+                   "alone_duration": args.alone_duration,
                    "slow_reps": args.slow_reps, "slow_conns": args.slow_conns, "slow_fresh": args.slow_fresh,
                    "slow_rcvbuf": SLOW_RCVBUF, "slow_mss": SLOW_MSS, "slow_size": args.slow_size,
                    "slow_path": SLOW_PATH,
