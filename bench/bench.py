@@ -1113,7 +1113,8 @@ def render_md(res: dict) -> str:
         L.append("")
         L += table(cost)
         L += ["",
-              f"Separate instances of every server, pinned this way; wrk -t1, {cfg['alone_duration']} s runs, same body. "
+              "Separate instances of every server, pinned this way; "
+              f"wrk -t1, {cfg['alone_duration']} s runs, same body. "
               "direct\\*: wrk and the backend alone on their CPU, no proxy (its CPU, syscall and context-switch "
               "figures are the backend's). CPU µs/req and ctx sw/req (voluntary + involuntary, every thread, "
               "/proc/PID/task/*/status) come from the timed run; syscalls/req and io_uring_enter/req from "
@@ -1185,7 +1186,8 @@ def parse_args(argv: list[str]):
                    help="split: wrk/curl on the last CPU, servers on the others (default); none: no pinning")
     p.add_argument("--reps", type=int, help="repetitions (default 3 quick, 5 full)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 2 quick, 10 full)")
-    p.add_argument("--alone-duration", type=int, help="seconds per wrk run of the dedicated-core layout (default 2 quick, 5 full)")
+    p.add_argument("--alone-duration", type=int,
+                   help="seconds per wrk run of the dedicated-core layout (default 2 quick, 5 full)")
     p.add_argument("--syscall-duration", type=int, help="seconds per syscall-counting run (default 1)")
     p.add_argument("--syscall-method", choices=("auto", "perf", "strace"), default="auto",
                    help="how to count system calls (default auto: perf when it can count, else strace)")
@@ -1219,8 +1221,8 @@ def parse_args(argv: list[str]):
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.skip - set(PHASES):
         p.error(f"--skip: unknown phase(s) {sorted(args.skip - set(PHASES))}")
-    if min(args.reps, args.duration, args.alone_duration, args.syscall_duration, args.mem_reps, args.mem_conns, args.slow_reps,
-           args.slow_conns, args.slow_fresh, args.slow_size, *args.conns, *args.alone_conns) < 1:
+    if min(args.reps, args.duration, args.alone_duration, args.syscall_duration, args.mem_reps, args.mem_conns,
+           args.slow_reps, args.slow_conns, args.slow_fresh, args.slow_size, *args.conns, *args.alone_conns) < 1:
         p.error("counts and durations must be at least 1")
     args.uproxy_bin = Path(args.uproxy_bin or ROOT / "build-bench" / "uproxy").resolve()
     args.out = Path(args.out)
@@ -1324,7 +1326,8 @@ def main(argv: list[str]) -> int:
                 dead.add((lay.name, target))
                 rc = srv.popen.returncode
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-                problems.append(f"{target} ({srv.name}, pid {srv.pid}, {lay.name} layout) {how} during rep {rep} {kind}; "
+                problems.append(f"{target} ({srv.name}, pid {srv.pid}, {lay.name} layout) {how} "
+                                f"during rep {rep} {kind}; "
                                 f"no further runs for it. Log tail:\n\n```\n{srv.log_tail()}\n```")
                 log(f"  {target} {how}; log tail:\n{srv.log_tail()}")
 
