@@ -1074,8 +1074,11 @@ bool loop_has_recv_bundle(const struct loop *l)
 
 void loop_recv_bundle(struct loop *l, int fd, uint16_t bgid, uint64_t tag)
 {
-	struct io_uring_sqe *sqe = get_sqe(l);
+	struct io_uring_sqe *sqe;
 
+	if (recv_fault(l, tag))
+		return;
+	sqe = get_sqe(l);
 	/* Multishot, and each completion may fill several consecutive buffers of the ring. */
 	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
 	sqe->ioprio |= IORING_RECVSEND_BUNDLE;
