@@ -144,6 +144,21 @@ static void fault_init(struct loop *l)
 		 (unsigned long long)f->fatal_after);
 }
 
+/* UPROXY_FAULT_CQ_ENTRIES=N: a CQ of N entries (the kernel rounds up to a power of two) and an
+ * SQ of at most N, since the kernel wants CQ >= SQ. Independent of UPROXY_FAULT_SEED: it injects
+ * nothing, it only lets an ordinary load overflow the CQ for real, which a 6.x kernel with the
+ * default size (up to 64Ki entries) never shows. */
+static void fault_ring_size(unsigned int *sq_entries, unsigned int *cq_entries)
+{
+	uint64_t n = env_u64("UPROXY_FAULT_CQ_ENTRIES", 0);
+
+	if (n == 0 || n > *cq_entries)
+		return;
+	*cq_entries = (unsigned int)n;
+	if (*sq_entries > n)
+		*sq_entries = (unsigned int)n;
+}
+
 static void fault_exit(struct loop *l)
 {
 	char buf[512];
@@ -302,6 +317,11 @@ static inline void fault_init(struct loop *l)
 {
 	(void)l;
 }
+static inline void fault_ring_size(unsigned int *sq_entries, unsigned int *cq_entries)
+{
+	(void)sq_entries;
+	(void)cq_entries;
+}
 static inline void fault_exit(struct loop *l)
 {
 	(void)l;
@@ -455,6 +475,7 @@ int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, 
 	int rc = -EINVAL;
 
 	memset(l, 0, sizeof(*l));
+	fault_ring_size(&sq_entries, &cq_entries);
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
 		struct io_uring_params p;
 
@@ -475,6 +496,12 @@ int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, 
 	}
 	/* A registered ring fd saves an fdget/fdput per io_uring_enter (5.18). */
 	l->ring_fd_registered = io_uring_register_ring_fd(&l->ring) == 1;
+#ifdef UPROXY_FAULT_INJECTION
+	if (getenv("UPROXY_FAULT_CQ_ENTRIES") != NULL)
+		log_warn("UPROXY_FAULT_CQ_ENTRIES=%s: ring sq=%u cq=%u",
+			 getenv("UPROXY_FAULT_CQ_ENTRIES"), l->ring.sq.ring_entries,
+			 l->ring.cq.ring_entries);
+#endif
 	fault_init(l);
 	return 0;
 }
