@@ -393,6 +393,83 @@ Test(faults, fatal_enter_error_exits, .timeout = 30)
 	backend_stop(&b);
 }
 
+/* ---- finding 5: a full SQ and failing enters never abort, never lose a request ---- */
+
+/* The old get_sqe called abort() after 8 failed submits, and reserve_sqes ignored a failed
+ * submit (a connect and its linked timeout could be split). Here every fifth SQE finds the SQ
+ * full with the submit failing, and every fifth enter fails with EAGAIN or ENOMEM: 64 MiB both
+ * ways and 200 new sessions (each a socket + a linked connect/timeout pair) must come through
+ * byte-exact, and the proxy must stay up. */
+Test(faults, finding5_full_sq_and_enter_errors_lose_nothing, .timeout = 60)
+{
+	struct multi_stats ms;
+	struct backend b;
+	struct proxy px;
+	struct xfer x;
+	int fd;
+
+	arm_faults("sq_full,enter", 5);
+	setup_echo(&b, &px, NULL);
+	fd = connect_or_fail(&px);
+	xfer_run(&x, fd, 0xf505, BIG, true, 0xf505, 45000);
+	cr_assert(x.send_end == IO_DONE && x.rx.len == BIG && x.rx.bad_at == -1 &&
+			  x.rx.hash == stream_hash(0xf505, BIG) && x.recv_end == IO_EOF,
+		  "64 MiB echo under a full SQ and failing enters: sent %llu (%s), got %llu "
+		  "(%s, first bad byte %lld)", (unsigned long long)x.sent,
+		  io_end_name(x.send_end), (unsigned long long)x.rx.len,
+		  io_end_name(x.recv_end), (long long)x.rx.bad_at);
+	close(fd);
+	multi_echo(&ms, 200, AF_INET, px.port, 16 * KIB, 64, 0xf5050, 20000);
+	cr_assert_eq(ms.ok, 200, "%d of 200 sessions intact (%s)", ms.ok, ms.first_problem);
+	assert_proxy_idle(&px, 2000, "after the full-SQ and enter faults");
+	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
+	backend_stop(&b);
+	assert_faulted(&px, "sq_full");
+	assert_faulted(&px, "enter");
+}
+
+/* A fatal ring error used to end only that worker's loop: its clients hung (the process lived
+ * on) or, with one worker, got a clean FIN from the process exit, as if their streams had
+ * ended. Now the worker resets every session it holds, idle ones included, and the process
+ * exits 1. An idle client (its echo complete, nothing in flight) must see ECONNRESET. */
+Test(faults, finding5_fatal_enter_error_resets_idle_clients_and_exits_1, .timeout = 30)
+{
+	struct backend b;
+	struct proxy px;
+	uint64_t extra = 0, t0;
+	enum io_end e;
+	char buf[64], *err;
+	int idle, busy, rounds = 0;
+
+	arm_faults("fatal", 1000000);
+	/* Start-up and the first echoes take a few dozen enters: the failure comes while the
+	 * busy client keeps the loop turning, the idle one long set up. */
+	setenv("UPROXY_FAULT_FATAL_AFTER", "300", 1);
+	setup_echo(&b, &px, NULL);
+	unsetenv("UPROXY_FAULT_FATAL_AFTER");
+	idle = connect_or_fail(&px);
+	cr_assert(echo_roundtrip(idle, 0xf5a, 512, 2000), "first echo of the idle client failed");
+	busy = connect_or_fail(&px);
+	t0 = now_ms();
+	while (now_ms() - t0 < 10000 && echo_roundtrip(busy, 0xf5b + (uint64_t)rounds, 1024, 2000))
+		rounds++;
+	cr_assert(proc_wait(&px.proc, 5000), "the proxy still runs 5 s after a fatal ring error "
+		  "(%d echo rounds)", rounds);
+	cr_assert(WIFEXITED(px.proc.status) && WEXITSTATUS(px.proc.status) == 1,
+		  "proxy %s, want exited 1", status_str(&px.proc, buf, sizeof(buf)));
+	e = io_wait_close(idle, 2000, &extra);
+	cr_assert_eq(e, IO_RESET, "the idle client saw %s (%llu extra bytes), want a reset",
+		     io_end_name(e), (unsigned long long)extra);
+	err = proxy_stderr(&px);
+	cr_assert(strstr(err, "io_uring failed: Bad file descriptor") != NULL &&
+			  strstr(err, "reset its 2 connection(s)") != NULL,
+		  "no line naming the failure and the 2 reset connections in stderr:\n%s", err);
+	free(err);
+	close(idle);
+	close(busy);
+	backend_stop(&b);
+}
+
 /* ---- finding 4: a real CQ overflow (a shrunk CQ, no injected fault) is counted, loses nothing */
 
 /* The value of the sample named name (no labels) at 127.0.0.1:port/metrics, or -1. */
