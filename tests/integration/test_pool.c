@@ -688,50 +688,6 @@ Test(pool, all_upstreams_dead, .timeout = 30)
 	backend_stop(&d2);
 }
 
-/* A listener whose accept queue is full: its SYNs are dropped, so a connect
- * to it neither succeeds nor fails until it times out. */
-struct blackhole {
-	int lfd;
-	int fill[4];
-	uint16_t port;
-};
-
-static void blackhole_open(struct blackhole *h)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t al = sizeof(a);
-	int fd;
-
-	h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(h->lfd, 0);
-	cr_assert_eq(bind(h->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-	cr_assert_eq(getsockname(h->lfd, (struct sockaddr *)&a, &al), 0);
-	h->port = ntohs(a.sin_port);
-	cr_assert_eq(listen(h->lfd, 0), 0);
-	for (int i = 0; i < 4; i++) {
-		h->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		cr_assert_geq(h->fill[i], 0);
-		if (connect(h->fill[i], (struct sockaddr *)&a, sizeof(a)) < 0)
-			cr_assert_eq(errno, EINPROGRESS, "filling the accept queue: %s",
-				     strerror(errno));
-	}
-	sleep_ms(50);
-	/* the set-up must hold: a plain connect to it times out */
-	fd = tcp_connect(AF_INET, h->port, 500);
-	if (fd >= 0)
-		close(fd);
-	cr_assert_lt(fd, 0, "a connect to the full listener succeeded: no black hole here");
-	cr_assert_eq(errno, ETIMEDOUT, "a connect to the full listener failed with '%s', want a "
-		     "timeout", strerror(errno));
-}
-
-static void blackhole_close(struct blackhole *h)
-{
-	for (int i = 0; i < 4; i++)
-		close(h->fill[i]);
-	close(h->lfd);
-}
-
 Test(pool, connect_timeout_closes_client, .timeout = 30)
 {
 	struct blackhole h;
