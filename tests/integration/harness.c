@@ -14,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,6 +345,7 @@ int tcp_connect_rcvbuf(uint16_t port, int rcvbuf)
 struct tcp_row {
 	unsigned int lport, rport, state;
 	unsigned long txq, rxq, inode;
+	bool v6;
 };
 
 #define TCP_LISTEN 0x0A
@@ -369,11 +371,41 @@ static int scan_tcp(bool (*fn)(const struct tcp_row *, void *), void *arg)
 			if (sscanf(line, " %*s %*[^:]:%x %*[^:]:%x %x %lx:%lx %*x:%*x %*x %*u %*u %lu",
 				   &r.lport, &r.rport, &r.state, &r.txq, &r.rxq, &r.inode) != 6)
 				continue;
+			r.v6 = i == 1;
 			n += fn(&r, arg);
 		}
 		fclose(f);
 	}
 	return n;
+}
+
+struct rport_state {
+	unsigned int rport, state;
+};
+
+static bool is_v4_conn_to(const struct tcp_row *r, void *arg)
+{
+	const struct rport_state *w = arg;
+
+	return !r->v6 && r->rport == w->rport && r->inode != 0 &&
+	       (w->state ? r->state == w->state : r->state != TCP_LISTEN);
+}
+
+int tcp4_socks_to(uint16_t rport, unsigned int state)
+{
+	struct rport_state w = { rport, state };
+
+	return scan_tcp(is_v4_conn_to, &w);
+}
+
+static bool is_v4_listener(const struct tcp_row *r, void *arg)
+{
+	return !r->v6 && r->lport == *(const uint16_t *)arg && r->state == TCP_LISTEN;
+}
+
+bool tcp4_listening(uint16_t port)
+{
+	return scan_tcp(is_v4_listener, &port) > 0;
 }
 
 struct ports {
@@ -1194,6 +1226,27 @@ char *proxy_stderr(struct proxy *px)
 	return proc_stderr(&px->proc);
 }
 
+long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout_ms)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+
+	for (;;) {
+		char *err = proxy_stderr(px);
+		long len = (long)strlen(err), at = -1;
+
+		if (from <= len) {
+			char *p = strstr(err + from, needle);
+
+			if (p)
+				at = p - err;
+		}
+		free(err);
+		if (at >= 0 || now_ms() >= deadline)
+			return at;
+		sleep_ms(20);
+	}
+}
+
 /* ---- backends ---------------------------------------------------------------- */
 
 void backend_bind(struct backend *b, int family)
@@ -1702,6 +1755,48 @@ void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64
 	free(buf);
 }
 
+/* ---- config files --------------------------------------------------------------- */
+
+static char conf_dir[64];
+
+void conf_dir_make(char *dir, size_t len)
+{
+	snprintf(dir, len, "/tmp/uproxy-conf-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(conf_dir, sizeof(conf_dir), "%s", dir);
+}
+
+void conf_dir_remove(void)
+{
+	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
+	char p[128];
+
+	if (!conf_dir[0])
+		return;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", conf_dir, names[i]);
+		unlink(p);
+	}
+	rmdir(conf_dir);
+	conf_dir[0] = '\0';
+}
+
+void file_write_atomic(const char *path, const char *fmt, ...)
+{
+	char tmp[256];
+	va_list ap;
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	cr_assert_not_null(f, "cannot write %s: %s", tmp, strerror(errno));
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
+}
+
 /* ---- a listener that never answers ----------------------------------------- */
 
 void blackhole_open(struct blackhole *h)
@@ -1780,8 +1875,8 @@ bool http_req(uint16_t port, const char *req, int timeout_ms, struct http_resp *
 			uint64_t now = now_ms();
 
 			if (now >= deadline) {
-				snprintf(why, wlen, "no EOF within %d ms (%zu bytes read)", timeout_ms,
-					 r->len);
+				snprintf(why, wlen, "no EOF within %d ms (%zu bytes read)",
+					 timeout_ms, r->len);
 				goto fail;
 			}
 			poll(&p, 1, (int)(deadline - now));

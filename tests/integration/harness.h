@@ -64,6 +64,12 @@ int tcp_connect_rcvbuf(uint16_t port, int rcvbuf);
  * port == listen_port, not LISTEN) and upstream ones (remote port == up_port).
  * Unlike /proc/PID/fd this also sees io_uring direct descriptors. */
 int proxy_sock_count(uint16_t listen_port, uint16_t up_port);
+/* IPv4 sockets (inode != 0) in /proc/net/tcp with remote port rport in TCP state state (0:
+ * any state but LISTEN): on loopback, connections to a listener on rport. */
+int tcp4_socks_to(uint16_t rport, unsigned int state);
+#define TCP4_SYN_SENT 0x02
+/* true if /proc/net/tcp holds a listener on port. */
+bool tcp4_listening(uint16_t port);
 /* " 3=socket:[1234](ESTABLISHED 8080→41000) 4=anon_inode:[io_uring] ..." */
 void describe_fds(pid_t pid, char *buf, size_t len);
 /* Kernel-queued bytes (tx_queue + rx_queue) of every socket touching port. */
@@ -176,6 +182,9 @@ int proxy_fds(const struct proxy *px);
 bool proxy_wait_idle(const struct proxy *px, int timeout_ms, int *fds, int *socks);
 bool proxy_is_sanitized(const struct proxy *px);
 char *proxy_stderr(struct proxy *px);
+/* Waits ≤ timeout_ms for needle in the proxy's stderr at or after offset from; returns its
+ * offset, or -1. */
+long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout_ms);
 
 int count_fds(pid_t pid);
 /* Soft "Max open files" from /proc/PID/limits, -1 if unknown. */
@@ -262,6 +271,16 @@ struct multi_stats {
 };
 void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64_t len,
 		uint64_t warm, uint64_t seed_base, int timeout_ms);
+
+/* ---- config files --------------------------------------------------------------- */
+
+/* conf_dir_make makes a fresh private directory (its name in dir) for a test's config file;
+ * conf_dir_remove (the test's .fini) removes it and uproxy.conf{,.tmp} in it, passed or not. */
+void conf_dir_make(char *dir, size_t len);
+void conf_dir_remove(void);
+/* Writes path aside and renames it into place: a reader never sees half a file. */
+void file_write_atomic(const char *path, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 /* ---- a listener that never answers ------------------------------------------ */
 

@@ -9,7 +9,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,107 +287,6 @@ Test(ring, finding7_9000_concurrent_with_nofile_20000, .timeout = 60)
 	backend_stop(&b);
 }
 
-/* ---- helpers for finding 6 ------------------------------------------------------ */
-
-static char tmp_dir[64];
-
-static void make_dir(char *dir, size_t len)
-{
-	snprintf(dir, len, "/tmp/uproxy-ring-XXXXXX");
-	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	snprintf(tmp_dir, sizeof(tmp_dir), "%s", dir);
-}
-
-static void remove_dir(void)
-{
-	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
-	char p[128];
-
-	if (!tmp_dir[0])
-		return;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(p, sizeof(p), "%s/%s", tmp_dir, names[i]);
-		unlink(p);
-	}
-	rmdir(tmp_dir);
-	tmp_dir[0] = '\0';
-}
-
-/* Written aside and renamed: the proxy never reads half a file. */
-static void write_file(const char *path, const char *fmt, ...)
-{
-	char tmp[256];
-	va_list ap;
-	FILE *f;
-
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	f = fopen(tmp, "we");
-	cr_assert_not_null(f, "cannot write %s: %s", tmp, strerror(errno));
-	va_start(ap, fmt);
-	vfprintf(f, fmt, ap);
-	va_end(ap);
-	cr_assert_eq(fclose(f), 0);
-	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
-}
-
-/* IPv4 sockets (inode != 0) with remote port rport in TCP state st (0 = any but LISTEN). */
-static int tcp4_count(uint16_t rport, unsigned int st)
-{
-	char line[512];
-	int n = 0;
-	FILE *f = fopen("/proc/net/tcp", "re");
-
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned int lport, rp, state;
-		unsigned long inode;
-
-		if (sscanf(line, " %*s %*[^:]:%x %*[^:]:%x %x %*s %*s %*s %*s %*s %lu", &lport, &rp,
-			   &state, &inode) == 4 && rp == rport && inode != 0 &&
-		    (st ? state == st : state != 0x0A))
-			n++;
-	}
-	fclose(f);
-	return n;
-}
-
-#define TCP_SYN_SENT 0x02
-
-static bool port_listening(uint16_t port)
-{
-	char line[512];
-	bool found = false;
-	FILE *f = fopen("/proc/net/tcp", "re");
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		unsigned int lport, state;
-
-		if (sscanf(line, " %*s %*[^:]:%x %*s %x", &lport, &state) == 2)
-			found = lport == port && state == 0x0A;
-	}
-	fclose(f);
-	return found;
-}
-
-/* Waits ≤ timeout_ms for needle in the proxy's stderr; returns its offset, or -1. */
-static long wait_log(struct proxy *px, const char *needle, int timeout_ms)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-
-	for (;;) {
-		char *err = proxy_stderr(px), *p = strstr(err, needle);
-		long at = p ? p - err : -1;
-
-		free(err);
-		if (at >= 0 || now_ms() >= deadline)
-			return at;
-		sleep_ms(20);
-	}
-}
-
 /* ---- finding 6: a probe of a removed upstream must not mark the one reusing its id --------- */
 
 /* The probe of A waits for --connect-timeout; SIGHUP swaps A for B meanwhile, and B takes A's
@@ -404,7 +302,7 @@ static long wait_log(struct proxy *px, const char *needle, int timeout_ms)
 #define POOL_FILE "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nupstream 127.0.0.1:%u\n"
 
 Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 30,
-     .fini = remove_dir)
+     .fini = conf_dir_remove)
 {
 	struct blackhole a;
 	struct backend b, c;
@@ -417,7 +315,7 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 	int n = 0, on_b = 0, run = 0, worst_run = 0, fill_syn, fill_all;
 	bool ready = false;
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	blackhole_open(&a);
 	backend_bind(&b, AF_INET);
@@ -426,19 +324,19 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 	backend_run(&c, BK_ECHO);
 	snprintf(down_b, sizeof(down_b), "upstream 127.0.0.1:%u is down", b.port);
 	/* the black hole's own fillers: the proxy's probe is one more */
-	fill_syn = tcp4_count(a.port, TCP_SYN_SENT);
-	fill_all = tcp4_count(a.port, 0);
+	fill_syn = tcp4_socks_to(a.port, TCP4_SYN_SENT);
+	fill_all = tcp4_socks_to(a.port, 0);
 
 	/* no client before the reload: it would be sent to A and wait for the timeout */
 	memset(&px, 0, sizeof(px));
 	px.family = AF_INET;
 	for (int attempt = 0; attempt < 3 && !ready; attempt++) {
 		px.port = free_port();
-		write_file(path, POOL_FILE, px.port, a.port, c.port);
+		file_write_atomic(path, POOL_FILE, px.port, a.port, c.port);
 		t_spawn = now_ms();
 		cr_assert_eq(proc_spawn(&px.proc, argv, 0, 0), 0);
 		for (int i = 0; i < 100 && !ready && !proc_wait(&px.proc, 0); i++) {
-			ready = port_listening(px.port);
+			ready = tcp4_listening(px.port);
 			if (!ready)
 				sleep_ms(10);
 		}
@@ -456,21 +354,21 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 	cr_assert(ready, "uproxy --config never got a free port");
 
 	/* the first health round starts with the worker: its probe of A is in flight */
-	for (int i = 0; i < 50 && tcp4_count(a.port, TCP_SYN_SENT) == fill_syn; i++)
+	for (int i = 0; i < 50 && tcp4_socks_to(a.port, TCP4_SYN_SENT) == fill_syn; i++)
 		sleep_ms(10);
 	t_probe = now_ms();
-	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "no probe of A in flight %llu "
-		     "ms after start", (unsigned long long)(t_probe - t_spawn));
+	cr_assert_eq(tcp4_socks_to(a.port, TCP4_SYN_SENT), fill_syn + 1, "no probe of A in flight "
+		     "%llu ms after start", (unsigned long long)(t_probe - t_spawn));
 
-	write_file(path, POOL_FILE, px.port, b.port, c.port);
+	file_write_atomic(path, POOL_FILE, px.port, b.port, c.port);
 	t_hup = now_ms();
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
-	cr_assert_geq(wait_log(&px, "upstream pool changed", 1000), 0, "SIGHUP: no 'upstream pool "
-		      "changed' in the log within 1 s");
+	cr_assert_geq(proxy_wait_log(&px, "upstream pool changed", 0, 1000), 0,
+		      "SIGHUP: no 'upstream pool changed' in the log within 1 s");
 	t_applied = now_ms();
 	/* the set-up must hold: the reload landed while A's probe was still waiting */
-	cr_assert_eq(tcp4_count(a.port, TCP_SYN_SENT), fill_syn + 1, "A's probe was no longer in "
-		     "flight when the reload was applied (%llu ms after start): nothing tested",
+	cr_assert_eq(tcp4_socks_to(a.port, TCP4_SYN_SENT), fill_syn + 1, "A's probe was no longer "
+		     "in flight when the reload was applied (%llu ms after start): nothing tested",
 		     (unsigned long long)(now_ms() - t_spawn));
 
 	/* sessions from the reload until F6_WATCH_MS after A's probe timed out */
@@ -497,15 +395,16 @@ Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 3
 		n++;
 		sleep_ms(20);
 	}
-	cr_assert_eq(tcp4_count(a.port, 0), fill_all, "A's probe still open %d ms after its %d ms "
-		     "connect timeout", F6_WATCH_MS, F6_CONNECT_TIMEOUT_MS);
+	cr_assert_eq(tcp4_socks_to(a.port, 0), fill_all, "A's probe still open %d ms after its "
+		     "%d ms connect timeout", F6_WATCH_MS, F6_CONNECT_TIMEOUT_MS);
 	cr_log_info("probe of A seen %llu ms after start, reload applied %llu ms after start; %d "
 		    "sessions after it, %d on B, longest run without B %d",
 		    (unsigned long long)(t_probe - t_spawn),
 		    (unsigned long long)(t_applied - t_spawn),
 		    n, on_b, worst_run);
-	cr_assert_lt(wait_log(&px, down_b, 0), 0, "A's probe timed out after SIGHUP replaced A by "
-		     "B, and the log says B (healthy, listening) is down:\n%s", proxy_stderr(&px));
+	cr_assert_lt(proxy_wait_log(&px, down_b, 0, 0), 0, "A's probe timed out after SIGHUP "
+		     "replaced A by B, and the log says B (healthy, listening) is down:\n%s",
+		     proxy_stderr(&px));
 	/* roundrobin over B and C alternates; 3 in a row without B is already a skipped turn */
 	cr_assert_leq(worst_run, 2, "%d sessions in a row went to C: B was out of the rotation "
 		      "(marked down by A's probe?); B got %d of %d", worst_run, on_b, n);
