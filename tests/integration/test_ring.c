@@ -113,41 +113,6 @@ static int open_warm(int *fds, int n, uint16_t port, size_t warm, uint64_t seed_
 	return ok;
 }
 
-/* ---- /metrics ------------------------------------------------------------------- */
-
-/* The value of the sample named name (no labels) at 127.0.0.1:port/metrics, or -1. */
-static double metric(uint16_t port, const char *name)
-{
-	static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
-	size_t cap = 1 << 20, len = 0, nlen = strlen(name);
-	char *raw = malloc(cap + 1), *p;
-	double v = -1;
-	int fd = tcp_connect(AF_INET, port, 2000);
-
-	cr_assert_not_null(raw);
-	if (fd < 0) {
-		free(raw);
-		return -1;
-	}
-	if (io_write_all(fd, req, sizeof(req) - 1, 2000, NULL) == IO_DONE) {
-		size_t done = 0;
-
-		/* the endpoint closes after the response: read to EOF */
-		io_read_exact(fd, raw, cap, 2000, &done);
-		len = done;
-	}
-	close(fd);
-	raw[len] = '\0';
-	for (p = raw; (p = strstr(p, name)) != NULL; p += nlen) {
-		if ((p == raw || p[-1] == '\n') && p[nlen] == ' ') {
-			v = strtod(p + nlen + 1, NULL);
-			break;
-		}
-	}
-	free(raw);
-	return v;
-}
-
 /* ---- finding 4: the largest completion burst is counted and loses nothing ---------------- */
 
 /* The biggest batch of completions the proxy makes without reaping is a mass teardown from its
@@ -164,6 +129,7 @@ static double metric(uint16_t port, const char *name)
 
 Test(ring, finding4_cq_overflow_counted_and_nothing_lost, .timeout = 60)
 {
+	static struct mset m;
 	struct backend b;
 	struct proxy px;
 	struct proxy_cfg cfg = { 0 };
@@ -188,7 +154,8 @@ Test(ring, finding4_cq_overflow_counted_and_nothing_lost, .timeout = 60)
 	cfg.up_port = b.port;
 	proxy_start(&px, &cfg);
 	backend_run(&b, BK_ECHO);
-	cr_assert_eq(metric(stport, "uproxy_ring_cq_overflows_total"), 0);
+	metrics_scrape(stport, &m);
+	cr_assert_eq(metrics_val(&m, "uproxy_ring_cq_overflows_total"), 0);
 
 	t0 = now_ms();
 	got = open_warm(fds, F4_CLIENTS, px.port, 64, 0x4000000, 20000);
@@ -220,7 +187,8 @@ Test(ring, finding4_cq_overflow_counted_and_nothing_lost, .timeout = 60)
 	cr_assert_eq(eof, F4_CLIENTS, "%d of %d idle sessions ended with a clean EOF after the "
 		     "mass expiry (%d did not): a completion was lost", eof, F4_CLIENTS, other);
 	assert_proxy_idle(&px, 5000, "after the mass expiry");
-	ovf = metric(stport, "uproxy_ring_cq_overflows_total");
+	metrics_scrape(stport, &m);
+	ovf = metrics_val(&m, "uproxy_ring_cq_overflows_total");
 	cr_log_info("uproxy_ring_cq_overflows_total %.0f", ovf);
 	cr_assert_geq(ovf, 0, "no uproxy_ring_cq_overflows_total in /metrics");
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
