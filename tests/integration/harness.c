@@ -14,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,9 +311,41 @@ fail:
 	return -1;
 }
 
+uint16_t sock_local_port(int fd)
+{
+	struct sockaddr_in a;
+	socklen_t l = sizeof(a);
+
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+	return ntohs(a.sin_port);
+}
+
+int tcp_connect_rcvbuf(uint16_t port, int rcvbuf)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	struct pollfd p;
+	int err = 0;
+	socklen_t elen = sizeof(err);
+
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0,
+		     "SO_RCVBUF: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		cr_assert_eq(errno, EINPROGRESS, "connect to port %u: %s", port, strerror(errno));
+		p = (struct pollfd){ .fd = fd, .events = POLLOUT };
+		cr_assert_eq(poll(&p, 1, 2000), 1, "connect to port %u: no answer in 2 s", port);
+		cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
+		cr_assert_eq(err, 0, "connect to port %u: %s", port, strerror(err));
+	}
+	return fd;
+}
+
 struct tcp_row {
 	unsigned int lport, rport, state;
 	unsigned long txq, rxq, inode;
+	bool v6;
 };
 
 #define TCP_LISTEN 0x0A
@@ -338,11 +371,41 @@ static int scan_tcp(bool (*fn)(const struct tcp_row *, void *), void *arg)
 			if (sscanf(line, " %*s %*[^:]:%x %*[^:]:%x %x %lx:%lx %*x:%*x %*x %*u %*u %lu",
 				   &r.lport, &r.rport, &r.state, &r.txq, &r.rxq, &r.inode) != 6)
 				continue;
+			r.v6 = i == 1;
 			n += fn(&r, arg);
 		}
 		fclose(f);
 	}
 	return n;
+}
+
+struct rport_state {
+	unsigned int rport, state;
+};
+
+static bool is_v4_conn_to(const struct tcp_row *r, void *arg)
+{
+	const struct rport_state *w = arg;
+
+	return !r->v6 && r->rport == w->rport && r->inode != 0 &&
+	       (w->state ? r->state == w->state : r->state != TCP_LISTEN);
+}
+
+int tcp4_socks_to(uint16_t rport, unsigned int state)
+{
+	struct rport_state w = { rport, state };
+
+	return scan_tcp(is_v4_conn_to, &w);
+}
+
+static bool is_v4_listener(const struct tcp_row *r, void *arg)
+{
+	return !r->v6 && r->lport == *(const uint16_t *)arg && r->state == TCP_LISTEN;
+}
+
+bool tcp4_listening(uint16_t port)
+{
+	return scan_tcp(is_v4_listener, &port) > 0;
 }
 
 struct ports {
@@ -1163,6 +1226,27 @@ char *proxy_stderr(struct proxy *px)
 	return proc_stderr(&px->proc);
 }
 
+long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout_ms)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+
+	for (;;) {
+		char *err = proxy_stderr(px);
+		long len = (long)strlen(err), at = -1;
+
+		if (from <= len) {
+			char *p = strstr(err + from, needle);
+
+			if (p)
+				at = p - err;
+		}
+		free(err);
+		if (at >= 0 || now_ms() >= deadline)
+			return at;
+		sleep_ms(20);
+	}
+}
+
 /* ---- backends ---------------------------------------------------------------- */
 
 void backend_bind(struct backend *b, int family)
@@ -1669,6 +1753,365 @@ void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64
 	free(pfd);
 	free(idx);
 	free(buf);
+}
+
+/* ---- config files --------------------------------------------------------------- */
+
+static char conf_dir[64];
+
+void conf_dir_make(char *dir, size_t len)
+{
+	snprintf(dir, len, "/tmp/uproxy-conf-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(conf_dir, sizeof(conf_dir), "%s", dir);
+}
+
+void conf_dir_remove(void)
+{
+	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
+	char p[128];
+
+	if (!conf_dir[0])
+		return;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", conf_dir, names[i]);
+		unlink(p);
+	}
+	rmdir(conf_dir);
+	conf_dir[0] = '\0';
+}
+
+void file_write_atomic(const char *path, const char *fmt, ...)
+{
+	char tmp[256];
+	va_list ap;
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	cr_assert_not_null(f, "cannot write %s: %s", tmp, strerror(errno));
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
+}
+
+/* ---- a listener that never answers ----------------------------------------- */
+
+void blackhole_open(struct blackhole *h)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	int fd;
+
+	h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(h->lfd, 0);
+	cr_assert_eq(bind(h->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(h->lfd, (struct sockaddr *)&a, &al), 0);
+	h->port = ntohs(a.sin_port);
+	cr_assert_eq(listen(h->lfd, 0), 0);
+	for (int i = 0; i < BLACKHOLE_FILL; i++) {
+		h->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		cr_assert_geq(h->fill[i], 0);
+		if (connect(h->fill[i], (struct sockaddr *)&a, sizeof(a)) < 0)
+			cr_assert_eq(errno, EINPROGRESS, "filling the accept queue: %s",
+				     strerror(errno));
+	}
+	sleep_ms(50);
+	/* the set-up must hold: a plain connect to it times out */
+	fd = tcp_connect(AF_INET, h->port, 500);
+	if (fd >= 0)
+		close(fd);
+	cr_assert_lt(fd, 0, "a connect to the full listener succeeded: no black hole here");
+	cr_assert_eq(errno, ETIMEDOUT, "a connect to the full listener failed with '%s', want a "
+		     "timeout", strerror(errno));
+}
+
+void blackhole_close(struct blackhole *h)
+{
+	for (int i = 0; i < BLACKHOLE_FILL; i++)
+		close(h->fill[i]);
+	close(h->lfd);
+}
+
+/* ---- the /metrics endpoint --------------------------------------------------- */
+
+void http_free(struct http_resp *r)
+{
+	free(r->raw);
+	memset(r, 0, sizeof(*r));
+}
+
+bool http_req(uint16_t port, const char *req, int timeout_ms, struct http_resp *r, char *why,
+	      size_t wlen)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	size_t cap = 1 << 20;
+	int fd = tcp_connect(AF_INET, port, timeout_ms);
+	char *hdr_end;
+
+	memset(r, 0, sizeof(*r));
+	if (fd < 0) {
+		snprintf(why, wlen, "connect to 127.0.0.1:%u: %s", port, strerror(errno));
+		return false;
+	}
+	/* may fail when the endpoint closes at once (too many scrapes): reported below */
+	io_write_all(fd, req, strlen(req), timeout_ms, NULL);
+	r->raw = malloc(cap + 1);
+	cr_assert_not_null(r->raw);
+	for (;;) {
+		ssize_t k = recv(fd, r->raw + r->len, cap - r->len, 0);
+
+		if (k > 0) {
+			r->len += (size_t)k;
+			cr_assert_lt(r->len, cap, "a response of more than 1 MiB");
+			continue;
+		}
+		if (k == 0)
+			break;
+		if (errno == EAGAIN || errno == EINTR) {
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			uint64_t now = now_ms();
+
+			if (now >= deadline) {
+				snprintf(why, wlen, "no EOF within %d ms (%zu bytes read)",
+					 timeout_ms, r->len);
+				goto fail;
+			}
+			poll(&p, 1, (int)(deadline - now));
+			continue;
+		}
+		if (r->len == 0) {
+			snprintf(why, wlen, "closed without an answer: %s", strerror(errno));
+			goto fail;
+		}
+		break;
+	}
+	close(fd);
+	fd = -1;
+	r->raw[r->len] = '\0';
+	if (r->len == 0) {
+		snprintf(why, wlen, "closed without an answer");
+		goto fail;
+	}
+	cr_assert_eq(sscanf(r->raw, "HTTP/1.1 %d ", &r->status), 1, "bad status line in '%.80s'",
+		     r->raw);
+	hdr_end = strstr(r->raw, "\r\n\r\n");
+	cr_assert_not_null(hdr_end, "no end of head in '%.200s'", r->raw);
+	r->body = hdr_end + 4;
+	r->body_len = r->len - (size_t)(r->body - r->raw);
+	{
+		const char *cl = strcasestr(r->raw, "\r\nContent-Length: ");
+		unsigned long long n;
+
+		cr_assert(cl && cl < hdr_end, "no Content-Length in '%.200s'", r->raw);
+		cr_assert_eq(sscanf(cl + 18, "%llu", &n), 1);
+		cr_assert_eq(n, r->body_len, "Content-Length %llu, body %zu bytes", n, r->body_len);
+	}
+	return true;
+fail:
+	if (fd >= 0)
+		close(fd);
+	free(r->raw);
+	r->raw = NULL;
+	return false;
+}
+
+void metrics_parse(const char *body, struct mset *m)
+{
+	const char *p = body;
+
+	m->n = 0;
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		char line[512], *sp, *end;
+		size_t len;
+
+		cr_assert_not_null(nl, "metrics body does not end with a newline");
+		len = (size_t)(nl - p);
+		cr_assert_lt(len, sizeof(line));
+		memcpy(line, p, len);
+		line[len] = '\0';
+		p = nl + 1;
+		if (line[0] == '#')
+			continue;
+		sp = strrchr(line, ' ');
+		cr_assert_not_null(sp, "sample without a value: '%s'", line);
+		*sp = '\0';
+		cr_assert_lt(m->n, MSET_MAX);
+		cr_assert_lt(strlen(line), sizeof(m->s[0].key));
+		strcpy(m->s[m->n].key, line);
+		m->s[m->n].v = strtod(sp + 1, &end);
+		cr_assert(*end == '\0' && end != sp + 1, "%s has value '%s'", line, sp + 1);
+		m->n++;
+	}
+}
+
+bool metrics_get(const struct mset *m, const char *key, double *v)
+{
+	for (int i = 0; i < m->n; i++) {
+		if (strcmp(m->s[i].key, key) == 0) {
+			*v = m->s[i].v;
+			return true;
+		}
+	}
+	return false;
+}
+
+double metrics_val(const struct mset *m, const char *key)
+{
+	double v = 0;
+
+	cr_assert(metrics_get(m, key, &v), "no sample '%s' in the scrape", key);
+	return v;
+}
+
+double metrics_delta(const struct mset *a, const struct mset *b, const char *key)
+{
+	return metrics_val(b, key) - metrics_val(a, key);
+}
+
+void metrics_scrape(uint16_t port, struct mset *m)
+{
+	struct http_resp r;
+	char why[160];
+
+	cr_assert(http_req(port, METRICS_REQ, 3000, &r, why, sizeof(why)), "scrape: %s", why);
+	cr_assert_eq(r.status, 200, "scrape answered %d: '%.200s'", r.status, r.raw);
+	cr_assert_not_null(strstr(r.raw, "\r\nContent-Type: text/plain; version=0.0.4"),
+			   "scrape without the 0.0.4 content type: '%.300s'", r.raw);
+	metrics_parse(r.body, m);
+	http_free(&r);
+}
+
+/* ---- access-log files -------------------------------------------------------- */
+
+char alog_dir[64];
+char alog_path[128];
+
+void alog_make(void)
+{
+	snprintf(alog_dir, sizeof(alog_dir), "/tmp/uproxy-alog-XXXXXX");
+	cr_assert_not_null(mkdtemp(alog_dir), "mkdtemp: %s", strerror(errno));
+	snprintf(alog_path, sizeof(alog_path), "%s/access.log", alog_dir);
+}
+
+void alog_remove(void)
+{
+	if (!alog_dir[0])
+		return;
+	unlink(alog_path);
+	rmdir(alog_dir);
+	alog_dir[0] = '\0';
+}
+
+char *file_read_all(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	size_t cap = 1 << 20;
+	char *s = malloc(cap + 1);
+	size_t n = 0;
+
+	cr_assert_not_null(s);
+	if (fd >= 0) {
+		ssize_t k;
+
+		while ((k = read(fd, s + n, cap - n)) > 0)
+			n += (size_t)k;
+		close(fd);
+	}
+	s[n] = '\0';
+	if (len)
+		*len = n;
+	return s;
+}
+
+int count_lines(const char *s)
+{
+	int n = 0;
+
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+char *alog_wait_lines(const char *path, size_t off, int want, int timeout_ms)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+
+	for (;;) {
+		size_t len;
+		char *s = file_read_all(path, &len);
+		char *tail = strdup(off <= len ? s + off : "");
+
+		free(s);
+		cr_assert_not_null(tail);
+		if (count_lines(tail) >= want || now_ms() >= deadline)
+			return tail;
+		free(tail);
+		sleep_ms(10);
+	}
+}
+
+/* The start of the first whole line of text holding needle, or NULL; *end gets its newline. */
+static const char *line_with(const char *text, const char *needle, const char **end)
+{
+	const char *hit = strstr(text, needle), *nl = hit ? strchr(hit, '\n') : NULL;
+
+	if (!nl)
+		return NULL;
+	while (hit > text && hit[-1] != '\n')
+		hit--;
+	*end = nl;
+	return hit;
+}
+
+static void copy_line(const char *from, const char *to, char *out, size_t len)
+{
+	cr_assert_lt((size_t)(to - from), len);
+	memcpy(out, from, (size_t)(to - from));
+	out[to - from] = '\0';
+}
+
+void alog_find_line(const char *tail, const char *needle, char *out, size_t len)
+{
+	const char *hit = NULL, *end = NULL, *p = tail;
+	int n = 0;
+
+	while ((p = strstr(p, needle)) != NULL) {
+		n++;
+		p += strlen(needle);
+	}
+	cr_assert_eq(n, 1, "%d lines for %s in:\n%s", n, needle, tail);
+	hit = line_with(tail, needle, &end);
+	cr_assert_not_null(hit);
+	copy_line(hit, end, out, len);
+}
+
+void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t len)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	char needle[48], *s;
+
+	snprintf(needle, sizeof(needle), " client=127.0.0.1:%u ", client_port);
+	for (;;) {
+		const char *end, *hit;
+
+		s = file_read_all(alog_path, NULL);
+		hit = line_with(s, needle, &end);
+		if (hit) {
+			copy_line(hit, end, out, len);
+			free(s);
+			return;
+		}
+		if (now_ms() >= deadline)
+			break;
+		free(s);
+		sleep_ms(20);
+	}
+	cr_assert_fail("no access-log line for%swithin %d ms; the log holds:\n%s", needle,
+		       timeout_ms, s);
 }
 
 /* ---- criterion glue -------------------------------------------------------- */

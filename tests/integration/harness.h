@@ -54,11 +54,22 @@ void close_rst(int fd);
 /* Non-blocking connect to the loopback address of family, bounded by
  * timeout_ms; returns a non-blocking fd, or -1 with errno set. */
 int tcp_connect(int family, uint16_t port, int timeout_ms);
+/* The local port of a connected IPv4 socket; asserts. */
+uint16_t sock_local_port(int fd);
+/* A connected non-blocking IPv4 socket to 127.0.0.1:port whose SO_RCVBUF was set to rcvbuf
+ * before connect (the window scale is fixed by the SYN); asserts, waits at most 2 s. */
+int tcp_connect_rcvbuf(uint16_t port, int rcvbuf);
 /* Sockets in /proc/net/tcp{,6} that a proxy listening on listen_port and
  * forwarding to up_port still holds open (inode != 0): accepted ones (local
  * port == listen_port, not LISTEN) and upstream ones (remote port == up_port).
  * Unlike /proc/PID/fd this also sees io_uring direct descriptors. */
 int proxy_sock_count(uint16_t listen_port, uint16_t up_port);
+/* IPv4 sockets (inode != 0) in /proc/net/tcp with remote port rport in TCP state state (0:
+ * any state but LISTEN): on loopback, connections to a listener on rport. */
+int tcp4_socks_to(uint16_t rport, unsigned int state);
+#define TCP4_SYN_SENT 0x02
+/* true if /proc/net/tcp holds a listener on port. */
+bool tcp4_listening(uint16_t port);
 /* " 3=socket:[1234](ESTABLISHED 8080→41000) 4=anon_inode:[io_uring] ..." */
 void describe_fds(pid_t pid, char *buf, size_t len);
 /* Kernel-queued bytes (tx_queue + rx_queue) of every socket touching port. */
@@ -171,6 +182,9 @@ int proxy_fds(const struct proxy *px);
 bool proxy_wait_idle(const struct proxy *px, int timeout_ms, int *fds, int *socks);
 bool proxy_is_sanitized(const struct proxy *px);
 char *proxy_stderr(struct proxy *px);
+/* Waits ≤ timeout_ms for needle in the proxy's stderr at or after offset from; returns its
+ * offset, or -1. */
+long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout_ms);
 
 int count_fds(pid_t pid);
 /* Soft "Max open files" from /proc/PID/limits, -1 if unknown. */
@@ -257,5 +271,89 @@ struct multi_stats {
 };
 void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64_t len,
 		uint64_t warm, uint64_t seed_base, int timeout_ms);
+
+/* ---- config files --------------------------------------------------------------- */
+
+/* conf_dir_make makes a fresh private directory (its name in dir) for a test's config file;
+ * conf_dir_remove (the test's .fini) removes it and uproxy.conf{,.tmp} in it, passed or not. */
+void conf_dir_make(char *dir, size_t len);
+void conf_dir_remove(void);
+/* Writes path aside and renames it into place: a reader never sees half a file. */
+void file_write_atomic(const char *path, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* ---- a listener that never answers ------------------------------------------ */
+
+/* A loopback listener whose accept queue is full: its SYNs are dropped, so a connect to it
+ * neither succeeds nor fails until the connector's own timeout. blackhole_open asserts that a
+ * plain connect to it times out (500 ms). */
+#define BLACKHOLE_FILL 4
+struct blackhole {
+	int lfd;
+	int fill[BLACKHOLE_FILL];
+	uint16_t port;
+};
+void blackhole_open(struct blackhole *h);
+void blackhole_close(struct blackhole *h);
+
+/* ---- the /metrics endpoint (--stats) ----------------------------------------- */
+
+struct http_resp {
+	int status;
+	char *raw;        /* the whole response, NUL-terminated */
+	size_t len;
+	const char *body; /* inside raw */
+	size_t body_len;
+};
+
+/* Sends req to 127.0.0.1:port and reads to EOF (at most 1 MiB, at most timeout_ms). Returns
+ * false, with why, when the connection failed or was closed without an answer; asserts on a
+ * malformed answer (status line, end of head, Content-Length == body). */
+bool http_req(uint16_t port, const char *req, int timeout_ms, struct http_resp *r, char *why,
+	      size_t wlen);
+void http_free(struct http_resp *r);
+
+#define METRICS_REQ "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+#define MSET_MAX 512
+
+/* One scrape's samples: "name{labels}" -> value. Large: keep it static or on the heap. */
+struct mset {
+	int n;
+	struct {
+		char key[192];
+		double v;
+	} s[MSET_MAX];
+};
+
+/* A successful scrape of 127.0.0.1:port/metrics (≤ 3 s): 200, the exposition content type,
+ * every sample parsed into m; asserts. */
+void metrics_scrape(uint16_t port, struct mset *m);
+/* Parses an exposition body strictly; asserts. */
+void metrics_parse(const char *body, struct mset *m);
+/* The value of sample key, false if there is none. */
+bool metrics_get(const struct mset *m, const char *key, double *v);
+/* The value of sample key; asserts it is there. */
+double metrics_val(const struct mset *m, const char *key);
+/* metrics_val(b, key) - metrics_val(a, key). */
+double metrics_delta(const struct mset *a, const struct mset *b, const char *key);
+
+/* ---- access-log files -------------------------------------------------------- */
+
+/* alog_make (a suite's or test's .init) makes a private directory and sets alog_path to a file
+ * in it for --access-log; alog_remove (its .fini) removes both, passed or not. */
+extern char alog_path[128];
+void alog_make(void);
+void alog_remove(void);
+/* The whole file (at most 1 MiB, "" if it cannot be opened), malloc'd; *len its length. */
+char *file_read_all(const char *path, size_t *len);
+int count_lines(const char *s);
+/* Waits (≤ timeout_ms) until path holds at least want whole lines after offset off; returns
+ * the text after off (malloc'd), whatever it holds by then. */
+char *alog_wait_lines(const char *path, size_t off, int want, int timeout_ms);
+/* Copies the one line of tail holding needle into out; asserts there is exactly one. */
+void alog_find_line(const char *tail, const char *needle, char *out, size_t len);
+/* Waits ≤ timeout_ms for the whole line of alog_path for the client on 127.0.0.1:client_port
+ * and copies it (without its newline) into out; asserts. */
+void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t len);
 
 #endif

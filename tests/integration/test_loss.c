@@ -32,43 +32,12 @@ static int set_rcvbuf(int fd, int bytes)
 	return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
 }
 
-/* tcp_connect() with SO_RCVBUF set before connect (the window scale is fixed by the SYN). */
-static int connect_small_rcvbuf(uint16_t port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	struct pollfd p;
-	int err = 0;
-	socklen_t elen = sizeof(err);
-
-	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(set_rcvbuf(fd, PACE_RCVBUF), 0, "SO_RCVBUF: %s", strerror(errno));
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		cr_assert_eq(errno, EINPROGRESS, "connect to port %u: %s", port, strerror(errno));
-		p = (struct pollfd){ .fd = fd, .events = POLLOUT };
-		cr_assert_eq(poll(&p, 1, 2000), 1, "connect to port %u: no answer in 2 s", port);
-		cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
-		cr_assert_eq(err, 0, "connect to port %u: %s", port, strerror(err));
-	}
-	return fd;
-}
-
 static int connect_or_fail(uint16_t port)
 {
 	int fd = tcp_connect(AF_INET, port, 2000);
 
 	cr_assert_geq(fd, 0, "connect to the proxy on port %u: %s", port, strerror(errno));
 	return fd;
-}
-
-static uint16_t local_port(int fd)
-{
-	struct sockaddr_in a;
-	socklen_t l = sizeof(a);
-
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-	return ntohs(a.sin_port);
 }
 
 /* Notes when a process exits, while something else is being waited for. */
@@ -128,43 +97,7 @@ out:
 	return end;
 }
 
-/* ---- metrics and access log (the approach of test_ops.c, cut down) --------------- */
-
-/* GET /metrics on 127.0.0.1:port and read to EOF (the endpoint closes after answering, see
- * http_req in test_ops.c); returns the malloc'd response. */
-static char *metrics_get(uint16_t port)
-{
-	static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
-	size_t cap = 1 << 20, len = 0;
-	char *s = malloc(cap + 1);
-	int fd = connect_or_fail(port);
-	enum io_end e;
-
-	cr_assert_not_null(s);
-	cr_assert_eq(io_write_all(fd, req, sizeof(req) - 1, 2000, NULL), IO_DONE);
-	e = io_read_exact(fd, s, cap, 3000, &len);
-	close(fd);
-	cr_assert_eq(e, IO_EOF, "/metrics on port %u: %s after %zu bytes, want the answer and "
-		     "EOF", port, io_end_name(e), len);
-	s[len] = '\0';
-	cr_assert(strncmp(s, "HTTP/1.1 200 ", 13) == 0, "/metrics answered '%.80s'", s);
-	return s;
-}
-
-/* The value of the sample named key ("name{labels}") in a scrape; asserts it is there. */
-static double metric(const char *scrape, const char *key)
-{
-	const char *p = scrape;
-	size_t n = strlen(key);
-
-	while ((p = strstr(p, key)) != NULL) {
-		if ((p == scrape || p[-1] == '\n') && p[n] == ' ')
-			return strtod(p + n + 1, NULL);
-		p += n;
-	}
-	cr_assert_fail("no sample '%s' in /metrics", key);
-	return 0;
-}
+/* ---- metrics and access log ---------------------------------------------------- */
 
 #define TRUNC_CLIENT   "uproxy_connections_truncated_total{side=\"client\"}"
 #define TRUNC_UPSTREAM "uproxy_connections_truncated_total{side=\"upstream\"}"
@@ -173,68 +106,12 @@ struct trunc_counts {
 	double client, upstream;
 };
 
-/* Parses (and frees) a scrape taken earlier: the session's own failure is reported before
- * a missing counter is. */
-static void trunc_of(char *scrape, struct trunc_counts *t)
+/* Reads a scrape taken earlier: the session's own failure is reported before a missing
+ * counter is. */
+static void trunc_of(const struct mset *m, struct trunc_counts *t)
 {
-	t->client = metric(scrape, TRUNC_CLIENT);
-	t->upstream = metric(scrape, TRUNC_UPSTREAM);
-	free(scrape);
-}
-
-static char log_dir[64];
-static char log_path[128];
-
-static void make_log_path(void)
-{
-	snprintf(log_dir, sizeof(log_dir), "/tmp/uproxy-loss-XXXXXX");
-	cr_assert_not_null(mkdtemp(log_dir), "mkdtemp: %s", strerror(errno));
-	snprintf(log_path, sizeof(log_path), "%s/access.log", log_dir);
-}
-
-static void remove_log(void)
-{
-	if (!log_dir[0])
-		return;
-	unlink(log_path);
-	rmdir(log_dir);
-	log_dir[0] = '\0';
-}
-
-/* Waits ≤ timeout_ms for the access-log line of the client on 127.0.0.1:client_port and
- * copies it (without its newline) into out. */
-static void wait_log_line(uint16_t client_port, int timeout_ms, char *out, size_t olen)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	char needle[48], *s = malloc(1 << 20);
-
-	cr_assert_not_null(s);
-	snprintf(needle, sizeof(needle), " client=127.0.0.1:%u ", client_port);
-	for (;;) {
-		int fd = open(log_path, O_RDONLY | O_CLOEXEC);
-		ssize_t n = fd >= 0 ? read(fd, s, (1 << 20) - 1) : -1;
-		char *hit, *nl;
-
-		if (fd >= 0)
-			close(fd);
-		s[n > 0 ? n : 0] = '\0';
-		hit = strstr(s, needle);
-		nl = hit ? strchr(hit, '\n') : NULL;
-		if (nl) {
-			while (hit > s && hit[-1] != '\n')
-				hit--;
-			cr_assert_lt((size_t)(nl - hit), olen);
-			memcpy(out, hit, (size_t)(nl - hit));
-			out[nl - hit] = '\0';
-			free(s);
-			return;
-		}
-		if (now_ms() >= deadline)
-			break;
-		sleep_ms(20);
-	}
-	cr_assert_fail("no access-log line for%swithin %d ms; the log holds:\n%s", needle,
-		       timeout_ms, s);
+	t->client = metrics_val(m, TRUNC_CLIENT);
+	t->upstream = metrics_val(m, TRUNC_UPSTREAM);
 }
 
 static unsigned long long log_field(const char *line, const char *name)
@@ -249,7 +126,7 @@ static unsigned long long log_field(const char *line, const char *name)
 }
 
 /* Starts the proxy in front of b (bound, not yet running) with args, and optionally
- * --stats on a free port (returned) and --access-log log_path. */
+ * --stats on a free port (returned) and --access-log alog_path. */
 static uint16_t start_proxy(struct backend *b, struct proxy *px, const char *const args[],
 			    bool stats, bool alog)
 {
@@ -269,7 +146,7 @@ static uint16_t start_proxy(struct backend *b, struct proxy *px, const char *con
 	}
 	if (alog) {
 		cfg.extra[n++] = "--access-log";
-		cfg.extra[n++] = log_path;
+		cfg.extra[n++] = alog_path;
 	}
 	cr_assert_lt(n, sizeof(cfg.extra) / sizeof(cfg.extra[0]));
 	proxy_start(px, &cfg);
@@ -305,7 +182,7 @@ Test(loss, finding1_slow_download_idle_timeout, .timeout = 40)
 	start_proxy(&b, &px, args, false, false);
 	backend_run(&b, BK_SOURCE);
 
-	fd = connect_small_rcvbuf(px.port);
+	fd = tcp_connect_rcvbuf(px.port, PACE_RCVBUF);
 	check_init(&c, SLOW_SEED);
 	t0 = now_ms();
 	/* bound: 16 s of pacing + 100% for a loaded machine */
@@ -506,7 +383,7 @@ Test(loss, finding3_drain_deadline_resets_client, .timeout = 15)
 	start_proxy(&b, &px, args, false, false);
 	backend_run(&b, BK_SOURCE);
 
-	fd = connect_small_rcvbuf(px.port);
+	fd = tcp_connect_rcvbuf(px.port, PACE_RCVBUF);
 	check_init(&c, DRAIN_SEED);
 	/* 1 s of the slow download: every queue on the way fills */
 	e = paced_read(fd, &c, 1000, NULL);
@@ -542,14 +419,15 @@ Test(loss, finding3_drain_deadline_resets_client, .timeout = 15)
 #define IDLE_MS	    1000
 
 Test(loss, finding3_idle_timeout_with_queued_bytes_resets_client, .timeout = 10,
-     .init = make_log_path, .fini = remove_log)
+     .init = alog_make, .fini = alog_remove)
 {
 	static const char *const args[] = { "--idle-timeout", "1000", NULL };
 	struct backend b;
 	struct proxy px;
 	struct stream_check c;
+	static struct mset m0, m1;
 	struct trunc_counts t0, t1;
-	char line[512], *m0;
+	char line[512];
 	uint16_t sport, cport;
 	uint64_t ms;
 	enum io_end e;
@@ -560,10 +438,10 @@ Test(loss, finding3_idle_timeout_with_queued_bytes_resets_client, .timeout = 10,
 	b.source_len = QUEUED_LEN;
 	sport = start_proxy(&b, &px, args, true, true);
 	backend_run(&b, BK_SOURCE);
-	m0 = metrics_get(sport);
+	metrics_scrape(sport, &m0);
 
-	fd = connect_small_rcvbuf(px.port);
-	cport = local_port(fd);
+	fd = tcp_connect_rcvbuf(px.port, PACE_RCVBUF);
+	cport = sock_local_port(fd);
 	/* read nothing for 3 s: the proxy fills its queue toward us and goes idle */
 	sleep_ms(3000);
 	check_init(&c, QUEUED_SEED);
@@ -577,7 +455,7 @@ Test(loss, finding3_idle_timeout_with_queued_bytes_resets_client, .timeout = 10,
 		     (unsigned long long)c.len, io_end_name(e));
 	close(fd);
 
-	wait_log_line(cport, 2000, line, sizeof(line));
+	alog_wait_client(cport, 2000, line, sizeof(line));
 	cr_assert_not_null(strstr(line, " reason=timeout"), "'%s'", line);
 	cr_assert_not_null(strstr(line, " truncated=client"), "a client reset for lost bytes, "
 			   "but the access-log line is '%s'", line);
@@ -586,8 +464,9 @@ Test(loss, finding3_idle_timeout_with_queued_bytes_resets_client, .timeout = 10,
 	ms = log_field(line, "duration_ms");
 	cr_assert(ms >= IDLE_MS && ms <= IDLE_MS + 1000, "duration_ms=%llu, want %d-%d",
 		  (unsigned long long)ms, IDLE_MS, IDLE_MS + 1000);
-	trunc_of(m0, &t0);
-	trunc_of(metrics_get(sport), &t1);
+	metrics_scrape(sport, &m1);
+	trunc_of(&m0, &t0);
+	trunc_of(&m1, &t1);
 	cr_assert_eq(t1.client - t0.client, 1, TRUNC_CLIENT " went up by %g, want 1",
 		     t1.client - t0.client);
 	cr_assert_eq(t1.upstream - t0.upstream, 0, TRUNC_UPSTREAM " went up by %g, want 0 "
@@ -621,10 +500,11 @@ static void echo_once(int fd, void *arg)
 }
 
 Test(loss, finding3_idle_session_with_nothing_queued_gets_fin, .timeout = 10,
-     .init = make_log_path, .fini = remove_log)
+     .init = alog_make, .fini = alog_remove)
 {
 	static const char *const args[] = { "--idle-timeout", "500", NULL };
 	static struct echo_once o;
+	static struct mset m;
 	struct backend b;
 	struct proxy px;
 	struct trunc_counts t0;
@@ -641,7 +521,7 @@ Test(loss, finding3_idle_session_with_nothing_queued_gets_fin, .timeout = 10,
 	backend_run(&b, BK_HANDLER);
 
 	fd = connect_or_fail(px.port);
-	cport = local_port(fd);
+	cport = sock_local_port(fd);
 	cr_assert(echo_roundtrip(fd, 0xf1, ECHO_LEN, 3000), "echo through the proxy failed");
 	last = now_ms();
 	/* nothing in flight either way: the idle close may (and should) be a plain FIN */
@@ -662,11 +542,12 @@ Test(loss, finding3_idle_session_with_nothing_queued_gets_fin, .timeout = 10,
 	cr_assert_eq(o.extra, 0);
 	close(fd);
 
-	wait_log_line(cport, 2000, line, sizeof(line));
+	alog_wait_client(cport, 2000, line, sizeof(line));
 	cr_assert_not_null(strstr(line, " reason=timeout"), "'%s'", line);
 	cr_assert_not_null(strstr(line, " truncated=none"), "nothing was lost, but the "
 			   "access-log line is '%s'", line);
-	trunc_of(metrics_get(sport), &t0);
+	metrics_scrape(sport, &m);
+	trunc_of(&m, &t0);
 	/* the proxy's own readiness probe and this session lost nothing */
 	cr_assert_eq(t0.client, 0, TRUNC_CLIENT " is %g, want 0", t0.client);
 	cr_assert_eq(t0.upstream, 0, TRUNC_UPSTREAM " is %g, want 0", t0.upstream);

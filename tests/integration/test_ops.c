@@ -22,178 +22,7 @@
 /* README: "At most 8 scrapes at once" */
 #define HTTPSTATS_MAX_CONNS_DOC 8
 
-/* ---- a tiny HTTP client for the metrics port ---------------------------- */
-
-struct http_resp {
-	int status;
-	char *raw;	  /* the whole response, NUL-terminated */
-	size_t len;
-	const char *body; /* inside raw */
-	size_t body_len;
-};
-
-static void http_free(struct http_resp *r)
-{
-	free(r->raw);
-	memset(r, 0, sizeof(*r));
-}
-
-/* Sends req and reads to EOF (at most 1 MiB, at most timeout_ms). Returns false, with why,
- * when the connection failed or was closed without an answer. */
-static bool http_req(uint16_t port, const char *req, int timeout_ms, struct http_resp *r,
-		     char *why, size_t wlen)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	size_t cap = 1 << 20;
-	int fd = tcp_connect(AF_INET, port, timeout_ms);
-	char *hdr_end;
-
-	memset(r, 0, sizeof(*r));
-	if (fd < 0) {
-		snprintf(why, wlen, "connect to 127.0.0.1:%u: %s", port, strerror(errno));
-		return false;
-	}
-	/* may fail when the endpoint closes at once (too many scrapes): reported below */
-	io_write_all(fd, req, strlen(req), timeout_ms, NULL);
-	r->raw = malloc(cap + 1);
-	cr_assert_not_null(r->raw);
-	for (;;) {
-		ssize_t k = recv(fd, r->raw + r->len, cap - r->len, 0);
-
-		if (k > 0) {
-			r->len += (size_t)k;
-			cr_assert_lt(r->len, cap, "a response of more than 1 MiB");
-			continue;
-		}
-		if (k == 0)
-			break;
-		if (errno == EAGAIN || errno == EINTR) {
-			struct pollfd p = { .fd = fd, .events = POLLIN };
-			uint64_t now = now_ms();
-
-			if (now >= deadline) {
-				snprintf(why, wlen, "no EOF within %d ms (%zu bytes read)", timeout_ms,
-					 r->len);
-				goto fail;
-			}
-			poll(&p, 1, (int)(deadline - now));
-			continue;
-		}
-		if (r->len == 0) {
-			snprintf(why, wlen, "closed without an answer: %s", strerror(errno));
-			goto fail;
-		}
-		break;
-	}
-	close(fd);
-	fd = -1;
-	r->raw[r->len] = '\0';
-	if (r->len == 0) {
-		snprintf(why, wlen, "closed without an answer");
-		goto fail;
-	}
-	cr_assert_eq(sscanf(r->raw, "HTTP/1.1 %d ", &r->status), 1, "bad status line in '%.80s'",
-		     r->raw);
-	hdr_end = strstr(r->raw, "\r\n\r\n");
-	cr_assert_not_null(hdr_end, "no end of head in '%.200s'", r->raw);
-	r->body = hdr_end + 4;
-	r->body_len = r->len - (size_t)(r->body - r->raw);
-	{
-		const char *cl = strcasestr(r->raw, "\r\nContent-Length: ");
-		unsigned long long n;
-
-		cr_assert(cl && cl < hdr_end, "no Content-Length in '%.200s'", r->raw);
-		cr_assert_eq(sscanf(cl + 18, "%llu", &n), 1);
-		cr_assert_eq(n, r->body_len, "Content-Length %llu, body %zu bytes", n, r->body_len);
-	}
-	return true;
-fail:
-	if (fd >= 0)
-		close(fd);
-	free(r->raw);
-	r->raw = NULL;
-	return false;
-}
-
-#define METRICS_REQ "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-
-/* One scrape's samples: "name{labels}" -> value. */
-struct mset {
-	int n;
-	struct {
-		char key[192];
-		double v;
-	} s[512];
-};
-
-static void parse_mset(const char *body, struct mset *m)
-{
-	const char *p = body;
-
-	m->n = 0;
-	while (*p) {
-		const char *nl = strchr(p, '\n');
-		char line[512], *sp, *end;
-		size_t len;
-
-		cr_assert_not_null(nl, "metrics body does not end with a newline");
-		len = (size_t)(nl - p);
-		cr_assert_lt(len, sizeof(line));
-		memcpy(line, p, len);
-		line[len] = '\0';
-		p = nl + 1;
-		if (line[0] == '#')
-			continue;
-		sp = strrchr(line, ' ');
-		cr_assert_not_null(sp, "sample without a value: '%s'", line);
-		*sp = '\0';
-		cr_assert_lt(m->n, 512);
-		cr_assert_lt(strlen(line), sizeof(m->s[0].key));
-		strcpy(m->s[m->n].key, line);
-		m->s[m->n].v = strtod(sp + 1, &end);
-		cr_assert(*end == '\0' && end != sp + 1, "%s has value '%s'", line, sp + 1);
-		m->n++;
-	}
-}
-
-static bool mget(const struct mset *m, const char *key, double *v)
-{
-	for (int i = 0; i < m->n; i++) {
-		if (strcmp(m->s[i].key, key) == 0) {
-			*v = m->s[i].v;
-			return true;
-		}
-	}
-	return false;
-}
-
-static double M(const struct mset *m, const char *key)
-{
-	double v = 0;
-
-	cr_assert(mget(m, key, &v), "no sample '%s' in the scrape", key);
-	return v;
-}
-
-/* A successful scrape: 200, the exposition content type, samples parsed into m. */
-static void scrape(uint16_t port, struct mset *m)
-{
-	struct http_resp r;
-	char why[160];
-
-	cr_assert(http_req(port, METRICS_REQ, 3000, &r, why, sizeof(why)), "scrape: %s", why);
-	cr_assert_eq(r.status, 200, "scrape answered %d: '%.200s'", r.status, r.raw);
-	cr_assert_not_null(strstr(r.raw, "\r\nContent-Type: text/plain; version=0.0.4"),
-			   "scrape without the 0.0.4 content type: '%.300s'", r.raw);
-	parse_mset(r.body, m);
-	http_free(&r);
-}
-
-/* Scrape-and-compare helper: the delta of key between two scrapes. */
-static double delta(const struct mset *a, const struct mset *b, const char *key)
-{
-	return M(b, key) - M(a, key);
-}
+/* ---- metrics helpers ------------------------------------------------------ */
 
 #define ACCEPTED "uproxy_connections_accepted_total"
 #define ACTIVE "uproxy_connections_active"
@@ -228,15 +57,6 @@ static uint16_t start_with_stats(struct backend *b, struct proxy *px, enum backe
 	return sport;
 }
 
-static uint16_t local_port(int fd)
-{
-	struct sockaddr_in a;
-	socklen_t l = sizeof(a);
-
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-	return ntohs(a.sin_port);
-}
-
 /* One echo session of n bytes through the proxy with a clean close on both sides. Returns
  * the client's local port. */
 static uint16_t echo_session(const struct proxy *px, uint64_t n, uint64_t seed)
@@ -246,7 +66,7 @@ static uint16_t echo_session(const struct proxy *px, uint64_t n, uint64_t seed)
 	uint16_t lp;
 
 	cr_assert_geq(fd, 0, "connect to the proxy: %s", strerror(errno));
-	lp = local_port(fd);
+	lp = sock_local_port(fd);
 	xfer_run(&x, fd, seed, n, true, seed, 5000);
 	cr_assert_eq(x.sent, n, "sent %llu of %llu (%s)", (unsigned long long)x.sent,
 		     (unsigned long long)n, io_end_name(x.send_end));
@@ -272,15 +92,15 @@ static void scrape_settled(uint16_t sport, const struct mset *base, double want_
 	for (;;) {
 		double closed = 0;
 
-		scrape(sport, m);
+		metrics_scrape(sport, m);
 		for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
 			char key[96];
 
 			snprintf(key, sizeof(key), "uproxy_connections_closed_total{reason=\"%s\"}",
 				 reasons[i]);
-			closed += delta(base, m, key);
+			closed += metrics_delta(base, m, key);
 		}
-		if ((M(m, ACTIVE) == 0 && closed >= want_closed) || now_ms() >= deadline)
+		if ((metrics_val(m, ACTIVE) == 0 && closed >= want_closed) || now_ms() >= deadline)
 			return;
 		sleep_ms(20);
 	}
@@ -296,41 +116,41 @@ Test(ops, metrics_deltas, .timeout = 30)
 	char sarg[32], key[128];
 	uint16_t sport = start_with_stats(&b, &px, BK_ECHO, NULL, sarg, sizeof(sarg));
 
-	scrape(sport, &m0);
-	cr_assert_eq(M(&m0, "uproxy_workers"), 1);
-	cr_assert_eq(M(&m0, ACTIVE), 0);
+	metrics_scrape(sport, &m0);
+	cr_assert_eq(metrics_val(&m0, "uproxy_workers"), 1);
+	cr_assert_eq(metrics_val(&m0, ACTIVE), 0);
 	for (int i = 0; i < 7; i++)
 		echo_session(&px, 1000, 0x0b5 + (uint64_t)i);
 	sleep_ms(100);
 	scrape_settled(sport, &m0, 7, 1000, &m1);
 
-	cr_assert_eq(delta(&m0, &m1, ACCEPTED), 7, "accepted +%g, want +7",
-		     delta(&m0, &m1, ACCEPTED));
-	cr_assert_eq(delta(&m0, &m1, CLOSED("normal")), 7, "closed normal +%g, want +7",
-		     delta(&m0, &m1, CLOSED("normal")));
+	cr_assert_eq(metrics_delta(&m0, &m1, ACCEPTED), 7, "accepted +%g, want +7",
+		     metrics_delta(&m0, &m1, ACCEPTED));
+	cr_assert_eq(metrics_delta(&m0, &m1, CLOSED("normal")), 7, "closed normal +%g, want +7",
+		     metrics_delta(&m0, &m1, CLOSED("normal")));
 	static const char *const others[] = { CLOSED("client_reset"), CLOSED("upstream_reset"),
 					      CLOSED("connect_failed"), CLOSED("shutdown"),
 					      CLOSED("resource"), CLOSED("timeout"),
 					      CLOSED("protocol"), CLOSED("limit"), FAILURES };
 
 	for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
-		cr_assert_eq(delta(&m0, &m1, others[i]), 0, "%s +%g, want +0", others[i],
-			     delta(&m0, &m1, others[i]));
-	cr_assert_eq(delta(&m0, &m1, BYTES_C2U), 7000, "client_to_upstream +%g, want +7000",
-		     delta(&m0, &m1, BYTES_C2U));
-	cr_assert_eq(delta(&m0, &m1, BYTES_U2C), 7000, "upstream_to_client +%g, want +7000",
-		     delta(&m0, &m1, BYTES_U2C));
-	cr_assert_eq(delta(&m0, &m1, ATTEMPTS), 7, "connect attempts +%g, want +7",
-		     delta(&m0, &m1, ATTEMPTS));
-	cr_assert_eq(delta(&m0, &m1, CONNECT_COUNT), 7, "connect duration count +%g, want +7",
-		     delta(&m0, &m1, CONNECT_COUNT));
-	cr_assert_eq(M(&m1, CONNECT_INF), M(&m1, CONNECT_COUNT));
-	cr_assert_eq(M(&m1, ACTIVE), 0, "connections_active %g after every session closed",
-		     M(&m1, ACTIVE));
+		cr_assert_eq(metrics_delta(&m0, &m1, others[i]), 0, "%s +%g, want +0", others[i],
+			     metrics_delta(&m0, &m1, others[i]));
+	cr_assert_eq(metrics_delta(&m0, &m1, BYTES_C2U), 7000, "client_to_upstream +%g, want +7000",
+		     metrics_delta(&m0, &m1, BYTES_C2U));
+	cr_assert_eq(metrics_delta(&m0, &m1, BYTES_U2C), 7000, "upstream_to_client +%g, want +7000",
+		     metrics_delta(&m0, &m1, BYTES_U2C));
+	cr_assert_eq(metrics_delta(&m0, &m1, ATTEMPTS), 7, "connect attempts +%g, want +7",
+		     metrics_delta(&m0, &m1, ATTEMPTS));
+	cr_assert_eq(metrics_delta(&m0, &m1, CONNECT_COUNT), 7,
+		     "connect duration count +%g, want +7", metrics_delta(&m0, &m1, CONNECT_COUNT));
+	cr_assert_eq(metrics_val(&m1, CONNECT_INF), metrics_val(&m1, CONNECT_COUNT));
+	cr_assert_eq(metrics_val(&m1, ACTIVE), 0,
+		     "connections_active %g after every session closed", metrics_val(&m1, ACTIVE));
 	up_key(key, sizeof(key), "uproxy_upstream_up", b.port);
-	cr_assert_eq(M(&m1, key), 1, "%s = %g", key, M(&m1, key));
+	cr_assert_eq(metrics_val(&m1, key), 1, "%s = %g", key, metrics_val(&m1, key));
 	up_key(key, sizeof(key), "uproxy_upstream_active_sessions", b.port);
-	cr_assert_eq(M(&m1, key), 0, "%s = %g", key, M(&m1, key));
+	cr_assert_eq(metrics_val(&m1, key), 0, "%s = %g", key, metrics_val(&m1, key));
 	/* one upstream configured: one per-upstream sample */
 	int ups = 0;
 
@@ -359,7 +179,7 @@ Test(ops, metrics_connect_failures, .timeout = 30)
 	cfg.extra[2] = "--stats";
 	cfg.extra[3] = sarg;
 	proxy_start(&px, &cfg);
-	scrape(sport, &m0);
+	metrics_scrape(sport, &m0);
 	for (int i = 0; i < 3; i++) {
 		int fd = tcp_connect(AF_INET, px.port, 2000);
 		enum io_end e;
@@ -373,19 +193,24 @@ Test(ops, metrics_connect_failures, .timeout = 30)
 		close(fd);
 	}
 	scrape_settled(sport, &m0, 3, 1000, &m1);
-	cr_assert_eq(delta(&m0, &m1, ACCEPTED), 3, "accepted +%g", delta(&m0, &m1, ACCEPTED));
-	cr_assert_eq(delta(&m0, &m1, CLOSED("connect_failed")), 3,
-		     "closed connect_failed +%g, want +3", delta(&m0, &m1, CLOSED("connect_failed")));
-	cr_assert_eq(delta(&m0, &m1, CLOSED("normal")), 0);
-	cr_assert_eq(delta(&m0, &m1, FAILURES), 3, "connect failures +%g, want +3",
-		     delta(&m0, &m1, FAILURES));
-	cr_assert_eq(delta(&m0, &m1, ATTEMPTS), 3, "connect attempts +%g, want +3 (--retries 0)",
-		     delta(&m0, &m1, ATTEMPTS));
-	cr_assert_eq(delta(&m0, &m1, CONNECT_COUNT), 0, "a failed connect in the histogram");
-	cr_assert_eq(M(&m1, ACTIVE), 0);
+	cr_assert_eq(metrics_delta(&m0, &m1, ACCEPTED), 3, "accepted +%g",
+		     metrics_delta(&m0, &m1, ACCEPTED));
+	cr_assert_eq(metrics_delta(&m0, &m1, CLOSED("connect_failed")), 3,
+		     "closed connect_failed +%g, want +3",
+		     metrics_delta(&m0, &m1, CLOSED("connect_failed")));
+	cr_assert_eq(metrics_delta(&m0, &m1, CLOSED("normal")), 0);
+	cr_assert_eq(metrics_delta(&m0, &m1, FAILURES), 3, "connect failures +%g, want +3",
+		     metrics_delta(&m0, &m1, FAILURES));
+	cr_assert_eq(metrics_delta(&m0, &m1, ATTEMPTS), 3,
+		     "connect attempts +%g, want +3 (--retries 0)",
+		     metrics_delta(&m0, &m1, ATTEMPTS));
+	cr_assert_eq(metrics_delta(&m0, &m1, CONNECT_COUNT), 0,
+		     "a failed connect in the histogram");
+	cr_assert_eq(metrics_val(&m1, ACTIVE), 0);
 	/* at least 3 consecutive failures (--fail-threshold 3): marked down */
 	up_key(key, sizeof(key), "uproxy_upstream_up", dead.port);
-	cr_assert_eq(M(&m1, key), 0, "%s = %g after 3+ failed connects", key, M(&m1, key));
+	cr_assert_eq(metrics_val(&m1, key), 0, "%s = %g after 3+ failed connects", key,
+		     metrics_val(&m1, key));
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&dead);
 }
@@ -408,24 +233,25 @@ Test(ops, metrics_active_gauge, .timeout = 30)
 	}
 	t0 = now_ms();
 	for (;;) {
-		scrape(sport, &m);
-		if (M(&m, ACTIVE) == 5 && M(&m, key) == 5)
+		metrics_scrape(sport, &m);
+		if (metrics_val(&m, ACTIVE) == 5 && metrics_val(&m, key) == 5)
 			break;
 		cr_assert_lt(now_ms() - t0, 200,
 			     "with 5 sessions open: connections_active %g, %s %g, want 5 and 5 "
-			     "within 200 ms", M(&m, ACTIVE), key, M(&m, key));
+			     "within 200 ms", metrics_val(&m, ACTIVE), key, metrics_val(&m, key));
 		sleep_ms(10);
 	}
 	for (int i = 0; i < 5; i++)
 		close(fds[i]);
 	t0 = now_ms();
 	for (;;) {
-		scrape(sport, &m);
-		if (M(&m, ACTIVE) == 0 && M(&m, key) == 0)
+		metrics_scrape(sport, &m);
+		if (metrics_val(&m, ACTIVE) == 0 && metrics_val(&m, key) == 0)
 			break;
 		cr_assert_lt(now_ms() - t0, 1000,
 			     "after closing the 5 sessions: connections_active %g, %s %g, want 0 "
-			     "and 0 within 1 s", M(&m, ACTIVE), key, M(&m, key));
+			     "and 0 within 1 s", metrics_val(&m, ACTIVE), key,
+			     metrics_val(&m, key));
 		sleep_ms(10);
 	}
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
@@ -556,7 +382,7 @@ Test(ops, metrics_hostile_scrapers, .timeout = 30)
 	cr_assert(answered, "no scrape answered within 3 s of 20 idle scrapers (%d tries, last: %s)",
 		  tries, why);
 	cr_assert_eq(r.status, 200);
-	parse_mset(r.body, &m);
+	metrics_parse(r.body, &m);
 	http_free(&r);
 	cr_log_info("scrape answered %llu ms after 20 idle scrapers, try %d",
 		    (unsigned long long)ms, tries);
@@ -582,7 +408,7 @@ Test(ops, metrics_hostile_scrapers, .timeout = 30)
 		     "%d idle scrapers refused at once, want %d (%d served at once)", quick,
 		     20 - HTTPSTATS_MAX_CONNS_DOC, HTTPSTATS_MAX_CONNS_DOC);
 	/* still working afterwards */
-	scrape(sport, &m);
+	metrics_scrape(sport, &m);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
 }
@@ -596,98 +422,29 @@ Test(ops, metrics_workers_summed, .timeout = 30)
 	uint16_t sport =
 		start_with_stats(&b, &px, BK_ECHO, ARGS("--workers", "2"), sarg, sizeof(sarg));
 
-	scrape(sport, &m0);
-	cr_assert_eq(M(&m0, "uproxy_workers"), 2);
+	metrics_scrape(sport, &m0);
+	cr_assert_eq(metrics_val(&m0, "uproxy_workers"), 2);
 	for (int i = 0; i < 20; i++)
 		echo_session(&px, 1000, 0x2f0 + (uint64_t)i);
 	sleep_ms(100);
 	scrape_settled(sport, &m0, 20, 1000, &m1);
-	cr_assert_eq(delta(&m0, &m1, ACCEPTED), 20, "accepted +%g over 2 workers, want +20",
-		     delta(&m0, &m1, ACCEPTED));
-	cr_assert_eq(delta(&m0, &m1, CLOSED("normal")), 20, "closed normal +%g, want +20",
-		     delta(&m0, &m1, CLOSED("normal")));
-	cr_assert_eq(delta(&m0, &m1, BYTES_C2U), 20000, "client_to_upstream +%g",
-		     delta(&m0, &m1, BYTES_C2U));
-	cr_assert_eq(delta(&m0, &m1, BYTES_U2C), 20000, "upstream_to_client +%g",
-		     delta(&m0, &m1, BYTES_U2C));
-	cr_assert_eq(delta(&m0, &m1, CONNECT_COUNT), 20);
-	cr_assert_eq(M(&m1, ACTIVE), 0);
+	cr_assert_eq(metrics_delta(&m0, &m1, ACCEPTED), 20, "accepted +%g over 2 workers, want +20",
+		     metrics_delta(&m0, &m1, ACCEPTED));
+	cr_assert_eq(metrics_delta(&m0, &m1, CLOSED("normal")), 20, "closed normal +%g, want +20",
+		     metrics_delta(&m0, &m1, CLOSED("normal")));
+	cr_assert_eq(metrics_delta(&m0, &m1, BYTES_C2U), 20000, "client_to_upstream +%g",
+		     metrics_delta(&m0, &m1, BYTES_C2U));
+	cr_assert_eq(metrics_delta(&m0, &m1, BYTES_U2C), 20000, "upstream_to_client +%g",
+		     metrics_delta(&m0, &m1, BYTES_U2C));
+	cr_assert_eq(metrics_delta(&m0, &m1, CONNECT_COUNT), 20);
+	cr_assert_eq(metrics_val(&m1, ACTIVE), 0);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	backend_stop(&b);
 }
 
 /* ---- access log ------------------------------------------------------------- */
 
-static char log_dir[64];
-static char log_path[128];
-
-static void make_log_path(void)
-{
-	snprintf(log_dir, sizeof(log_dir), "/tmp/uproxy-ops-XXXXXX");
-	cr_assert_not_null(mkdtemp(log_dir), "mkdtemp: %s", strerror(errno));
-	snprintf(log_path, sizeof(log_path), "%s/access.log", log_dir);
-}
-
-static void remove_log(void)
-{
-	if (!log_dir[0])
-		return;
-	unlink(log_path);
-	rmdir(log_dir);
-	log_dir[0] = '\0';
-}
-
-TestSuite(access_log, .init = make_log_path, .fini = remove_log);
-
-static char *read_file(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	size_t cap = 1 << 20;
-	char *s = malloc(cap + 1);
-	size_t n = 0;
-
-	cr_assert_not_null(s);
-	if (fd >= 0) {
-		ssize_t k;
-
-		while ((k = read(fd, s + n, cap - n)) > 0)
-			n += (size_t)k;
-		close(fd);
-	}
-	s[n] = '\0';
-	if (len)
-		*len = n;
-	return s;
-}
-
-static int count_lines(const char *s)
-{
-	int n = 0;
-
-	for (; *s; s++)
-		n += *s == '\n';
-	return n;
-}
-
-/* Waits (≤ timeout_ms) until the file holds at least want whole lines after offset off;
- * returns the text after off (malloc'd). */
-static char *wait_lines(const char *path, size_t off, int want, int timeout_ms)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-
-	for (;;) {
-		size_t len;
-		char *s = read_file(path, &len);
-		char *tail = strdup(off <= len ? s + off : "");
-
-		free(s);
-		cr_assert_not_null(tail);
-		if (count_lines(tail) >= want || now_ms() >= deadline)
-			return tail;
-		free(tail);
-		sleep_ms(10);
-	}
-}
+TestSuite(access_log, .init = alog_make, .fini = alog_remove);
 
 struct text_line {
 	char time[32], client[64], upstream[64], reason[32], truncated[16];
@@ -724,29 +481,6 @@ static void parse_text_line(const char *line, struct text_line *t)
 	}
 }
 
-/* The line of tail whose client is 127.0.0.1:port (exactly one); copied into out. */
-static void find_line(const char *tail, const char *fmt_client, char *out, size_t len)
-{
-	const char *hit = NULL, *p = tail;
-	char needle[80];
-	int n = 0;
-
-	snprintf(needle, sizeof(needle), "%s", fmt_client);
-	while ((p = strstr(p, needle)) != NULL) {
-		hit = p;
-		n++;
-		p += strlen(needle);
-	}
-	cr_assert_eq(n, 1, "%d lines for %s in:\n%s", n, fmt_client, tail);
-	while (hit > tail && hit[-1] != '\n')
-		hit--;
-	p = strchr(hit, '\n');
-	cr_assert_not_null(p);
-	cr_assert_lt((size_t)(p - hit), len);
-	memcpy(out, hit, (size_t)(p - hit));
-	out[p - hit] = '\0';
-}
-
 /* Upstream that reads the client's bytes to EOF, then answers 2n+1 bytes and closes. */
 static void doubler(int fd, void *arg)
 {
@@ -769,7 +503,7 @@ static uint16_t doubler_session(const struct proxy *px, uint64_t n, unsigned int
 	enum io_end e;
 
 	cr_assert_geq(fd, 0, "connect to the proxy: %s", strerror(errno));
-	lp = local_port(fd);
+	lp = sock_local_port(fd);
 	cr_assert_eq(io_write_stream(fd, 0xd0, 0, n, 3000, &sent), IO_DONE);
 	if (pause_ms)
 		sleep_ms(pause_ms);
@@ -791,7 +525,7 @@ static size_t start_logged(struct backend *b, struct proxy *px, const char *cons
 	char *s, *probe;
 
 	extra[n++] = "--access-log";
-	extra[n++] = log_path;
+	extra[n++] = alog_path;
 	for (size_t i = 0; more && more[i] && n < 10; i++)
 		extra[n++] = more[i];
 	extra[n] = NULL;
@@ -805,11 +539,11 @@ static size_t start_logged(struct backend *b, struct proxy *px, const char *cons
 		proxy_start(px, &cfg);
 	}
 	/* the readiness probe was a session too: its line comes first */
-	probe = wait_lines(log_path, 0, 1, 1000);
+	probe = alog_wait_lines(alog_path, 0, 1, 1000);
 	cr_assert_eq(count_lines(probe), 1, "after start-up the log holds %d lines, want the "
 		     "readiness probe's 1:\n%s", count_lines(probe), probe);
 	free(probe);
-	s = read_file(log_path, &len);
+	s = file_read_all(alog_path, &len);
 	free(s);
 	return len;
 }
@@ -831,19 +565,19 @@ Test(access_log, text, .timeout = 30)
 	base = start_logged(&b, &px, NULL);
 	b.handler = doubler;
 	backend_run(&b, BK_HANDLER);
-	cr_assert_eq(stat(log_path, &sb), 0);
+	cr_assert_eq(stat(alog_path, &sb), 0);
 	cr_assert_eq(sb.st_mode & 0777, 0640 & ~um, "the log was created with mode %o, want %o",
 		     sb.st_mode & 0777, 0640 & ~um);
 	for (int i = 0; i < 3; i++)
 		ports[i] = doubler_session(&px, sizes[i], pauses[i], &ms[i]);
-	tail = wait_lines(log_path, base, 3, 1000);
+	tail = alog_wait_lines(alog_path, base, 3, 1000);
 	cr_assert_eq(count_lines(tail), 3, "%d new lines within 1 s for 3 sessions:\n%s",
 		     count_lines(tail), tail);
 	for (int i = 0; i < 3; i++) {
 		struct text_line t;
 
 		snprintf(want, sizeof(want), " client=127.0.0.1:%u ", ports[i]);
-		find_line(tail, want, line, sizeof(line));
+		alog_find_line(tail, want, line, sizeof(line));
 		parse_text_line(line, &t);
 		snprintf(want, sizeof(want), "127.0.0.1:%u", b.port);
 		cr_assert_str_eq(t.upstream, want, "'%s'", line);
@@ -871,7 +605,7 @@ Test(access_log, text, .timeout = 30)
 	free(tail);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
 	/* nothing more after exit: no line written twice */
-	tail = wait_lines(log_path, base, 4, 0);
+	tail = alog_wait_lines(alog_path, base, 4, 0);
 	cr_assert_eq(count_lines(tail), 3, "after exit the log holds %d new lines:\n%s",
 		     count_lines(tail), tail);
 	free(tail);
@@ -893,15 +627,15 @@ Test(access_log, connect_failed, .timeout = 30)
 	base = start_logged(&dead, &px, ARGS("--retries", "0"));
 	fd = tcp_connect(AF_INET, px.port, 2000);
 	cr_assert_geq(fd, 0, "connect to the proxy: %s", strerror(errno));
-	port = local_port(fd);
+	port = sock_local_port(fd);
 	e = io_wait_close(fd, 3000, NULL);
 	cr_assert(e == IO_EOF || e == IO_RESET, "%s, want the proxy to close", io_end_name(e));
 	close(fd);
-	tail = wait_lines(log_path, base, 1, 1000);
+	tail = alog_wait_lines(alog_path, base, 1, 1000);
 	cr_assert_eq(count_lines(tail), 1, "%d new lines for 1 session:\n%s", count_lines(tail),
 		     tail);
 	snprintf(want, sizeof(want), " client=127.0.0.1:%u ", port);
-	find_line(tail, want, line, sizeof(line));
+	alog_find_line(tail, want, line, sizeof(line));
 	parse_text_line(line, &t);
 	/* README: "upstream is - when no upstream was reached" */
 	cr_assert_str_eq(t.upstream, "-", "'%s'", line);
@@ -931,17 +665,17 @@ Test(access_log, client_reset, .timeout = 30)
 	backend_run(&b, BK_ECHO);
 	fd = tcp_connect(AF_INET, px.port, 2000);
 	cr_assert_geq(fd, 0, "connect to the proxy: %s", strerror(errno));
-	port = local_port(fd);
+	port = sock_local_port(fd);
 	cr_assert(echo_roundtrip(fd, 0x7e5, 4096, 3000), "echo before the reset failed");
 	/* more on the way, its echo left unread, then an RST */
 	fill_random(more, 64 * KIB, 0x7e6, 0);
 	io_write_all(fd, more, 64 * KIB, 1000, &sent);
 	close_rst(fd);
-	tail = wait_lines(log_path, base, 1, 1000);
+	tail = alog_wait_lines(alog_path, base, 1, 1000);
 	cr_assert_eq(count_lines(tail), 1, "%d new lines for 1 session:\n%s", count_lines(tail),
 		     tail);
 	snprintf(want, sizeof(want), " client=127.0.0.1:%u ", port);
-	find_line(tail, want, line, sizeof(line));
+	alog_find_line(tail, want, line, sizeof(line));
 	parse_text_line(line, &t);
 	snprintf(want, sizeof(want), "127.0.0.1:%u", b.port);
 	cr_assert_str_eq(t.upstream, want, "'%s'", line);
@@ -1033,7 +767,7 @@ Test(access_log, json, .timeout = 30)
 	backend_run(&b, BK_HANDLER);
 	for (int i = 0; i < 2; i++)
 		ports[i] = doubler_session(&px, sizes[i], 0, &ms);
-	tail = wait_lines(log_path, base, 2, 1000);
+	tail = alog_wait_lines(alog_path, base, 2, 1000);
 	cr_assert_eq(count_lines(tail), 2, "%d new lines for 2 sessions:\n%s", count_lines(tail),
 		     tail);
 	for (int i = 0; i < 2; i++) {
@@ -1041,7 +775,7 @@ Test(access_log, json, .timeout = 30)
 		char num[32];
 
 		snprintf(want, sizeof(want), "\"client\":\"127.0.0.1:%u\"", ports[i]);
-		find_line(tail, want, line, sizeof(line));
+		alog_find_line(tail, want, line, sizeof(line));
 		cr_assert_eq(line[0], '{');
 		cr_assert_eq(line[strlen(line) - 1], '}');
 		cr_assert_not_null(strstr(line, "\"reason\":\"normal\""), "'%s'", line);
@@ -1089,7 +823,7 @@ Test(ops, access_log_stdout, .timeout = 30)
 		struct text_line t;
 
 		snprintf(want, sizeof(want), " client=127.0.0.1:%u ", ports[i]);
-		find_line(out, want, line, sizeof(line));
+		alog_find_line(out, want, line, sizeof(line));
 		parse_text_line(line, &t);
 		cr_assert_eq(t.in, 1234, "'%s'", line);
 		cr_assert_eq(t.out, 1234, "'%s'", line);

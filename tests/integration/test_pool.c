@@ -24,59 +24,6 @@
 
 /* ---- local helpers ------------------------------------------------------ */
 
-/* Parses /proc/net/tcp (the proxies here are IPv4 only); calls fn per row. */
-static int tcp4_rows(bool (*fn)(unsigned int lport, unsigned int rport, unsigned int state,
-				unsigned long inode, void *arg), void *arg)
-{
-	char line[512];
-	int n = 0;
-	FILE *f = fopen("/proc/net/tcp", "re");
-
-	if (!f)
-		return 0;
-	if (!fgets(line, sizeof(line), f)) {
-		fclose(f);
-		return 0;
-	}
-	while (fgets(line, sizeof(line), f)) {
-		unsigned int lport, rport, state;
-		unsigned long inode;
-
-		if (sscanf(line, " %*s %*[^:]:%x %*[^:]:%x %x %*s %*s %*s %*s %*s %lu", &lport,
-			   &rport, &state, &inode) == 4)
-			n += fn(lport, rport, state, inode, arg);
-	}
-	fclose(f);
-	return n;
-}
-
-static bool is_listener(unsigned int lport, unsigned int rport, unsigned int state,
-			unsigned long inode, void *arg)
-{
-	(void)rport;
-	(void)inode;
-	return lport == *(uint16_t *)arg && state == 0x0A;
-}
-
-static bool is_conn_to(unsigned int lport, unsigned int rport, unsigned int state,
-		       unsigned long inode, void *arg)
-{
-	(void)lport;
-	return rport == *(uint16_t *)arg && state != 0x0A && inode != 0;
-}
-
-static bool port_listening(uint16_t port)
-{
-	return tcp4_rows(is_listener, &port) > 0;
-}
-
-/* Open sockets (not TIME_WAIT) whose remote port is port: on loopback, the
- * proxy's upstream connections to a backend listening on port. */
-static int socks_to(uint16_t port)
-{
-	return tcp4_rows(is_conn_to, &port);
-}
-
 /* Starts uproxy --listen 127.0.0.1:<free port> args... and waits (≤ 3 s) until
  * it listens, without connecting to it. up_port is the port assert_proxy_idle
  * watches. Fills px like proxy_start (baseline fds once steady). */
@@ -104,7 +51,7 @@ static void start_proxy(struct proxy *px, uint16_t up_port, const char *const ar
 		for (int i = 0; i < 150 && !ready; i++) {
 			if (proc_wait(&px->proc, 0))
 				break;
-			ready = port_listening(px->port);
+			ready = tcp4_listening(px->port);
 			if (!ready)
 				sleep_ms(20);
 		}
@@ -257,29 +204,6 @@ static int serve_where(struct backend *const bk[], int n, uint32_t src, uint16_t
 	return who;
 }
 
-/* Waits ≤ timeout_ms for needle in the proxy's stderr at or after offset
- * from; returns its offset, or -1. */
-static long wait_log(struct proxy *px, const char *needle, long from, int timeout_ms)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-
-	for (;;) {
-		char *err = proxy_stderr(px);
-		long len = (long)strlen(err), at = -1;
-
-		if (from <= len) {
-			char *p = strstr(err + from, needle);
-
-			if (p)
-				at = p - err;
-		}
-		free(err);
-		if (at >= 0 || now_ms() >= deadline)
-			return at;
-		sleep_ms(20);
-	}
-}
-
 static int count_in_log(struct proxy *px, const char *needle)
 {
 	char *err = proxy_stderr(px), *p = err;
@@ -420,10 +344,11 @@ Test(pool, leastconn, .timeout = 30)
 			fds[i] = -1;
 		}
 	}
-	for (int i = 0; i < 200 && (socks_to(bk[1].port) > 0 || atomic_load(&bk[1].open) > 0); i++)
+	for (int i = 0;
+	     i < 200 && (tcp4_socks_to(bk[1].port, 0) > 0 || atomic_load(&bk[1].open) > 0); i++)
 		sleep_ms(10);
-	cr_assert_eq(socks_to(bk[1].port), 0, "2 s after B's clients closed, the proxy still has "
-		     "%d connections to B", socks_to(bk[1].port));
+	cr_assert_eq(tcp4_socks_to(bk[1].port, 0), 0, "2 s after B's clients closed, the proxy "
+		     "still has %d connections to B", tcp4_socks_to(bk[1].port, 0));
 	sleep_ms(100);
 	/* 20 new short sessions: all (at least 18) to B */
 	for (int i = 0; i < 20; i++) {
@@ -688,50 +613,6 @@ Test(pool, all_upstreams_dead, .timeout = 30)
 	backend_stop(&d2);
 }
 
-/* A listener whose accept queue is full: its SYNs are dropped, so a connect
- * to it neither succeeds nor fails until it times out. */
-struct blackhole {
-	int lfd;
-	int fill[4];
-	uint16_t port;
-};
-
-static void blackhole_open(struct blackhole *h)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t al = sizeof(a);
-	int fd;
-
-	h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(h->lfd, 0);
-	cr_assert_eq(bind(h->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-	cr_assert_eq(getsockname(h->lfd, (struct sockaddr *)&a, &al), 0);
-	h->port = ntohs(a.sin_port);
-	cr_assert_eq(listen(h->lfd, 0), 0);
-	for (int i = 0; i < 4; i++) {
-		h->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		cr_assert_geq(h->fill[i], 0);
-		if (connect(h->fill[i], (struct sockaddr *)&a, sizeof(a)) < 0)
-			cr_assert_eq(errno, EINPROGRESS, "filling the accept queue: %s",
-				     strerror(errno));
-	}
-	sleep_ms(50);
-	/* the set-up must hold: a plain connect to it times out */
-	fd = tcp_connect(AF_INET, h->port, 500);
-	if (fd >= 0)
-		close(fd);
-	cr_assert_lt(fd, 0, "a connect to the full listener succeeded: no black hole here");
-	cr_assert_eq(errno, ETIMEDOUT, "a connect to the full listener failed with '%s', want a "
-		     "timeout", strerror(errno));
-}
-
-static void blackhole_close(struct blackhole *h)
-{
-	for (int i = 0; i < 4; i++)
-		close(h->fill[i]);
-	close(h->lfd);
-}
-
 Test(pool, connect_timeout_closes_client, .timeout = 30)
 {
 	struct blackhole h;
@@ -767,7 +648,7 @@ Test(pool, connect_timeout_closes_client, .timeout = 30)
 	int most = 0;
 
 	for (int i = 0; i < 5; i++) {
-		int n = socks_to(h.port);
+		int n = tcp4_socks_to(h.port, 0);
 
 		most = n > most ? n : most;
 	}
@@ -849,8 +730,8 @@ Test(pool, passive_health, .timeout = 30)
 		cr_assert(serve_once(px.port, 0xa100 + (uint64_t)i, why, sizeof(why)),
 			  "phase 1 session %d: %s", i, why);
 	}
-	cr_assert_geq(wait_log(&px, down, 0, 500), 0, "after 6 sessions (DEAD refused twice with "
-		      "--fail-threshold 2) the log has no '%s'", down);
+	cr_assert_geq(proxy_wait_log(&px, down, 0, 500), 0, "after 6 sessions (DEAD refused "
+		      "twice with --fail-threshold 2) the log has no '%s'", down);
 	fails = count_in_log(&px, failed);
 	cr_assert_eq(fails, 2, "in 6 sessions the proxy tried DEAD %d times, want 2 (then down)",
 		     fails);
@@ -885,8 +766,8 @@ Test(pool, passive_health, .timeout = 30)
 		     (unsigned long long)(t_run - t_start));
 	cr_log_info("DEAD got traffic again %llu ms after it came alive",
 		    (unsigned long long)(now_ms() - t_run));
-	cr_assert_geq(wait_log(&px, up, 0, 1000), 0, "DEAD serves again, but the log has no '%s'",
-		      up);
+	cr_assert_geq(proxy_wait_log(&px, up, 0, 1000), 0,
+		      "DEAD serves again, but the log has no '%s'", up);
 	/* and it stays in rotation */
 	int before = atomic_load(&dead.accepted);
 
@@ -922,13 +803,13 @@ Test(pool, active_health, .timeout = 30)
 	start_proxy(&px, port, args);
 	cr_assert(serve_once(px.port, 0xb100, why, sizeof(why)), "first session: %s", why);
 	sleep_ms(500);
-	cr_assert_lt(wait_log(&px, down, 0, 0), 0, "the health check says a listening upstream "
-		     "is down");
+	cr_assert_lt(proxy_wait_log(&px, down, 0, 0), 0, "the health check says a listening "
+		     "upstream is down");
 
 	/* the upstream goes away */
 	backend_stop(&a);
 	t0 = now_ms();
-	at = wait_log(&px, down, 0, 1000);
+	at = proxy_wait_log(&px, down, 0, 1000);
 	cr_assert_geq(at, 0, "1 s after the upstream stopped (--health-interval 200) the log has "
 		      "no '%s'", down);
 	cr_log_info("logged down after %llu ms", (unsigned long long)(now_ms() - t0));
@@ -936,8 +817,8 @@ Test(pool, active_health, .timeout = 30)
 	backend_bind_port(&a, port);
 	backend_run(&a, BK_ECHO);
 	t0 = now_ms();
-	cr_assert_geq(wait_log(&px, up, at, 1000), 0, "1 s after the upstream came back the log "
-		      "has no '%s'", up);
+	cr_assert_geq(proxy_wait_log(&px, up, at, 1000), 0, "1 s after the upstream came back "
+		      "the log has no '%s'", up);
 	cr_log_info("logged up after %llu ms", (unsigned long long)(now_ms() - t0));
 	cr_assert(serve_once(px.port, 0xb200, why, sizeof(why)), "session after it came back: %s",
 		  why);
