@@ -6,6 +6,8 @@
 #   build-san/  debugoptimized build with AddressSanitizer + UndefinedBehaviorSanitizer,
 #   build-fault/ ASan+UBSan build with -Dfault_injection=true: only its `faults` suite, once
 #               per seed in FAULT_SEEDS (default "1 2 3", each a different fault sequence),
+#   build-fault-rss/ the same without sanitizers, once (seed FAULT_RSS_SEED, default 4), where
+#               the suite's RSS bounds are checked too,
 # runs `meson test` in each (both always run; a failure in one does not stop the other), tallies
 # the results from meson-logs/testlog.json and ends with one line: `N passed, N failed`
 # (`, N skipped` appended when some were skipped). A build dir that fails to configure or build
@@ -223,6 +225,11 @@ if ((fault)); then
             -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
             -Dtests=enabled -Dfault_injection=true
     done
+    # One more seed without sanitizers, where the suite also checks that memory (RSS) returns
+    # to its bound after the faults; ASan's quarantine and shadow memory hide that above.
+    UPROXY_FAULT_SEED="${FAULT_RSS_SEED:-4}" suite "build-fault-rss-seed${FAULT_RSS_SEED:-4}" \
+        build-fault-rss --suite faults -- \
+        -Dbuildtype=debugoptimized -Dtests=enabled -Dfault_injection=true
 fi
 
 # libFuzzer targets (PROXY parser, config/address parser), a few seconds each: a crash fails.
