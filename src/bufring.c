@@ -1,7 +1,7 @@
-/* bufring: one registered provided-buffer ring (5.19+) per worker, and the fallback buffers
- * that stand in when it runs low. Pool buffers are handed to the kernel, come back in recv
- * CQEs, travel in a session's queue, and are put back here when their send completes.
- * Must never hand the kernel a buffer twice, nor free memory a request may still read. */
+/* bufring: one pool of provided buffers per worker, registered with its loop, and the fallback
+ * buffers that stand in when it runs low. Pool buffers are handed to the kernel, come back in
+ * recv completions, travel in a session's queue, and are put back here when their send
+ * completes. Must never hand the kernel a buffer twice, nor free memory a request may read. */
 #include "uproxy/bufring.h"
 
 #include <errno.h>
@@ -19,23 +19,15 @@
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
 		 uint32_t fb_cap, char *why, size_t whylen)
 {
-	struct io_uring_buf_reg reg;
 	size_t ids = (size_t)count + fb_cap;
 	int rc;
 
 	memset(b, 0, sizeof(*b));
+	b->loop = l;
 	b->size = size;
 	b->count = count;
 	b->bgid = bgid;
 	b->fb_cap = fb_cap;
-	b->ring_bytes = (size_t)count * sizeof(struct io_uring_buf);
-	b->br = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		     0);
-	if (b->br == MAP_FAILED) {
-		b->br = NULL;
-		snprintf(why, whylen, "cannot allocate the buffer ring: %s", strerror(errno));
-		return -ENOMEM;
-	}
 	/* Buffer memory is touched lazily by the kernel: an idle proxy keeps it unmapped. The
 	 * per-id arrays are calloc'd: pages of fallback ids are touched only when used. */
 	b->base_bytes = (size_t)count * size;
@@ -60,15 +52,8 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	for (uint32_t i = 0; i < fb_cap; i++)
 		b->fb_free[i] = count + fb_cap - 1 - i;
 	b->fb_nfree = fb_cap;
-	io_uring_buf_ring_init(b->br);
-	memset(&reg, 0, sizeof(reg));
-	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
-	reg.ring_entries = count;
-	reg.bgid = bgid;
-	rc = io_uring_register_buf_ring(&l->ring, &reg, 0);
+	rc = loop_pbuf_register(l, bgid, count, why, whylen);
 	if (rc < 0) {
-		snprintf(why, whylen, "cannot register the provided-buffer ring: %s "
-			 "(needs Linux 5.19 or newer)", strerror(-rc));
 		bufring_destroy(b);
 		return rc;
 	}
@@ -82,8 +67,6 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 
 void bufring_destroy(struct bufring *b)
 {
-	if (b->br != NULL)
-		munmap(b->br, b->ring_bytes);
 	if (b->base != NULL)
 		munmap(b->base, b->base_bytes);
 	for (uint32_t i = 0; b->fb != NULL && i < b->fb_cap; i++)
@@ -145,15 +128,14 @@ void bufring_commit(struct bufring *b, uint64_t now_ms)
 		uint32_t bid = b->stack[--b->nstack];
 		uint16_t pos = (uint16_t)(b->tail + n);
 
-		io_uring_buf_ring_add(b->br, bufring_data(b, bid), b->size, (unsigned short)bid,
-				      io_uring_buf_ring_mask(b->count), n);
+		loop_pbuf_add(b->loop, bufring_data(b, bid), b->size, (uint16_t)bid, n);
 		b->ring_bid[pos & (b->count - 1)] = bid;
 		b->pos_of[bid] = pos;
 		n++;
 	}
 	if (n == 0)
 		return;
-	io_uring_buf_ring_advance(b->br, n);
+	loop_pbuf_publish(b->loop, n);
 	b->tail = (uint16_t)(b->tail + n);
 	b->in_ring += (uint32_t)n;
 }

@@ -7,9 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/utsname.h>
 #include <time.h>
 
+#include "uproxy/compat.h"
 #include "uproxy/log.h"
 
 /* CQEs handed out per peek; large enough that a busy iteration takes few peeks. */
@@ -24,6 +26,45 @@ static const char *const fault_names[LOOP_FAULT__COUNT] = {
 	[LOOP_FAULT_ENTER] = "enter",		  [LOOP_FAULT_SQ_FULL] = "sq_full",
 	[LOOP_FAULT_CQ_OVERFLOW] = "cq_overflow", [LOOP_FAULT_SESSION_START] = "session_start",
 	[LOOP_FAULT_FATAL] = "fatal",
+};
+
+/* Timespecs of timeout SQEs: the kernel copies one when it takes the SQE, so it must live until
+ * the submit. Handed out from fixed chunks (addresses never move) and reused once the ring and
+ * the backlog are empty after a submit. */
+#define LOOP_TS_CHUNK 256
+
+struct ts_chunk {
+	struct ts_chunk *next;
+	struct __kernel_timespec ts[LOOP_TS_CHUNK];
+};
+
+struct loop_fault_state;
+
+struct loop {
+	struct io_uring ring;
+	unsigned int setup_flags; /* the IORING_SETUP_* flags the kernel accepted */
+	bool ring_fd_registered;
+	struct loop_stats st;
+	/* SQEs prepared while the SQ was full and could not be submitted, oldest first at
+	 * [bl_head]; flushed into the ring, in order and whole link chains at a time, before the
+	 * next enter. While non-empty every new SQE goes behind them. */
+	struct io_uring_sqe *bl;
+	unsigned int bl_head, bl_len, bl_cap;
+	unsigned int chain_left; /* SQEs still to come of a chain reserve_sqes() placed */
+	bool chain_backlog;	 /* ... and whether they go to the backlog */
+	/* Synthetic completions (fault injection), handed out at the next loop_run_once. */
+	struct loop_cqe *syn;
+	unsigned int syn_len, syn_cap;
+	unsigned int backoff_ms; /* current back-off after a transient enter error, 0 if none */
+	unsigned int koverflow_seen;
+	struct log_ratelimit rl_overflow;
+	struct loop_fault_state *fault; /* NULL unless injecting */
+	struct ts_chunk *ts_head, *ts_cur; /* timespec chunks; the one handing out now */
+	unsigned int ts_used;		   /* entries of ts_cur handed out */
+	struct io_uring_buf_ring *pbuf;	   /* the provided-buffer ring (5.19) */
+	size_t pbuf_bytes;
+	uint32_t pbuf_entries;
+	uint16_t pbuf_bgid;
 };
 
 const char *loop_fault_name(enum loop_fault f)
@@ -393,7 +434,7 @@ static bool syn_post(struct loop *l, uint64_t tag, int res)
 {
 	if (l->syn_len == l->syn_cap) {
 		unsigned int cap = l->syn_cap ? 2 * l->syn_cap : 64;
-		struct io_uring_cqe *p = realloc(l->syn, cap * sizeof(*p));
+		struct loop_cqe *p = realloc(l->syn, cap * sizeof(*p));
 
 		if (p == NULL)
 			return false;
@@ -401,7 +442,7 @@ static bool syn_post(struct loop *l, uint64_t tag, int res)
 		l->syn_cap = cap;
 	}
 	memset(&l->syn[l->syn_len], 0, sizeof(l->syn[0]));
-	l->syn[l->syn_len].user_data = tag;
+	l->syn[l->syn_len].tag = tag;
 	l->syn[l->syn_len].res = res;
 	l->syn_len++;
 	return true;
@@ -416,7 +457,7 @@ static int syn_dispatch(struct loop *l, loop_cqe_fn fn, void *ctx)
 	if (n == 0)
 		return 0;
 	for (unsigned int i = 0; i < n; i++) {
-		struct io_uring_cqe c = l->syn[i]; /* fn may grow (move) l->syn */
+		struct loop_cqe c = l->syn[i]; /* fn may grow (move) l->syn */
 
 		fn(ctx, &c);
 	}
@@ -460,8 +501,8 @@ const char *loop_setup_error(int err)
 	}
 }
 
-int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, char *why,
-	      size_t whylen)
+int loop_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+	     size_t whylen)
 {
 	/* Most capable first. DEFER_TASKRUN (6.1) runs completions only when we ask, in our own
 	 * thread, which batches them; each fallback drops what an older kernel refuses. */
@@ -472,9 +513,13 @@ int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, 
 		IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
 		0,
 	};
+	struct loop *l = calloc(1, sizeof(*l));
 	int rc = -EINVAL;
 
-	memset(l, 0, sizeof(*l));
+	if (l == NULL) {
+		snprintf(why, whylen, "cannot set up io_uring: out of memory");
+		return -ENOMEM;
+	}
 	fault_ring_size(&sq_entries, &cq_entries);
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
 		struct io_uring_params p;
@@ -492,6 +537,7 @@ int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, 
 	}
 	if (rc < 0) {
 		snprintf(why, whylen, "cannot set up io_uring: %s", loop_setup_error(-rc));
+		free(l);
 		return rc;
 	}
 	/* A registered ring fd saves an fdget/fdput per io_uring_enter (5.18). */
@@ -503,19 +549,132 @@ int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, 
 			 l->ring.cq.ring_entries);
 #endif
 	fault_init(l);
+	*out = l;
 	return 0;
 }
 
-void loop_exit(struct loop *l)
+void loop_free(struct loop *l)
 {
+	if (l == NULL)
+		return;
 	fault_exit(l);
+	/* Ends (cancels and waits out) every request, so no send can read a buffer after this. */
 	io_uring_queue_exit(&l->ring);
+	if (l->pbuf != NULL)
+		munmap(l->pbuf, l->pbuf_bytes);
+	while (l->ts_head != NULL) {
+		struct ts_chunk *c = l->ts_head;
+
+		l->ts_head = c->next;
+		free(c);
+	}
 	free(l->bl);
 	free(l->syn);
-	l->bl = NULL;
-	l->syn = NULL;
-	l->bl_len = l->bl_head = l->bl_cap = 0;
-	l->syn_len = l->syn_cap = 0;
+	free(l);
+}
+
+const struct loop_stats *loop_stats(const struct loop *l)
+{
+	return &l->st;
+}
+
+void loop_describe(const struct loop *l, char *buf, size_t len)
+{
+	snprintf(buf, len, "ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d",
+		 l->ring.sq.ring_entries, l->ring.cq.ring_entries, l->setup_flags,
+		 l->ring_fd_registered);
+}
+
+const char *loop_backend_name(const struct loop *l)
+{
+	(void)l;
+	return "io_uring";
+}
+
+/* ---- provided buffers ---- */
+
+int loop_pbuf_register(struct loop *l, uint16_t bgid, uint32_t entries, char *why,
+		       size_t whylen)
+{
+	struct io_uring_buf_reg reg;
+	int rc;
+
+	l->pbuf_bytes = (size_t)entries * sizeof(struct io_uring_buf);
+	l->pbuf = mmap(NULL, l->pbuf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+	if (l->pbuf == MAP_FAILED) {
+		l->pbuf = NULL;
+		snprintf(why, whylen, "cannot allocate the buffer ring: %s", strerror(errno));
+		return -ENOMEM;
+	}
+	io_uring_buf_ring_init(l->pbuf);
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)l->pbuf;
+	reg.ring_entries = entries;
+	reg.bgid = bgid;
+	rc = io_uring_register_buf_ring(&l->ring, &reg, 0);
+	if (rc < 0) {
+		snprintf(why, whylen, "cannot register the provided-buffer ring: %s "
+			 "(needs Linux 5.19 or newer)", strerror(-rc));
+		munmap(l->pbuf, l->pbuf_bytes);
+		l->pbuf = NULL;
+		return rc;
+	}
+	l->pbuf_entries = entries;
+	l->pbuf_bgid = bgid;
+	return 0;
+}
+
+void loop_pbuf_add(struct loop *l, void *addr, uint32_t len, uint16_t bid, int offset)
+{
+	io_uring_buf_ring_add(l->pbuf, addr, len, bid, io_uring_buf_ring_mask(l->pbuf_entries),
+			      offset);
+}
+
+void loop_pbuf_publish(struct loop *l, int count)
+{
+	io_uring_buf_ring_advance(l->pbuf, count);
+}
+
+/* ---- timespecs of timeout SQEs ---- */
+
+static struct __kernel_timespec *ts_get(struct loop *l, uint32_t ms)
+{
+	struct __kernel_timespec *ts;
+
+	if (l->ts_cur == NULL || l->ts_used == LOOP_TS_CHUNK) {
+		struct ts_chunk *next = l->ts_cur != NULL ? l->ts_cur->next : l->ts_head;
+
+		if (next == NULL) {
+			/* Never fails for good: a timeout the caller counts in flight must go in. */
+			while ((next = calloc(1, sizeof(*next))) == NULL) {
+				struct timespec nap = { .tv_sec = 0, .tv_nsec = 1000000 };
+
+				log_error("no memory for an io_uring timeout; waiting");
+				nanosleep(&nap, NULL);
+			}
+			if (l->ts_cur != NULL)
+				l->ts_cur->next = next;
+			else
+				l->ts_head = next;
+		}
+		l->ts_cur = next;
+		l->ts_used = 0;
+	}
+	ts = &l->ts_cur->ts[l->ts_used++];
+	ts->tv_sec = ms / 1000;
+	ts->tv_nsec = (long long)(ms % 1000) * 1000000;
+	return ts;
+}
+
+/* After a submit: once nothing waits in the SQ or the backlog, the kernel has copied every
+ * timespec handed out, and they can be handed out again. */
+static void ts_recycle(struct loop *l)
+{
+	if (l->bl_len == 0 && io_uring_sq_ready(&l->ring) == 0) {
+		l->ts_cur = NULL;
+		l->ts_used = 0;
+	}
 }
 
 int loop_probe(struct loop *l, char *why, size_t whylen)
@@ -575,6 +734,8 @@ static int ring_submit(struct loop *l)
 	l->st.enters++;
 	if (rc > 0)
 		l->st.submitted += (uint64_t)rc;
+	if (rc >= 0)
+		ts_recycle(l);
 	return rc;
 }
 
@@ -766,8 +927,19 @@ static int reap(struct loop *l, loop_cqe_fn fn, void *ctx)
 	for (;;) {
 		unsigned int n = io_uring_peek_batch_cqe(&l->ring, cqes, LOOP_CQE_BATCH);
 
-		for (unsigned int i = 0; i < n; i++)
-			fn(ctx, cqes[i]);
+		for (unsigned int i = 0; i < n; i++) {
+			const struct io_uring_cqe *k = cqes[i];
+			struct loop_cqe c = {
+				.tag = k->user_data,
+				.res = k->res,
+				.flags = (uint16_t)(((k->flags & IORING_CQE_F_MORE) ? LOOP_CQE_MORE : 0) |
+						    ((k->flags & IORING_CQE_F_BUFFER) ? LOOP_CQE_BUFFER
+										     : 0)),
+				.bid = (uint16_t)(k->flags >> IORING_CQE_BUFFER_SHIFT),
+			};
+
+			fn(ctx, &c);
+		}
 		io_uring_cq_advance(&l->ring, n);
 		total += (int)n;
 		if (n < LOOP_CQE_BATCH)
@@ -852,6 +1024,7 @@ int loop_run_once(struct loop *l, loop_cqe_fn fn, void *ctx, int64_t timeout_ms)
 		if (rc > 0)
 			l->st.submitted += (uint64_t)rc;
 		l->backoff_ms = 0;
+		ts_recycle(l);
 	} else if (enter_transient(rc)) {
 		/* Not fatal: what the CQ already holds is still reaped below, and whatever was
 		 * not submitted stays in the SQ (or the backlog) for the next iteration. */
@@ -893,8 +1066,9 @@ void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-void loop_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t tag)
+void loop_timeout(struct loop *l, uint32_t ms, uint64_t tag)
 {
+	struct __kernel_timespec *ts = ts_get(l, ms);
 	struct io_uring_sqe *sqe = get_sqe(l);
 
 	io_uring_prep_timeout(sqe, ts, 0, 0);
@@ -924,8 +1098,9 @@ void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t l
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-static void link_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t ttag)
+static void link_timeout(struct loop *l, uint32_t ms, uint64_t ttag)
 {
+	struct __kernel_timespec *ts = ts_get(l, ms);
 	struct io_uring_sqe *sqe = get_sqe(l);
 
 	/* IORING_OP_LINK_TIMEOUT: 5.5. */
@@ -934,7 +1109,7 @@ static void link_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t 
 }
 
 void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
-			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+			  uint32_t ms, uint64_t tag, uint64_t ttag)
 {
 	struct io_uring_sqe *sqe;
 
@@ -946,7 +1121,7 @@ void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, soc
 	io_uring_prep_connect(sqe, fd, sa, len);
 	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(sqe, tag);
-	link_timeout(l, ts, ttag);
+	link_timeout(l, ms, ttag);
 }
 
 /* A buffer-select recv that fails at once: out of buffers, or the peer reset. */
@@ -1003,8 +1178,8 @@ void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
-			   struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len, uint32_t ms,
+			   uint64_t tag, uint64_t ttag)
 {
 	struct io_uring_sqe *sqe;
 
@@ -1013,11 +1188,11 @@ void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
 	io_uring_prep_recv(sqe, fd, buf, len, 0);
 	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(sqe, tag);
-	link_timeout(l, ts, ttag);
+	link_timeout(l, ms, ttag);
 }
 
-void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len,
-		       struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag)
+void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len, uint32_t ms,
+		       uint64_t tag, uint64_t ttag)
 {
 	struct io_uring_sqe *sqe;
 
@@ -1026,7 +1201,7 @@ void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len
 	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
 	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(sqe, tag);
-	link_timeout(l, ts, ttag);
+	link_timeout(l, ms, ttag);
 }
 
 void loop_write(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag)

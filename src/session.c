@@ -127,12 +127,12 @@ static void recv_arm_from(struct worker *w, struct session *s, unsigned int d, b
 		return;
 	if (pool_ok && avail > w->bufs.count / RECV_POOL_RESERVE_DIVISOR) {
 		if (avail <= w->bufs.count / 2 + RECV_MULTISHOT_BURST) {
-			loop_recv(&w->loop, s->fd[d], w->bufs.bgid, tag);
+			loop_recv(w->loop, s->fd[d], w->bufs.bgid, tag);
 		} else if (w->recv_bundle) {
-			loop_recv_bundle(&w->loop, s->fd[d], w->bufs.bgid, tag);
+			loop_recv_bundle(w->loop, s->fd[d], w->bufs.bgid, tag);
 			dr->flags |= DIR_RECV_BUNDLE;
 		} else {
-			loop_recv_multishot(&w->loop, s->fd[d], w->bufs.bgid, tag);
+			loop_recv_multishot(w->loop, s->fd[d], w->bufs.bgid, tag);
 		}
 	} else {
 		uint32_t bid = bufring_fallback_get(&w->bufs);
@@ -145,7 +145,7 @@ static void recv_arm_from(struct worker *w, struct session *s, unsigned int d, b
 		w->st.fallback_recvs++;
 		dr->fb = bid;
 		dr->flags |= DIR_RECV_FB;
-		loop_recv_buf(&w->loop, s->fd[d], bufring_data(&w->bufs, bid),
+		loop_recv_buf(w->loop, s->fd[d], bufring_data(&w->bufs, bid),
 			      BUFRING_FALLBACK_SIZE, tag);
 	}
 	dr->flags |= DIR_RECV_ARMED;
@@ -220,7 +220,7 @@ static void dir_pump(struct worker *w, struct session *s, unsigned int d)
 		uint64_t tag = stag(w, s, d, OP_SEND);
 
 		if (w->bufs.next[bid] == BUFRING_NIL) {
-			loop_send(&w->loop, out, bufring_data(&w->bufs, bid) + dr->head_off,
+			loop_send(w->loop, out, bufring_data(&w->bufs, bid) + dr->head_off,
 				  w->bufs.len[bid] - dr->head_off, tag);
 			dr->send_n = 1;
 		} else {
@@ -235,14 +235,14 @@ static void dir_pump(struct worker *w, struct session *s, unsigned int d)
 			memset(&dr->msg, 0, sizeof(dr->msg));
 			dr->msg.msg_iov = dr->iov;
 			dr->msg.msg_iovlen = n;
-			loop_sendmsg(&w->loop, out, &dr->msg, tag);
+			loop_sendmsg(w->loop, out, &dr->msg, tag);
 			dr->send_n = (uint16_t)n;
 		}
 		s->inflight++;
 		return;
 	}
 	if ((dr->flags & (DIR_EOF | DIR_SHUT_SENT)) == DIR_EOF) {
-		loop_shutdown(&w->loop, out, SHUT_WR, stag(w, s, d, OP_SHUTDOWN));
+		loop_shutdown(w->loop, out, SHUT_WR, stag(w, s, d, OP_SHUTDOWN));
 		dr->flags |= DIR_SHUT_SENT;
 		s->inflight++;
 	}
@@ -278,7 +278,7 @@ static void cancel_side(struct worker *w, struct session *s, unsigned int side,
 			targets[n++] = stag(w, s, SIDE_UPSTREAM, OP_CONNECT);
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		loop_cancel(&w->loop, targets[i], stag(w, s, side, OP_CANCEL));
+		loop_cancel(w->loop, targets[i], stag(w, s, side, OP_CANCEL));
 		s->inflight++;
 	}
 }
@@ -296,7 +296,7 @@ static void close_fds(struct worker *w, struct session *s, bool rst, enum sessio
 			sock_linger_rst(fd);
 		if (s->inflight > 0)
 			cancel_side(w, s, side, prev);
-		loop_close(&w->loop, fd, stag(w, s, side, OP_CLOSE));
+		loop_close(w->loop, fd, stag(w, s, side, OP_CLOSE));
 		s->inflight++;
 		s->fd[side] = -1;
 	}
@@ -385,7 +385,7 @@ static bool connect_next(struct worker *w, struct session *s)
 	a = worker_backend_addr(w, (uint32_t)id);
 	w->st.connect_attempts++;
 	s->connect_start_us = monotonic_us();
-	loop_socket(&w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
+	loop_socket(w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
 		    stag(w, s, SIDE_UPSTREAM, OP_SOCKET));
 	s->inflight++;
 	return true;
@@ -403,7 +403,7 @@ static void header_recv(struct worker *w, struct session *s)
 {
 	struct session_pre *pr = &w->pre[worker_slot(w, s)];
 
-	loop_recv_buf(&w->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
+	loop_recv_buf(w->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
 		      PROXYPROTO_MAX_LEN - pr->len, stag(w, s, SIDE_CLIENT, OP_HDR_RECV));
 	s->inflight++;
 }
@@ -513,7 +513,7 @@ static void presend(struct worker *w, struct session *s)
 {
 	struct session_pre *pr = &w->pre[worker_slot(w, s)];
 
-	loop_send(&w->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
+	loop_send(w->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
 		  stag(w, s, DIR_C2U, OP_PRESEND));
 	/* Holds the client->upstream queue back until these bytes are out. */
 	s->dir[DIR_C2U].send_n = 1;
@@ -582,7 +582,7 @@ static void on_socket(struct worker *w, struct session *s, int res)
 	if (closing(s)) {
 		/* Aborted while the socket was being made: close it too. */
 		if (res >= 0) {
-			loop_close(&w->loop, res, stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+			loop_close(w->loop, res, stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
 			s->inflight++;
 		}
 		return;
@@ -608,12 +608,12 @@ static void on_socket(struct worker *w, struct session *s, int res)
 		return;
 	}
 	s->fd[SIDE_UPSTREAM] = res;
-	/* Two setsockopts per upstream connection (io_uring's SOCKET_URING_OP_SETSOCKOPT needs
-	 * 6.7); accepted client sockets inherit the same from the listener. */
+	/* Two setsockopts per upstream connection (a ring-side setsockopt needs Linux 6.7);
+	 * accepted client sockets inherit the same from the listener. */
 	sock_set_forwarding(res);
 	const struct addr *a = worker_backend_addr(w, s->backend);
 	/* The connect and its timeout are one linked pair: two CQEs, both counted in flight. */
-	loop_connect_timeout(&w->loop, res, &a->u.sa, a->len, &w->connect_ts,
+	loop_connect_timeout(w->loop, res, &a->u.sa, a->len, w->cfg->connect_timeout_ms,
 			     stag(w, s, SIDE_UPSTREAM, OP_CONNECT),
 			     stag(w, s, SIDE_UPSTREAM, OP_LINK_TIMEOUT));
 	s->inflight += 2;
@@ -637,7 +637,7 @@ static void on_connect(struct worker *w, struct session *s, int res)
 			  strerror(-res));
 		worker_backend_report(w, s->backend, false);
 		backend_drop(w, s);
-		loop_close(&w->loop, s->fd[SIDE_UPSTREAM], stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+		loop_close(w->loop, s->fd[SIDE_UPSTREAM], stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
 		s->inflight++;
 		s->fd[SIDE_UPSTREAM] = -1;
 		if (s->ntried <= w->cfg->retries && connect_next(w, s))
@@ -717,12 +717,12 @@ static void take_bundle(struct worker *w, struct session *s, unsigned int d, uin
 }
 
 static void on_recv(struct worker *w, struct session *s, unsigned int d,
-		    const struct io_uring_cqe *cqe)
+		    const struct loop_cqe *c)
 {
 	struct session_dir *dr = &s->dir[d];
-	bool more = cqe->flags & IORING_CQE_F_MORE;
+	bool more = c->flags & LOOP_CQE_MORE;
 	bool bundle = dr->flags & DIR_RECV_BUNDLE;
-	int res = cqe->res;
+	int res = c->res;
 	uint32_t bid = BUFRING_NIL;
 
 	if (!more) {
@@ -735,8 +735,8 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		dr->fb = BUFRING_NIL;
 		dr->flags &= (uint16_t)~DIR_RECV_FB;
 		bufring_fallback_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
-	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
-		bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	} else if (c->flags & LOOP_CQE_BUFFER) {
+		bid = c->bid;
 		if (bundle && res > (int)w->bufs.size) {
 			take_bundle(w, s, d, bid, (uint32_t)res);
 			bid = BUFRING_NIL;
@@ -756,7 +756,7 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		if (dr->queued >= high_water_now(w) &&
 		    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
 			/* Back-pressure: stop reading this peer until the other drains. */
-			loop_cancel(&w->loop, stag(w, s, d, OP_RECV),
+			loop_cancel(w->loop, stag(w, s, d, OP_RECV),
 				    stag(w, s, d, OP_CANCEL));
 			s->inflight++;
 			dr->flags |= DIR_RECV_CANCEL;
@@ -870,35 +870,35 @@ static void log_session(struct worker *w, struct session *s)
 	accesslog_add(w->alog, &e);
 }
 
-void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe)
+void session_handle(struct worker *w, struct session *s, const struct loop_cqe *c)
 {
-	uint64_t tag = cqe->user_data;
+	uint64_t tag = c->tag;
 	unsigned int side = tag_side(tag);
 
 	switch (tag_op(tag)) {
 	case OP_SOCKET:
 		s->inflight--;
-		on_socket(w, s, cqe->res);
+		on_socket(w, s, c->res);
 		break;
 	case OP_CONNECT:
 		s->inflight--;
-		on_connect(w, s, cqe->res);
+		on_connect(w, s, c->res);
 		break;
 	case OP_RECV:
-		on_recv(w, s, side, cqe);
+		on_recv(w, s, side, c);
 		break;
 	case OP_SEND:
-		on_send(w, s, side, cqe->res);
+		on_send(w, s, side, c->res);
 		break;
 	case OP_SHUTDOWN:
-		on_shutdown(w, s, side, cqe->res);
+		on_shutdown(w, s, side, c->res);
 		break;
 	case OP_HDR_RECV:
 		s->inflight--;
-		on_header(w, s, cqe->res);
+		on_header(w, s, c->res);
 		break;
 	case OP_PRESEND:
-		on_presend(w, s, cqe->res);
+		on_presend(w, s, c->res);
 		break;
 	case OP_LINK_TIMEOUT:
 	case OP_CANCEL:

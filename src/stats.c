@@ -227,7 +227,8 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	    SUM(st.truncated[1]));
 	counter(&o, "uproxy_backpressure_pauses_total",
 		"Receives paused because the other side was not reading.", SUM(st.backpressure));
-	counter(&o, "uproxy_ring_enters_total", "io_uring_enter system calls.", SUM(ls.enters));
+	counter(&o, "uproxy_ring_enters_total", "System calls that submit to or wait on the ring.",
+		SUM(ls.enters));
 	counter(&o, "uproxy_ring_submissions_total", "SQEs submitted to the rings.",
 		SUM(ls.submitted));
 	counter(&o, "uproxy_ring_cqes_total", "CQEs handled.", SUM(ls.cqes));
@@ -237,7 +238,7 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	counter(&o, "uproxy_ring_cq_lost_total",
 		"Completions the kernel dropped on overflow (should be 0).", SUM(ls.cq_lost));
 	counter(&o, "uproxy_ring_enter_retries_total",
-		"Transient io_uring_enter failures (EINTR, EAGAIN, ENOMEM, EBUSY) retried.",
+		"Transient submit/wait failures (EINTR, EAGAIN, ENOMEM, EBUSY) retried.",
 		SUM(ls.enter_retries));
 	counter(&o, "uproxy_ring_sq_backlog_total",
 		"SQEs that waited in user space because the SQ was full and a submit failed.",

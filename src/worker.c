@@ -141,12 +141,6 @@ int worker_adopt(const int *fds, int n, bool original, struct listener *out, cha
 /* The per-upstream metrics table is republished at most this often while it changes. */
 #define STATS_BACKENDS_EVERY_MS 10
 
-static void ms_to_ts(struct __kernel_timespec *ts, uint32_t ms)
-{
-	ts->tv_sec = ms / 1000;
-	ts->tv_nsec = (long long)(ms % 1000) * 1000000;
-}
-
 /* Applies a new membership to the pool and refreshes the per-id address table. */
 static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 {
@@ -199,7 +193,6 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	w->cfg = cfg;
 	w->max_sessions = max_sessions;
 	w->now_ms = monotonic_ms();
-	ms_to_ts(&w->connect_ts, cfg->connect_timeout_ms);
 	backend_opts_defaults(&bo);
 	bo.balance = cfg->balance;
 	bo.fail_threshold = cfg->fail_threshold;
@@ -229,15 +222,15 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		cq = 2 * WORKER_SQ_ENTRIES;
 	if (cq > WORKER_CQ_MAX)
 		cq = WORKER_CQ_MAX;
-	rc = loop_init(&w->loop, WORKER_SQ_ENTRIES, cq, why, whylen);
+	rc = loop_new(WORKER_SQ_ENTRIES, cq, &w->loop, why, whylen);
 	if (rc < 0)
 		return rc;
-	rc = loop_probe(&w->loop, why, whylen);
+	rc = loop_probe(w->loop, why, whylen);
 	if (rc < 0)
 		goto err_loop;
-	w->recv_bundle = loop_has_recv_bundle(&w->loop) && !env_off("UPROXY_RECV_BUNDLE");
+	w->recv_bundle = loop_has_recv_bundle(w->loop) && !env_off("UPROXY_RECV_BUNDLE");
 	/* Two fallback ids per session: one per direction at most. */
-	rc = bufring_init(&w->bufs, &w->loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
+	rc = bufring_init(&w->bufs, w->loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
 			  why, whylen);
 	if (rc < 0)
 		goto err_loop;
@@ -287,20 +280,25 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		if (w->high_water < 2 * cfg->buffer_size)
 			w->high_water = 2 * cfg->buffer_size;
 	}
-	log_debug("worker %d: ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d recv_bundle=%d, "
-		  "%u buffers of %u bytes, %u session slots",
-		  w->id, WORKER_SQ_ENTRIES, cq, w->loop.setup_flags, w->loop.ring_fd_registered,
-		  w->recv_bundle, cfg->buffers, cfg->buffer_size, max_sessions);
+	{
+		char desc[160];
+
+		loop_describe(w->loop, desc, sizeof(desc));
+		log_debug("worker %d: %s recv_bundle=%d, %u buffers of %u bytes, %u session slots",
+			  w->id, desc, w->recv_bundle, cfg->buffers, cfg->buffer_size,
+			  max_sessions);
+	}
 	return 0;
 
 err_bufs:
 	free_slot_arrays(w);
-	loop_exit(&w->loop);
+	loop_free(w->loop);
 	bufring_destroy(&w->bufs);
 	goto err_notify;
 err_loop:
-	loop_exit(&w->loop);
+	loop_free(w->loop);
 err_notify:
+	w->loop = NULL;
 	close(w->notify_fd);
 	w->notify_fd = -1;
 	return rc;
@@ -324,7 +322,8 @@ void worker_destroy(struct worker *w)
 	}
 	httpstats_destroy(&w->hs);
 	/* The ring first: its teardown ends every send that may still read a buffer. */
-	loop_exit(&w->loop);
+	loop_free(w->loop);
+	w->loop = NULL;
 	bufring_destroy(&w->bufs);
 	free_slot_arrays(w);
 	backend_pool_free(w->pool);
@@ -362,7 +361,8 @@ void worker_publish_stats(struct worker *w, bool backends)
 		w->backends_published_ms = w->now_ms;
 		w->backends_dirty = false;
 	}
-	stats_publish(w->snap, w->active, &w->st, &w->loop.st, backends ? table : NULL, n);
+	stats_publish(w->snap, w->active, &w->st, loop_stats(w->loop), backends ? table : NULL,
+		      n);
 }
 
 void worker_backend_report(struct worker *w, uint32_t id, bool ok)
@@ -408,7 +408,7 @@ enum { CW_MULTI = 0, CW_SINGLE = 1, CW_TIMER = 2, CW_STOP_CANCEL = 4, CW_STOP_CL
 
 static void accept_cancel(struct worker *w, int i, unsigned int kind)
 {
-	loop_cancel(&w->loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
+	loop_cancel(w->loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
 		    tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
 	if (kind == ACC_MULTI)
 		w->listeners[i].cancel_multi = true;
@@ -441,7 +441,7 @@ static void accept_update(struct worker *w)
 		}
 		if (free >= WORKER_MULTISHOT_MIN_FREE) {
 			if (!l->multi_armed && !l->single_armed) {
-				loop_accept_multishot(&w->loop, l->fd,
+				loop_accept_multishot(w->loop, l->fd,
 						      tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
 				l->multi_armed = true;
 				w->misc_inflight++;
@@ -454,7 +454,7 @@ static void accept_update(struct worker *w)
 			continue;
 		}
 		if (!l->single_armed && free > 0) {
-			loop_accept(&w->loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
+			loop_accept(w->loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
 			l->single_armed = true;
 			w->singles++;
 			w->misc_inflight++;
@@ -469,30 +469,28 @@ void worker_accept_backoff(struct worker *w)
 		return;
 	w->accept_backoff = true;
 	w->st.accept_backoffs++;
-	w->backoff_ts.tv_sec = 0;
-	w->backoff_ts.tv_nsec = WORKER_ACCEPT_BACKOFF_MS * 1000000LL;
-	loop_timeout(&w->loop, &w->backoff_ts, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
+	loop_timeout(w->loop, WORKER_ACCEPT_BACKOFF_MS, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
 	w->misc_inflight++;
 }
 
-static void on_accept(struct worker *w, const struct io_uring_cqe *cqe)
+static void on_accept(struct worker *w, const struct loop_cqe *c)
 {
-	struct listener *l = &w->listeners[tag_slot(cqe->user_data)];
+	struct listener *l = &w->listeners[tag_slot(c->tag)];
 	unsigned long suppressed;
-	int res = cqe->res;
+	int res = c->res;
 
-	if (tag_side(cqe->user_data) == ACC_SINGLE) {
+	if (tag_side(c->tag) == ACC_SINGLE) {
 		l->single_armed = false;
 		w->singles--;
 		w->misc_inflight--;
-	} else if (!(cqe->flags & IORING_CQE_F_MORE)) {
+	} else if (!(c->flags & LOOP_CQE_MORE)) {
 		l->multi_armed = false;
 		w->misc_inflight--;
 	}
 	if (res >= 0) {
 		struct session *s;
 
-		if (loop_fault_session_start(&w->loop)) {
+		if (loop_fault_session_start(w->loop)) {
 			/* Fault injection only: session set-up "ran out of memory"; RST. */
 			sock_linger_rst(res);
 			close(res);
@@ -595,8 +593,7 @@ static void close_all(struct worker *w)
 		if (s->state != SS_FREE && s->state != SS_CLOSING)
 			session_abort(w, s, CLOSE_SHUTDOWN);
 	}
-	ms_to_ts(&w->deadline_ts, WORKER_STOP_DEADLINE_MS);
-	loop_timeout(&w->loop, &w->deadline_ts, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
+	loop_timeout(w->loop, WORKER_STOP_DEADLINE_MS, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
 }
 
 static void stop(struct worker *w, int signo)
@@ -624,14 +621,14 @@ static void stop(struct worker *w, int signo)
 		struct listener *l = &w->listeners[i];
 
 		/* Cancels the accept and closes the listener in one hard-linked pair. */
-		loop_cancel_fd_then_close(&w->loop, l->fd,
+		loop_cancel_fd_then_close(w->loop, l->fd,
 					  tag_make((uint32_t)i, 0, CW_STOP_CANCEL, OP_CANCEL_W),
 					  tag_make((uint32_t)i, 0, CW_STOP_CLOSE, OP_CANCEL_W));
 		w->misc_inflight += 2;
 		l->fd = -1;
 	}
 	if (w->accept_backoff) {
-		loop_cancel(&w->loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
+		loop_cancel(w->loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
 			    tag_make(0, 0, CW_TIMER, OP_CANCEL_W));
 		w->misc_inflight++;
 	}
@@ -641,8 +638,7 @@ static void stop(struct worker *w, int signo)
 	}
 	/* Sessions finish on their own; whatever is left when this fires is closed. The timer
 	 * is not counted in flight: the worker exits as soon as the last session is gone. */
-	ms_to_ts(&w->drain_ts, w->cfg->drain_timeout_ms);
-	loop_timeout(&w->loop, &w->drain_ts, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
+	loop_timeout(w->loop, w->cfg->drain_timeout_ms, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
 }
 
 static void on_notify(struct worker *w)
@@ -689,8 +685,7 @@ enum { PROBE_SOCKET = 0, PROBE_CONNECT = 1, PROBE_TIMEOUT = 2, PROBE_CLOSE = 3 }
 
 static void health_arm(struct worker *w)
 {
-	ms_to_ts(&w->health_ts, w->cfg->health_interval_ms);
-	loop_timeout(&w->loop, &w->health_ts, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
+	loop_timeout(w->loop, w->cfg->health_interval_ms, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
 }
 
 /* Starts a TCP connect probe to every member without one in flight. */
@@ -703,23 +698,23 @@ static void health_round(struct worker *w)
 			continue;
 		w->probes[id].busy = true;
 		w->probes[id].fd = -1;
-		loop_socket(&w->loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
+		loop_socket(w->loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
 			    IPPROTO_TCP, tag_make(id, w->bgen[id], PROBE_SOCKET, OP_PROBE));
 	}
 }
 
-static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
+static void on_probe(struct worker *w, const struct loop_cqe *c)
 {
-	uint32_t id = tag_slot(cqe->user_data), gen = tag_gen(cqe->user_data);
+	uint32_t id = tag_slot(c->tag), gen = tag_gen(c->tag);
 	struct probe *p = &w->probes[id];
 	/* The probe was started for the upstream this id named then: if SIGHUP or re-resolution
 	 * gave the id to another address since, its result says nothing about the new one. */
 	bool current = gen == w->bgen[id];
 	struct backend_info bi;
 	char buf[ADDR_STRLEN];
-	int res = cqe->res;
+	int res = c->res;
 
-	switch (tag_side(cqe->user_data)) {
+	switch (tag_side(c->tag)) {
 	case PROBE_SOCKET:
 		if (res < 0) {
 			p->busy = false;
@@ -727,12 +722,13 @@ static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 		}
 		p->fd = res;
 		if (w->stopping || !current || backend_info(w->pool, id, &bi) < 0 || bi.removed) {
-			loop_close(&w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
+			loop_close(w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 			p->fd = -1;
 			return;
 		}
-		loop_connect_timeout(&w->loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
-				     &w->connect_ts, tag_make(id, gen, PROBE_CONNECT, OP_PROBE),
+		loop_connect_timeout(w->loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
+				     w->cfg->connect_timeout_ms,
+				     tag_make(id, gen, PROBE_CONNECT, OP_PROBE),
 				     tag_make(id, gen, PROBE_TIMEOUT, OP_PROBE));
 		return;
 	case PROBE_CONNECT:
@@ -743,7 +739,7 @@ static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 				 addr_format(&w->baddr[id], buf, sizeof(buf)),
 				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
 				 res == 0 ? "" : ")");
-		loop_close(&w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
+		loop_close(w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 		p->fd = -1;
 		return;
 	case PROBE_CLOSE:
@@ -756,22 +752,22 @@ static void on_probe(struct worker *w, const struct io_uring_cqe *cqe)
 
 static void signal_arm(struct worker *w)
 {
-	loop_read(&w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
+	loop_read(w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
 		  tag_make(0, 0, 0, OP_SIGNAL));
 }
 
 static void notify_arm(struct worker *w)
 {
-	loop_read(&w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
+	loop_read(w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
 		  tag_make(0, 0, 0, OP_NOTIFY));
 }
 
 /* ---- dispatch ---- */
 
-static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
+static void dispatch(void *ctx, const struct loop_cqe *c)
 {
 	struct worker *w = ctx;
-	uint64_t tag = cqe->user_data;
+	uint64_t tag = c->tag;
 	enum loop_op op = tag_op(tag);
 
 	/* The first completion after a wait reads the clock: now_ms must not be the time before
@@ -783,10 +779,10 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 
 	switch (op) {
 	case OP_ACCEPT:
-		on_accept(w, cqe);
+		on_accept(w, c);
 		return;
 	case OP_SIGNAL:
-		if (cqe->res == (int)sizeof(w->siginfo))
+		if (c->res == (int)sizeof(w->siginfo))
 			stop(w, (int)w->siginfo.ssi_signo);
 		if (!w->stop_deadline_hit)
 			signal_arm(w);
@@ -797,15 +793,15 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 			notify_arm(w);
 		return;
 	case OP_PROBE:
-		on_probe(w, cqe);
+		on_probe(w, c);
 		return;
 	case OP_STATS:
-		httpstats_handle(w, cqe);
+		httpstats_handle(w, c);
 		return;
 	case OP_LOG:
 		w->misc_inflight--;
 		w->log_writing = false;
-		accesslog_done(w->alog, cqe->res);
+		accesslog_done(w->alog, c->res);
 		return;
 	case OP_TIMER:
 		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
@@ -818,7 +814,7 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 				health_round(w);
 				health_arm(w);
 			}
-		} else if (cqe->res == -ETIME) {
+		} else if (c->res == -ETIME) {
 			w->stop_deadline_hit = true;
 		}
 		return;
@@ -842,15 +838,15 @@ static void dispatch(void *ctx, const struct io_uring_cqe *cqe)
 		/* Cannot happen while slots are freed only with nothing in flight; counted and
 		 * dropped, never applied to the slot's new tenant. A buffer it carries goes back. */
 		w->st.stale_cqes++;
-		if (cqe->flags & IORING_CQE_F_BUFFER) {
-			uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		if (c->flags & LOOP_CQE_BUFFER) {
+			uint32_t bid = c->bid;
 
 			bufring_took(&w->bufs, bid, 0);
 			bufring_put(&w->bufs, bid);
 		}
 		return;
 	}
-	session_handle(w, s, cqe);
+	session_handle(w, s, c);
 }
 
 /* Starts the next access-log write if none is in flight (one per worker at a time). */
@@ -864,7 +860,7 @@ static void log_flush(struct worker *w)
 	p = accesslog_next(w->alog, &n);
 	if (p == NULL)
 		return;
-	loop_write(&w->loop, w->alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
+	loop_write(w->loop, w->alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
 	w->log_writing = true;
 	w->misc_inflight++;
 }
@@ -898,8 +894,8 @@ static void fail_fatal(struct worker *w, int rc)
 			s->fd[side] = -1;
 		}
 	}
-	log_error("worker %d: io_uring failed: %s; reset its %u connection(s); uproxy exits",
-		  w->id, strerror(-rc), n);
+	log_error("worker %d: %s failed: %s; reset its %u connection(s); uproxy exits", w->id,
+		  loop_backend_name(w->loop), strerror(-rc), n);
 	for (int i = 0; i < w->npeers; i++)
 		if (&w->peers[i] != w)
 			worker_post_abort(&w->peers[i]);
@@ -918,7 +914,6 @@ int worker_run(struct worker *w)
 		health_arm(w);
 	}
 	accept_update(w);
-	ms_to_ts(&w->hs_ts, HTTPSTATS_TIMEOUT_MS);
 	if (w->hs.nfds > 0)
 		httpstats_start(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
@@ -929,7 +924,7 @@ int worker_run(struct worker *w)
 		    (wait < 0 || wait > STATS_BACKENDS_EVERY_MS))
 			wait = STATS_BACKENDS_EVERY_MS;
 		w->clock_stale = true;
-		rc = loop_run_once(&w->loop, dispatch, w, wait);
+		rc = loop_run_once(w->loop, dispatch, w, wait);
 
 		if (rc < 0) {
 			fail_fatal(w, rc);
@@ -959,6 +954,6 @@ int worker_run(struct worker *w)
 	bufring_commit(&w->bufs, w->now_ms);
 	if (w->alog != NULL && !w->log_writing)
 		accesslog_drain(w->alog);
-	stats_log_summary(&w->st, &w->loop.st, w->id);
+	stats_log_summary(&w->st, loop_stats(w->loop), w->id);
 	return status;
 }

@@ -20,8 +20,7 @@
 #define BUFRING_FALLBACK_SIZE 4096u
 
 struct bufring {
-	struct io_uring_buf_ring *br;
-	size_t ring_bytes;
+	struct loop *loop;  /* where the pool is registered (loop_pbuf_*) */
 	uint8_t *base;	   /* count * size bytes of pool memory */
 	size_t base_bytes;
 	uint32_t size;	   /* bytes per pool buffer */
@@ -50,7 +49,7 @@ struct bufring {
 	uint64_t exhausted; /* ENOBUFS completions seen */
 };
 
-/* Allocates count pool buffers of size bytes, registers them as group bgid, and prepares
+/* Allocates count pool buffers of size bytes, registers them with l as group bgid, and prepares
  * fb_cap fallback ids (memory allocated only while one is in use). -errno on failure. */
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
 		 uint32_t fb_cap, char *why, size_t whylen);

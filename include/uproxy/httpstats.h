@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 struct worker;
-struct io_uring_cqe;
+struct loop_cqe;
 
 /* Scrapes served at once; more are closed at accept. Prometheus scrapes one at a time. */
 #define HTTPSTATS_MAX_CONNS 8
@@ -39,7 +39,7 @@ struct httpstats {
 void httpstats_start(struct worker *w);
 /* Stops accepting (at shutdown); open scrapes finish or time out. */
 void httpstats_stop(struct worker *w);
-void httpstats_handle(struct worker *w, const struct io_uring_cqe *cqe);
+void httpstats_handle(struct worker *w, const struct loop_cqe *c);
 void httpstats_destroy(struct httpstats *hs);
 
 /* Parses a request head: 200 for "GET /metrics", 404 for another path, 405 for another

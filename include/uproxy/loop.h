@@ -1,6 +1,7 @@
-/* loop: the one io_uring ring of a worker. Set-up and feature probing, SQE getting (submitting
- * when the SQ is full), the single submit_and_wait per iteration, CQE draining in batches.
- * The only module that calls io_uring_prep_* helpers; the others ask it through loop_*(). */
+/* loop: a worker's event backend. Operations (accept, recv, send, connect, timeouts, cancel,
+ * close, ...) are queued with loop_*() and their results come back from loop_run_once as
+ * backend-neutral completions (struct loop_cqe). The only module that knows the backend: its
+ * types stay in src/loop.c; every other module sees tags, results, flags and milliseconds. */
 #ifndef UPROXY_LOOP_H
 #define UPROXY_LOOP_H
 
@@ -10,7 +11,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "uproxy/compat.h"
 #include "uproxy/log.h"
 
 /* user_data layout: | slot:24 | generation:24 | side:4 | op:12 |. A CQE whose generation differs
@@ -76,10 +76,10 @@ enum loop_fault {
 	LOOP_FAULT_SEND_RESET,	   /* send/sendmsg completes -ECONNRESET */
 	LOOP_FAULT_SOCKET,	   /* socket completes -EMFILE */
 	LOOP_FAULT_CONNECT,	   /* connect completes -ECONNREFUSED */
-	LOOP_FAULT_ENTER,	   /* io_uring_enter fails with -EAGAIN or -ENOMEM, not entered */
+	LOOP_FAULT_ENTER,	   /* the wait's system call fails with -EAGAIN or -ENOMEM */
 	LOOP_FAULT_SQ_FULL,	   /* an SQE finds the SQ full and the submit failing: backlog */
 	LOOP_FAULT_CQ_OVERFLOW,	   /* completions are left unreaped for a few iterations, then
-				    * the overflow flush runs as if IORING_SQ_CQ_OVERFLOW were set */
+				    * the overflow flush runs as if the ring had overflowed */
 	LOOP_FAULT_SESSION_START,  /* loop_fault_session_start() said true (ENOMEM at accept) */
 	LOOP_FAULT_FATAL,	   /* UPROXY_FAULT_FATAL_AFTER: an enter failed with -EBADF */
 	LOOP_FAULT__COUNT
@@ -89,55 +89,57 @@ enum loop_fault {
 const char *loop_fault_name(enum loop_fault f);
 
 struct loop_stats {
-	uint64_t enters;     /* io_uring_enter calls made by the loop */
-	uint64_t submitted;  /* SQEs submitted */
-	uint64_t cqes;	     /* CQEs handled (synthetic ones included) */
-	uint64_t sq_full;    /* early submits because the SQ was full */
-	uint64_t cq_overflow; /* CQ overflow episodes seen (IORING_SQ_CQ_OVERFLOW or koverflow) */
-	uint64_t cq_lost;     /* completions the kernel dropped (koverflow; a bug if non-zero) */
-	uint64_t enter_retries; /* transient io_uring_enter failures backed off and retried */
-	uint64_t sq_backlog;  /* SQEs that waited in the userspace backlog (SQ full, submit failed) */
+	uint64_t enters;     /* system calls that submit or wait */
+	uint64_t submitted;  /* requests submitted */
+	uint64_t cqes;	     /* completions handled (synthetic ones included) */
+	uint64_t sq_full;    /* early submits because the queue was full */
+	uint64_t cq_overflow; /* completion-queue overflows seen (and reaped) */
+	uint64_t cq_lost;     /* completions the kernel dropped (a bug if non-zero) */
+	uint64_t enter_retries; /* transient submit/wait failures backed off and retried */
+	uint64_t sq_backlog;  /* requests that waited in the loop's backlog (queue full, submit failed) */
 	uint64_t faults[LOOP_FAULT__COUNT]; /* injected faults (fault-injection build only) */
 };
 
-struct loop_fault_state;
-
-struct loop {
-	struct io_uring ring;
-	unsigned int setup_flags; /* the IORING_SETUP_* flags the kernel accepted */
-	bool ring_fd_registered;
-	struct loop_stats st;
-	/* SQEs prepared while the SQ was full and could not be submitted, oldest first at
-	 * [bl_head]; flushed into the ring, in order and whole link chains at a time, before the
-	 * next enter. While non-empty every new SQE goes behind them. */
-	struct io_uring_sqe *bl;
-	unsigned int bl_head, bl_len, bl_cap;
-	unsigned int chain_left; /* SQEs still to come of a chain reserve_sqes() placed */
-	bool chain_backlog;	 /* ... and whether they go to the backlog */
-	/* Synthetic completions (fault injection), handed out at the next loop_run_once. */
-	struct io_uring_cqe *syn;
-	unsigned int syn_len, syn_cap;
-	unsigned int backoff_ms; /* current back-off after a transient enter error, 0 if none */
-	unsigned int koverflow_seen;
-	struct log_ratelimit rl_overflow;
-	struct loop_fault_state *fault; /* NULL unless injecting */
+/* A completion, whatever the backend: the tag its request was submitted with, its result (bytes
+ * or -errno), and flags. */
+struct loop_cqe {
+	uint64_t tag;
+	int32_t res;
+	uint16_t flags; /* LOOP_CQE_* */
+	uint16_t bid;	/* with LOOP_CQE_BUFFER: the (first) pool buffer the bytes landed in */
 };
 
-/* Creates the ring. On failure returns -errno and writes an explanation for the operator. */
-int loop_init(struct loop *l, unsigned int sq_entries, unsigned int cq_entries, char *why,
-	      size_t whylen);
-void loop_exit(struct loop *l);
+#define LOOP_CQE_MORE	1u /* a multishot request stays armed: more completions follow */
+#define LOOP_CQE_BUFFER 2u /* the bytes are in pool buffer bid (and, for a bundle, the next) */
+
+/* A worker's loop: opaque outside src/loop.c. */
+struct loop;
+
+/* Creates a loop with room for sq_entries queued requests and cq_entries completions. On
+ * failure returns -errno and writes an explanation for the operator. */
+int loop_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+	     size_t whylen);
+/* Ends every request still pending and frees the loop. */
+void loop_free(struct loop *l);
+
+/* Its counters. */
+const struct loop_stats *loop_stats(const struct loop *l);
+
+/* One line for a debug log: the features the backend runs with. */
+void loop_describe(const struct loop *l, char *buf, size_t len);
+/* "io_uring". */
+const char *loop_backend_name(const struct loop *l);
 
 /* Checks that the running kernel has every operation uproxy needs; -ENOTSUP with why if not. */
 int loop_probe(struct loop *l, char *why, size_t whylen);
 
-/* Explains an io_uring_queue_init failure in words (EPERM, ENOSYS, ENOMEM, ...). */
+/* Explains a set-up failure in words (EPERM, ENOSYS, ENOMEM, ...). */
 const char *loop_setup_error(int err);
 
-typedef void (*loop_cqe_fn)(void *ctx, const struct io_uring_cqe *cqe);
+typedef void (*loop_cqe_fn)(void *ctx, const struct loop_cqe *c);
 
 /* Submits everything queued and waits for at least one completion or timeout_ms (< 0: no
- * limit) in one io_uring_enter, then hands every available CQE to fn, in batches. A transient
+ * limit) in one system call, then hands every available completion to fn, in batches. A transient
  * enter error (EINTR, EAGAIN, ENOMEM, EBUSY) is counted, backed off (1..100 ms) and returns
  * normally; only a fatal one returns -errno (the worker must then close its sessions and the
  * process exit). Returns the number of CQEs handled or -errno. */
@@ -155,40 +157,49 @@ static inline bool loop_fault_session_start(struct loop *l)
 }
 #endif
 
-/* Submission helpers: each fills one SQE (submitting first if the SQ is full, or queueing it
- * in the loop's backlog if even that fails). They never fail. */
+/* The pool of provided buffers the buffer-select receives take from: registered once with
+ * room for entries (a power of two) buffers; buffers are added at offsets 0.. and published
+ * together by loop_pbuf_publish. -errno with why on failure. */
+int loop_pbuf_register(struct loop *l, uint16_t bgid, uint32_t entries, char *why,
+		       size_t whylen);
+void loop_pbuf_add(struct loop *l, void *addr, uint32_t len, uint16_t bid, int offset);
+void loop_pbuf_publish(struct loop *l, int count);
+
+/* Requests: each is queued (submitted first if the queue is full, or kept in the loop's backlog
+ * if even that fails) and completes once with its tag. They never fail. */
 void loop_accept_multishot(struct loop *l, int fd, uint64_t tag);
 void loop_accept(struct loop *l, int fd, uint64_t tag);
 void loop_read(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
-void loop_timeout(struct loop *l, struct __kernel_timespec *ts, uint64_t tag);
+/* Completes with -ETIME after ms milliseconds. */
+void loop_timeout(struct loop *l, uint32_t ms, uint64_t tag);
 void loop_socket(struct loop *l, int domain, int type, int protocol, uint64_t tag);
 void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len, uint64_t tag);
-/* A connect linked to a timeout: past ts the connect fails with -ECANCELED. ts must stay valid
- * until the next submit. Two CQEs: tag and ttag. */
+/* A connect linked to a timeout: past ms the connect fails with -ECANCELED. Two
+ * completions: tag and ttag. */
 void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
-			  struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
+			  uint32_t ms, uint64_t tag, uint64_t ttag);
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 /* Whether the kernel fills several provided buffers per recv completion (6.10). */
 bool loop_has_recv_bundle(const struct loop *l);
 /* A multishot recv whose completions are bundles: res bytes in consecutive ring entries
  * starting with the buffer the CQE names (6.10; check loop_has_recv_bundle first). */
 void loop_recv_bundle(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
-/* A single recv into one provided buffer (no IORING_CQE_F_MORE). */
+/* A single recv into one provided buffer (no LOOP_CQE_MORE). */
 void loop_recv(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
 void loop_send(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
 /* A plain recv into buf. */
 void loop_recv_buf(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
 /* recv into buf / send from buf, each linked to a timeout (two CQEs: tag and ttag). */
-void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len,
-			   struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
-void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len,
-		       struct __kernel_timespec *ts, uint64_t tag, uint64_t ttag);
+void loop_recv_buf_timeout(struct loop *l, int fd, void *buf, unsigned int len, uint32_t ms,
+			   uint64_t tag, uint64_t ttag);
+void loop_send_timeout(struct loop *l, int fd, const void *buf, unsigned int len, uint32_t ms,
+		       uint64_t tag, uint64_t ttag);
 /* write(2) at the file's current position (O_APPEND files). */
 void loop_write(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
 void loop_sendmsg(struct loop *l, int fd, const struct msghdr *msg, uint64_t tag);
 void loop_shutdown(struct loop *l, int fd, int how, uint64_t tag);
 void loop_close(struct loop *l, int fd, uint64_t tag);
-/* Cancels the request whose user_data is target. */
+/* Cancels the request submitted with tag target. */
 void loop_cancel(struct loop *l, uint64_t target, uint64_t tag);
 /* Cancels every request on fd, then closes it, whatever the cancel's outcome (hard link). */
 void loop_cancel_fd_then_close(struct loop *l, int fd, uint64_t cancel_tag, uint64_t close_tag);

@@ -14,7 +14,7 @@
 #include "uproxy/timer.h"
 
 struct worker;
-struct io_uring_cqe;
+struct loop_cqe;
 
 enum session_state {
 	SS_FREE = 0,	  /* slot unused */
@@ -127,7 +127,7 @@ struct session {
 void session_start(struct worker *w, struct session *s, int client_fd);
 
 /* Applies one completion to its session (already checked not stale). */
-void session_handle(struct worker *w, struct session *s, const struct io_uring_cqe *cqe);
+void session_handle(struct worker *w, struct session *s, const struct loop_cqe *c);
 
 /* Closes the session for reason. A side toward which bytes are lost (queued in the session,
  * or unread in the other side's socket) is closed with RST, and so is the other side: loss is

@@ -84,11 +84,10 @@ struct worker {
 	struct timer_wheel *wheel;
 	uint64_t now_ms;    /* CLOCK_MONOTONIC, read once per loop iteration */
 	bool clock_stale;   /* set before each wait; the next completion re-reads the clock */
-	struct __kernel_timespec connect_ts, drain_ts, health_ts;
 	struct probe *probes;
 	uint32_t *bgen;	    /* per backend id: bumped when the id names a new address */
 
-	struct loop loop;
+	struct loop *loop;
 	struct bufring bufs;
 
 	struct listener listeners[WORKER_MAX_LISTENERS];
@@ -121,14 +120,12 @@ struct worker {
 	bool stop_deadline_hit;
 	bool accept_backoff;
 	unsigned int misc_inflight; /* accepts, their cancels, the back-off timer */
-	struct __kernel_timespec backoff_ts, deadline_ts;
 
 	struct worker_stats st;
 	struct stats_snapshot *snap; /* published each iteration when --stats is on */
 	uint64_t backends_published_ms;
 	bool backends_dirty;	     /* sessions or health moved since the last publish */
 	struct httpstats hs;	     /* worker 0 only, with --stats */
-	struct __kernel_timespec hs_ts;
 	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health, rl_proxy;
 };
 
