@@ -44,7 +44,7 @@ int httpstats_route(const char *req, size_t len)
 
 static void accept_arm(struct worker *w, int i)
 {
-	loop_accept_multishot(w->loop, w->hs.fds[i], htag((uint32_t)i, HS_ACCEPT));
+	loop_accept_multishot(w->env.loop, w->hs.fds[i], htag((uint32_t)i, HS_ACCEPT));
 	w->hs.armed[i] = true;
 }
 
@@ -60,7 +60,7 @@ void httpstats_stop(struct worker *w)
 		if (w->hs.fds[i] < 0)
 			continue;
 		/* Both CQEs carry the ignored HS_TIMEOUT stage. */
-		loop_cancel_fd_then_close(w->loop, w->hs.fds[i], htag(0, HS_TIMEOUT),
+		loop_cancel_fd_then_close(w->env.loop, w->hs.fds[i], htag(0, HS_TIMEOUT),
 					  htag(0, HS_TIMEOUT));
 		w->hs.fds[i] = -1;
 	}
@@ -70,7 +70,7 @@ static void conn_close(struct worker *w, uint32_t idx)
 {
 	struct httpstats_conn *c = &w->hs.conns[idx];
 
-	loop_close(w->loop, c->fd, htag(idx, HS_CLOSE));
+	loop_close(w->env.loop, c->fd, htag(idx, HS_CLOSE));
 	c->fd = -1;
 }
 
@@ -78,7 +78,7 @@ static void conn_recv(struct worker *w, uint32_t idx)
 {
 	struct httpstats_conn *c = &w->hs.conns[idx];
 
-	loop_recv_buf_timeout(w->loop, c->fd, c->req + c->len, HTTPSTATS_REQ_MAX - c->len,
+	loop_recv_buf_timeout(w->env.loop, c->fd, c->req + c->len, HTTPSTATS_REQ_MAX - c->len,
 			      HTTPSTATS_TIMEOUT_MS, htag(idx, HS_RECV), htag(idx, HS_TIMEOUT));
 }
 
@@ -86,7 +86,7 @@ static void conn_send(struct worker *w, uint32_t idx)
 {
 	struct httpstats_conn *c = &w->hs.conns[idx];
 
-	loop_send_timeout(w->loop, c->fd, c->resp + c->sent, (unsigned int)(c->resp_len - c->sent),
+	loop_send_timeout(w->env.loop, c->fd, c->resp + c->sent, (unsigned int)(c->resp_len - c->sent),
 			  HTTPSTATS_TIMEOUT_MS, htag(idx, HS_SEND), htag(idx, HS_TIMEOUT));
 }
 

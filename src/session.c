@@ -16,7 +16,11 @@
 
 #include "uproxy/timer.h"
 #include "uproxy/util.h"
-#include "uproxy/worker.h"
+#include "uproxy/accesslog.h"
+#include "uproxy/backend.h"
+#include "uproxy/bufring.h"
+#include "uproxy/config.h"
+#include "uproxy/loop.h"
 
 /* ---- the transition table: the only place that says which state follows which ---- */
 
@@ -68,12 +72,12 @@ const char *session_event_name(enum session_event e)
 }
 
 /* Applies ev; an event the table forbids is a logic error worth crashing on in tests. */
-static void fire(struct worker *w, struct session *s, enum session_event ev)
+static void fire(struct session_env *e, struct session *s, enum session_event ev)
 {
 	enum session_state next = session_transition((enum session_state)s->state, ev);
 
 	if (next == SS__COUNT) {
-		log_error("session %u: event %s not allowed in state %s", worker_slot(w, s),
+		log_error("session %u: event %s not allowed in state %s", session_slot(e, s),
 			  session_event_name(ev), session_state_name((enum session_state)s->state));
 		abort();
 	}
@@ -82,10 +86,10 @@ static void fire(struct worker *w, struct session *s, enum session_event ev)
 
 /* ---- helpers ---- */
 
-static inline uint64_t stag(const struct worker *w, const struct session *s, unsigned int side,
+static inline uint64_t stag(const struct session_env *e, const struct session *s, unsigned int side,
 			    enum loop_op op)
 {
-	return tag_make(worker_slot(w, s), s->gen, side, op);
+	return tag_make(session_slot(e, s), s->gen, side, op);
 }
 
 static void dir_reset(struct session_dir *dr)
@@ -113,92 +117,92 @@ static bool closing(const struct session *s)
 	return s->state == SS_CLOSING;
 }
 
-static void teardown(struct worker *w, struct session *s, enum close_reason reason, bool rst);
+static void teardown(struct session_env *e, struct session *s, enum close_reason reason, bool rst);
 
 /* Arms a receive on direction d: from the shared pool while it has room, else into a fallback
  * buffer (one per direction at most, so a session's fallback memory is bounded). */
-static void recv_arm_from(struct worker *w, struct session *s, unsigned int d, bool pool_ok)
+static void recv_arm_from(struct session_env *e, struct session *s, unsigned int d, bool pool_ok)
 {
 	struct session_dir *dr = &s->dir[d];
-	uint32_t avail = bufring_available(&w->bufs);
-	uint64_t tag = stag(w, s, d, OP_RECV);
+	uint32_t avail = bufring_available(e->bufs);
+	uint64_t tag = stag(e, s, d, OP_RECV);
 
 	if (closing(s))
 		return;
-	if (pool_ok && avail > w->bufs.count / RECV_POOL_RESERVE_DIVISOR) {
-		if (avail <= w->bufs.count / 2 + RECV_MULTISHOT_BURST) {
-			loop_recv(w->loop, s->fd[d], w->bufs.bgid, tag);
-		} else if (w->recv_bundle) {
-			loop_recv_bundle(w->loop, s->fd[d], w->bufs.bgid, tag);
+	if (pool_ok && avail > e->bufs->count / RECV_POOL_RESERVE_DIVISOR) {
+		if (avail <= e->bufs->count / 2 + RECV_MULTISHOT_BURST) {
+			loop_recv(e->loop, s->fd[d], e->bufs->bgid, tag);
+		} else if (e->recv_bundle) {
+			loop_recv_bundle(e->loop, s->fd[d], e->bufs->bgid, tag);
 			dr->flags |= DIR_RECV_BUNDLE;
 		} else {
-			loop_recv_multishot(w->loop, s->fd[d], w->bufs.bgid, tag);
+			loop_recv_multishot(e->loop, s->fd[d], e->bufs->bgid, tag);
 		}
 	} else {
-		uint32_t bid = bufring_fallback_get(&w->bufs);
+		uint32_t bid = bufring_fallback_get(e->bufs);
 
 		if (bid == BUFRING_NIL) {
 			/* Out of memory: fail this session loudly, never park it. */
-			teardown(w, s, CLOSE_RESOURCE, false);
+			teardown(e, s, CLOSE_RESOURCE, false);
 			return;
 		}
-		w->st.fallback_recvs++;
+		e->st->fallback_recvs++;
 		dr->fb = bid;
 		dr->flags |= DIR_RECV_FB;
-		loop_recv_buf(w->loop, s->fd[d], bufring_data(&w->bufs, bid),
+		loop_recv_buf(e->loop, s->fd[d], bufring_data(e->bufs, bid),
 			      BUFRING_FALLBACK_SIZE, tag);
 	}
 	dr->flags |= DIR_RECV_ARMED;
 	s->inflight++;
 }
 
-static void recv_arm(struct worker *w, struct session *s, unsigned int d)
+static void recv_arm(struct session_env *e, struct session *s, unsigned int d)
 {
-	recv_arm_from(w, s, d, true);
+	recv_arm_from(e, s, d, true);
 }
 
 /* The high-water mark in force now: the full mark while at least half of the buffer pool is
  * free, shrinking linearly to zero (pause as soon as anything waits to be sent) as the free
  * half runs out. Readers that never read then hold a buffer or two each instead of the whole
  * pool, and the connections that do move keep buffers to move with. */
-static uint32_t high_water_now(const struct worker *w)
+static uint32_t high_water_now(const struct session_env *e)
 {
-	uint32_t free = bufring_available(&w->bufs), half = w->bufs.count / 2;
+	uint32_t free = bufring_available(e->bufs), half = e->bufs->count / 2;
 
 	if (free <= half)
 		return 0;
-	return (uint32_t)((uint64_t)w->high_water * (free - half) / (w->bufs.count - half));
+	return (uint32_t)((uint64_t)e->high_water * (free - half) / (e->bufs->count - half));
 }
 
 /* Should direction d be receiving now? (not while paused, finished, or parked) */
-static bool recv_wanted(const struct worker *w, const struct session *s, unsigned int d)
+static bool recv_wanted(const struct session_env *e, const struct session *s, unsigned int d)
 {
 	const struct session_dir *dr = &s->dir[d];
 
 	return !closing(s) && s->state != SS_CONNECTING &&
 	       !(dr->flags & (DIR_RECV_ARMED | DIR_EOF)) &&
-	       (dr->queued == 0 || dr->queued < high_water_now(w) / 4);
+	       (dr->queued == 0 || dr->queued < high_water_now(e) / 4);
 }
 
-static void queue_push(struct worker *w, struct session_dir *dr, uint32_t bid)
+static void queue_push(struct session_env *e, struct session_dir *dr, uint32_t bid)
 {
 	if (dr->tail == BUFRING_NIL)
 		dr->head = bid;
 	else
-		w->bufs.next[dr->tail] = bid;
+		e->bufs->next[dr->tail] = bid;
 	dr->tail = bid;
-	dr->queued += w->bufs.len[bid];
+	dr->queued += e->bufs->len[bid];
 }
 
 /* Gives every queued buffer of dr back to the ring (teardown only). */
-static void queue_drop(struct worker *w, struct session_dir *dr)
+static void queue_drop(struct session_env *e, struct session_dir *dr)
 {
 	uint32_t bid = dr->head;
 
 	while (bid != BUFRING_NIL) {
-		uint32_t next = w->bufs.next[bid];
+		uint32_t next = e->bufs->next[bid];
 
-		bufring_put(&w->bufs, bid);
+		bufring_put(e->bufs, bid);
 		bid = next;
 	}
 	dr->head = dr->tail = BUFRING_NIL;
@@ -208,7 +212,7 @@ static void queue_drop(struct worker *w, struct session_dir *dr)
 
 /* Sends what direction d has queued, or forwards its EOF once the queue is empty. One send in
  * flight per direction keeps the byte order. */
-static void dir_pump(struct worker *w, struct session *s, unsigned int d)
+static void dir_pump(struct session_env *e, struct session *s, unsigned int d)
 {
 	struct session_dir *dr = &s->dir[d];
 	int out = s->fd[!d];
@@ -217,32 +221,32 @@ static void dir_pump(struct worker *w, struct session *s, unsigned int d)
 		return;
 	if (dr->head != BUFRING_NIL) {
 		uint32_t bid = dr->head;
-		uint64_t tag = stag(w, s, d, OP_SEND);
+		uint64_t tag = stag(e, s, d, OP_SEND);
 
-		if (w->bufs.next[bid] == BUFRING_NIL) {
-			loop_send(w->loop, out, bufring_data(&w->bufs, bid) + dr->head_off,
-				  w->bufs.len[bid] - dr->head_off, tag);
+		if (e->bufs->next[bid] == BUFRING_NIL) {
+			loop_send(e->loop, out, bufring_data(e->bufs, bid) + dr->head_off,
+				  e->bufs->len[bid] - dr->head_off, tag);
 			dr->send_n = 1;
 		} else {
 			unsigned int n = 0;
 
-			for (; bid != BUFRING_NIL && n < DIR_IOV_MAX; bid = w->bufs.next[bid], n++) {
+			for (; bid != BUFRING_NIL && n < DIR_IOV_MAX; bid = e->bufs->next[bid], n++) {
 				uint32_t off = n == 0 ? dr->head_off : 0;
 
-				dr->iov[n].iov_base = bufring_data(&w->bufs, bid) + off;
-				dr->iov[n].iov_len = w->bufs.len[bid] - off;
+				dr->iov[n].iov_base = bufring_data(e->bufs, bid) + off;
+				dr->iov[n].iov_len = e->bufs->len[bid] - off;
 			}
 			memset(&dr->msg, 0, sizeof(dr->msg));
 			dr->msg.msg_iov = dr->iov;
 			dr->msg.msg_iovlen = n;
-			loop_sendmsg(w->loop, out, &dr->msg, tag);
+			loop_sendmsg(e->loop, out, &dr->msg, tag);
 			dr->send_n = (uint16_t)n;
 		}
 		s->inflight++;
 		return;
 	}
 	if ((dr->flags & (DIR_EOF | DIR_SHUT_SENT)) == DIR_EOF) {
-		loop_shutdown(w->loop, out, SHUT_WR, stag(w, s, d, OP_SHUTDOWN));
+		loop_shutdown(e->loop, out, SHUT_WR, stag(e, s, d, OP_SHUTDOWN));
 		dr->flags |= DIR_SHUT_SENT;
 		s->inflight++;
 	}
@@ -254,7 +258,7 @@ static void dir_pump(struct worker *w, struct session *s, unsigned int d)
  * request, which made tearing down thousands of sessions at once quadratic (6,000 client
  * resets took 5.9 s to release; see bench/RESULTS.md). A tag no longer pending costs one
  * -ENOENT completion. prev is the state before the teardown. */
-static void cancel_side(struct worker *w, struct session *s, unsigned int side,
+static void cancel_side(struct session_env *e, struct session *s, unsigned int side,
 			enum session_state prev)
 {
 	uint64_t targets[4];
@@ -262,30 +266,30 @@ static void cancel_side(struct worker *w, struct session *s, unsigned int side,
 
 	if (side == SIDE_CLIENT) {
 		if (s->dir[DIR_C2U].flags & DIR_RECV_ARMED)
-			targets[n++] = stag(w, s, DIR_C2U, OP_RECV);
+			targets[n++] = stag(e, s, DIR_C2U, OP_RECV);
 		if (s->dir[DIR_U2C].send_n != 0)
-			targets[n++] = stag(w, s, DIR_U2C, OP_SEND);
+			targets[n++] = stag(e, s, DIR_U2C, OP_SEND);
 		if (prev == SS_AWAIT_HEADER)
-			targets[n++] = stag(w, s, SIDE_CLIENT, OP_HDR_RECV);
+			targets[n++] = stag(e, s, SIDE_CLIENT, OP_HDR_RECV);
 	} else {
 		if (s->dir[DIR_U2C].flags & DIR_RECV_ARMED)
-			targets[n++] = stag(w, s, DIR_U2C, OP_RECV);
+			targets[n++] = stag(e, s, DIR_U2C, OP_RECV);
 		if (s->dir[DIR_C2U].send_n != 0) {
-			targets[n++] = stag(w, s, DIR_C2U, OP_SEND);
-			targets[n++] = stag(w, s, DIR_C2U, OP_PRESEND);
+			targets[n++] = stag(e, s, DIR_C2U, OP_SEND);
+			targets[n++] = stag(e, s, DIR_C2U, OP_PRESEND);
 		}
 		if (prev == SS_CONNECTING)
-			targets[n++] = stag(w, s, SIDE_UPSTREAM, OP_CONNECT);
+			targets[n++] = stag(e, s, SIDE_UPSTREAM, OP_CONNECT);
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		loop_cancel(w->loop, targets[i], stag(w, s, side, OP_CANCEL));
+		loop_cancel(e->loop, targets[i], stag(e, s, side, OP_CANCEL));
 		s->inflight++;
 	}
 }
 
 /* Closes both fds, cancelling what is pending on them first. The order of cancel and close
  * does not matter: the socket goes when the last reference does. */
-static void close_fds(struct worker *w, struct session *s, bool rst, enum session_state prev)
+static void close_fds(struct session_env *e, struct session *s, bool rst, enum session_state prev)
 {
 	for (unsigned int side = 0; side < 2; side++) {
 		int fd = s->fd[side];
@@ -295,8 +299,8 @@ static void close_fds(struct worker *w, struct session *s, bool rst, enum sessio
 		if (rst)
 			sock_linger_rst(fd);
 		if (s->inflight > 0)
-			cancel_side(w, s, side, prev);
-		loop_close(w->loop, fd, stag(w, s, side, OP_CLOSE));
+			cancel_side(e, s, side, prev);
+		loop_close(e->loop, fd, stag(e, s, side, OP_CLOSE));
 		s->inflight++;
 		s->fd[side] = -1;
 	}
@@ -314,7 +318,7 @@ static int unread_bytes(int fd)
 
 /* Which sides lose bytes if the session ends now: bytes queued in the session for a side, the
  * PROXY/early bytes not yet sent upstream, or input unread in the other side's socket. */
-static unsigned int lost_sides(struct worker *w, const struct session *s)
+static unsigned int lost_sides(struct session_env *e, const struct session *s)
 {
 	unsigned int lost = 0;
 
@@ -325,7 +329,7 @@ static unsigned int lost_sides(struct worker *w, const struct session *s)
 	if (s->dir[DIR_U2C].queued > 0 || unread_bytes(s->fd[SIDE_UPSTREAM]) > 0)
 		lost |= SESSION_LOST_CLIENT;
 	if (s->dir[DIR_C2U].queued > 0 || unread_bytes(s->fd[SIDE_CLIENT]) > 0 ||
-	    (w->pre != NULL && w->pre[worker_slot(w, s)].len > w->pre[worker_slot(w, s)].off))
+	    (e->pre != NULL && e->pre[session_slot(e, s)].len > e->pre[session_slot(e, s)].off))
 		lost |= SESSION_LOST_UPSTREAM;
 	return lost;
 }
@@ -333,38 +337,51 @@ static unsigned int lost_sides(struct worker *w, const struct session *s)
 /* Ends the session. rst: a peer reset or failed, pass the reset on. Otherwise the close is a
  * clean FIN only if no byte is lost; if any is, both sides get an RST, so neither peer can
  * mistake a cut stream for a finished one (the sender learns its bytes did not arrive). */
-static void teardown(struct worker *w, struct session *s, enum close_reason reason, bool rst)
+static void teardown(struct session_env *e, struct session *s, enum close_reason reason, bool rst)
 {
 	enum session_state prev = (enum session_state)s->state;
 	unsigned int lost;
 
 	if (closing(s))
 		return;
-	lost = lost_sides(w, s);
+	lost = lost_sides(e, s);
 	if (lost != 0) {
 		s->truncated = (uint8_t)lost;
 		if (lost & SESSION_LOST_CLIENT)
-			w->st.truncated[SIDE_CLIENT]++;
+			e->st->truncated[SIDE_CLIENT]++;
 		if (lost & SESSION_LOST_UPSTREAM)
-			w->st.truncated[SIDE_UPSTREAM]++;
+			e->st->truncated[SIDE_UPSTREAM]++;
 		rst = true;
 	}
-	fire(w, s, SE_ABORT);
+	fire(e, s, SE_ABORT);
 	s->reason = (uint8_t)reason;
-	timer_cancel(w->wheel, &s->timer);
-	close_fds(w, s, rst, prev);
+	timer_cancel(e->wheel, &s->timer);
+	close_fds(e, s, rst, prev);
 }
 
-void session_abort(struct worker *w, struct session *s, enum close_reason reason)
+void session_abort(struct session_env *e, struct session *s, enum close_reason reason)
 {
-	teardown(w, s, reason, false);
+	teardown(e, s, reason, false);
 }
 
 /* ---- events ---- */
 
+/* A connect to backend id succeeded or failed: passive health (--fail-threshold), logged when
+ * the upstream changes state. */
+static void backend_outcome(struct session_env *e, uint32_t id, bool ok)
+{
+	char buf[ADDR_STRLEN];
+
+	e->backends_dirty = true;
+	if (backend_report(e->pool, id, ok, e->now_ms))
+		log_warn("worker %d: upstream %s is %s", e->worker_id,
+			 addr_format(&e->baddr[id], buf, sizeof(buf)),
+			 ok ? "up again" : "down (connects keep failing)");
+}
+
 /* Picks the next upstream for s (skipping the ones it already failed on) and starts the
  * socket + connect. Returns false when the pool has nothing left to try. */
-static bool connect_next(struct worker *w, struct session *s)
+static bool connect_next(struct session_env *e, struct session *s)
 {
 	const struct sockaddr *client = NULL;
 	uint32_t tried[SESSION_MAX_TRIES];
@@ -372,47 +389,47 @@ static bool connect_next(struct worker *w, struct session *s)
 	int id;
 
 	if (s->have_peer)
-		client = &w->peer_addrs[worker_slot(w, s)].u.sa;
+		client = &e->peer_addrs[session_slot(e, s)].u.sa;
 	for (unsigned int i = 0; i < s->ntried; i++)
 		tried[i] = s->tried[i];
-	id = backend_pick(w->pool, client, w->now_ms, tried, s->ntried);
+	id = backend_pick(e->pool, client, e->now_ms, tried, s->ntried);
 	if (id < 0)
 		return false;
-	backend_acquire(w->pool, (uint32_t)id);
-	w->backends_dirty = true;
+	backend_acquire(e->pool, (uint32_t)id);
+	e->backends_dirty = true;
 	s->backend = (uint32_t)id;
 	s->tried[s->ntried++] = (uint16_t)id;
-	a = worker_backend_addr(w, (uint32_t)id);
-	w->st.connect_attempts++;
+	a = &e->baddr[id];
+	e->st->connect_attempts++;
 	s->connect_start_us = monotonic_us();
-	loop_socket(w->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
-		    stag(w, s, SIDE_UPSTREAM, OP_SOCKET));
+	loop_socket(e->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
+		    stag(e, s, SIDE_UPSTREAM, OP_SOCKET));
 	s->inflight++;
 	return true;
 }
 
-static void connect_first(struct worker *w, struct session *s)
+static void connect_first(struct session_env *e, struct session *s)
 {
-	if (!connect_next(w, s)) {
+	if (!connect_next(e, s)) {
 		log_warn("no upstream available (every one is removed): client closed");
-		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+		teardown(e, s, CLOSE_CONNECT_FAILED, false);
 	}
 }
 
-static void header_recv(struct worker *w, struct session *s)
+static void header_recv(struct session_env *e, struct session *s)
 {
-	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	loop_recv_buf(w->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
-		      PROXYPROTO_MAX_LEN - pr->len, stag(w, s, SIDE_CLIENT, OP_HDR_RECV));
+	loop_recv_buf(e->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
+		      PROXYPROTO_MAX_LEN - pr->len, stag(e, s, SIDE_CLIENT, OP_HDR_RECV));
 	s->inflight++;
 }
 
-void session_start(struct worker *w, struct session *s, int client_fd)
+void session_start(struct session_env *e, struct session *s, int client_fd)
 {
-	uint32_t slot = worker_slot(w, s);
+	uint32_t slot = session_slot(e, s);
 
-	fire(w, s, w->cfg->accept_proxy ? SE_START_PROXY : SE_START);
+	fire(e, s, e->cfg->accept_proxy ? SE_START_PROXY : SE_START);
 	s->fd[SIDE_CLIENT] = client_fd;
 	s->fd[SIDE_UPSTREAM] = -1;
 	s->backend = SESSION_NO_BACKEND;
@@ -420,12 +437,12 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	s->inflight = 0;
 	s->reason = CLOSE_NORMAL;
 	s->truncated = 0;
-	s->start_ms = w->now_ms;
+	s->start_ms = e->now_ms;
 	s->bytes[0] = s->bytes[1] = 0;
 	s->have_peer = 0;
 	s->wait_fd = 0;
-	if (w->peer_addrs != NULL) {
-		struct addr *pa = &w->peer_addrs[slot];
+	if (e->peer_addrs != NULL) {
+		struct addr *pa = &e->peer_addrs[slot];
 
 		/* One syscall per session, only for features that need the client's address
 		 * (hash balancing, access log, PROXY protocol): a multishot accept shares one
@@ -434,14 +451,14 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 		if (getpeername(client_fd, &pa->u.sa, &pa->len) == 0)
 			s->have_peer = 1;
 	}
-	if (w->pre != NULL) {
-		struct session_pre *pr = &w->pre[slot];
+	if (e->pre != NULL) {
+		struct session_pre *pr = &e->pre[slot];
 
 		pr->len = pr->off = 0;
 		memset(&pr->src, 0, sizeof(pr->src));
 		memset(&pr->dst, 0, sizeof(pr->dst));
 		if (s->have_peer)
-			pr->src = w->peer_addrs[slot];
+			pr->src = e->peer_addrs[slot];
 		pr->dst.len = sizeof(pr->dst.u);
 		if (getsockname(client_fd, &pr->dst.u.sa, &pr->dst.len) < 0)
 			memset(&pr->dst, 0, sizeof(pr->dst));
@@ -450,18 +467,18 @@ void session_start(struct worker *w, struct session *s, int client_fd)
 	dir_reset(&s->dir[DIR_C2U]);
 	dir_reset(&s->dir[DIR_U2C]);
 	if (s->state == SS_AWAIT_HEADER) {
-		timer_arm(w->wheel, &s->timer, w->now_ms + SESSION_HEADER_TIMEOUT_MS);
-		header_recv(w, s);
+		timer_arm(e->wheel, &s->timer, e->now_ms + SESSION_HEADER_TIMEOUT_MS);
+		header_recv(e, s);
 		return;
 	}
-	connect_first(w, s);
+	connect_first(e, s);
 }
 
 /* --accept-proxy: more of the client's header arrived (or the client went away). */
-static void on_header(struct worker *w, struct session *s, int res)
+static void on_header(struct session_env *e, struct session *s, int res)
 {
-	uint32_t slot = worker_slot(w, s);
-	struct session_pre *pr = &w->pre[slot];
+	uint32_t slot = session_slot(e, s);
+	struct session_pre *pr = &e->pre[slot];
 	struct proxyproto_result r;
 	unsigned long suppressed;
 	int n;
@@ -469,33 +486,33 @@ static void on_header(struct worker *w, struct session *s, int res)
 	if (closing(s))
 		return;
 	if (res <= 0) {
-		teardown(w, s, res == 0 ? CLOSE_PROTOCOL : CLOSE_CLIENT_RESET, false);
+		teardown(e, s, res == 0 ? CLOSE_PROTOCOL : CLOSE_CLIENT_RESET, false);
 		return;
 	}
 	pr->len += (uint16_t)res;
 	n = proxyproto_parse(pr->data, pr->len, &r);
 	if (n == 0 && pr->len < PROXYPROTO_MAX_LEN) {
-		header_recv(w, s);
+		header_recv(e, s);
 		return;
 	}
 	if (n <= 0) {
 		char buf[ADDR_STRLEN];
 
-		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_proxy, &suppressed))
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&e->rl_proxy, &suppressed))
 			log_warn("client %s: no valid PROXY protocol header (%s); closed (%lu "
 				 "similar messages suppressed)",
-				 s->have_peer ? addr_format(&w->peer_addrs[slot], buf, sizeof(buf))
+				 s->have_peer ? addr_format(&e->peer_addrs[slot], buf, sizeof(buf))
 					      : "?",
 				 n < 0 && r.why ? r.why : "too long", suppressed);
-		teardown(w, s, CLOSE_PROTOCOL, false);
+		teardown(e, s, CLOSE_PROTOCOL, false);
 		return;
 	}
 	if (r.command == PROXYPROTO_CMD_PROXY) {
 		/* The address the header carries is the client from now on. */
 		pr->src = r.src;
 		pr->dst = r.dst;
-		if (w->peer_addrs != NULL) {
-			w->peer_addrs[slot] = r.src;
+		if (e->peer_addrs != NULL) {
+			e->peer_addrs[slot] = r.src;
 			s->have_peer = 1;
 		}
 	}
@@ -503,33 +520,33 @@ static void on_header(struct worker *w, struct session *s, int res)
 	memmove(pr->data, pr->data + n, pr->len - (uint32_t)n);
 	pr->len = (uint16_t)(pr->len - (uint32_t)n);
 	s->bytes[DIR_C2U] += pr->len;
-	w->st.bytes[DIR_C2U] += pr->len;
-	timer_cancel(w->wheel, &s->timer);
-	fire(w, s, SE_HEADER_DONE);
-	connect_first(w, s);
+	e->st->bytes[DIR_C2U] += pr->len;
+	timer_cancel(e->wheel, &s->timer);
+	fire(e, s, SE_HEADER_DONE);
+	connect_first(e, s);
 }
 
-static void presend(struct worker *w, struct session *s)
+static void presend(struct session_env *e, struct session *s)
 {
-	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	loop_send(w->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
-		  stag(w, s, DIR_C2U, OP_PRESEND));
+	loop_send(e->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
+		  stag(e, s, DIR_C2U, OP_PRESEND));
 	/* Holds the client->upstream queue back until these bytes are out. */
 	s->dir[DIR_C2U].send_n = 1;
 	s->inflight++;
 }
 
 /* Connected: queue the PROXY header (--send-proxy) in front of any early client bytes. */
-static void presend_start(struct worker *w, struct session *s)
+static void presend_start(struct session_env *e, struct session *s)
 {
-	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	if (w->cfg->send_proxy) {
+	if (e->cfg->send_proxy) {
 		uint8_t hdr[PROXYPROTO_V1_BUILD_MAX];
 		const struct addr *src = pr->src.len ? &pr->src : NULL;
 		const struct addr *dst = pr->dst.len ? &pr->dst : NULL;
-		int h = w->cfg->send_proxy == 1
+		int h = e->cfg->send_proxy == 1
 				? proxyproto_build_v1(src, dst, (char *)hdr, sizeof(hdr))
 				: proxyproto_build_v2(src, dst, hdr, sizeof(hdr));
 
@@ -541,85 +558,85 @@ static void presend_start(struct worker *w, struct session *s)
 	}
 	pr->off = 0;
 	if (pr->len > 0)
-		presend(w, s);
+		presend(e, s);
 }
 
-static void on_presend(struct worker *w, struct session *s, int res)
+static void on_presend(struct session_env *e, struct session *s, int res)
 {
-	struct session_pre *pr = &w->pre[worker_slot(w, s)];
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
 	s->inflight--;
 	s->dir[DIR_C2U].send_n = 0;
 	if (closing(s))
 		return;
 	if (res <= 0) {
-		teardown(w, s, CLOSE_UPSTREAM_RESET, true);
+		teardown(e, s, CLOSE_UPSTREAM_RESET, true);
 		return;
 	}
 	pr->off = (uint16_t)(pr->off + res);
 	if (pr->off < pr->len) {
-		presend(w, s);
+		presend(e, s);
 		return;
 	}
 	pr->len = pr->off = 0;
-	dir_pump(w, s, DIR_C2U);
+	dir_pump(e, s, DIR_C2U);
 }
 
 /* Gives the session's hold on its backend back (after a failure, or at release). */
-static void backend_drop(struct worker *w, struct session *s)
+static void backend_drop(struct session_env *e, struct session *s)
 {
 	if (s->backend != SESSION_NO_BACKEND) {
-		backend_release(w->pool, s->backend);
-		w->backends_dirty = true;
+		backend_release(e->pool, s->backend);
+		e->backends_dirty = true;
 		s->backend = SESSION_NO_BACKEND;
 	}
 }
 
-static void on_socket(struct worker *w, struct session *s, int res)
+static void on_socket(struct session_env *e, struct session *s, int res)
 {
 	unsigned long suppressed;
 
 	if (closing(s)) {
 		/* Aborted while the socket was being made: close it too. */
 		if (res >= 0) {
-			loop_close(w->loop, res, stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+			loop_close(e->loop, res, stag(e, s, SIDE_UPSTREAM, OP_CLOSE));
 			s->inflight++;
 		}
 		return;
 	}
 	if (res < 0) {
-		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_socket, &suppressed))
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&e->rl_socket, &suppressed))
 			log_warn("cannot create upstream socket: %s; pausing accepts, the client "
 				 "waits up to --connect-timeout (%lu similar messages suppressed)",
 				 strerror(-res), suppressed);
 		if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
 			/* Out of fds: stop accepting, and let this client wait for one (retried
 			 * every back-off period, up to --connect-timeout) instead of closing it. */
-			worker_accept_backoff(w);
-			backend_drop(w, s);
+			e->out |= SESSION_OUT_NEED_FD;
+			backend_drop(e, s);
 			s->ntried--;
-			if (w->now_ms - s->start_ms < w->cfg->connect_timeout_ms) {
+			if (e->now_ms - s->start_ms < e->cfg->connect_timeout_ms) {
 				s->wait_fd = 1;
-				timer_arm(w->wheel, &s->timer, w->now_ms + WORKER_ACCEPT_BACKOFF_MS);
+				timer_arm(e->wheel, &s->timer, e->now_ms + SESSION_FD_WAIT_MS);
 				return;
 			}
 		}
-		teardown(w, s, CLOSE_RESOURCE, false);
+		teardown(e, s, CLOSE_RESOURCE, false);
 		return;
 	}
 	s->fd[SIDE_UPSTREAM] = res;
 	/* Two setsockopts per upstream connection (a ring-side setsockopt needs Linux 6.7);
 	 * accepted client sockets inherit the same from the listener. */
 	sock_set_forwarding(res);
-	const struct addr *a = worker_backend_addr(w, s->backend);
+	const struct addr *a = &e->baddr[s->backend];
 	/* The connect and its timeout are one linked pair: two CQEs, both counted in flight. */
-	loop_connect_timeout(w->loop, res, &a->u.sa, a->len, w->cfg->connect_timeout_ms,
-			     stag(w, s, SIDE_UPSTREAM, OP_CONNECT),
-			     stag(w, s, SIDE_UPSTREAM, OP_LINK_TIMEOUT));
+	loop_connect_timeout(e->loop, res, &a->u.sa, a->len, e->cfg->connect_timeout_ms,
+			     stag(e, s, SIDE_UPSTREAM, OP_CONNECT),
+			     stag(e, s, SIDE_UPSTREAM, OP_LINK_TIMEOUT));
 	s->inflight += 2;
 }
 
-static void on_connect(struct worker *w, struct session *s, int res)
+static void on_connect(struct session_env *e, struct session *s, int res)
 {
 	unsigned long suppressed;
 	char buf[ADDR_STRLEN];
@@ -627,37 +644,37 @@ static void on_connect(struct worker *w, struct session *s, int res)
 	if (closing(s))
 		return;
 	if (res < 0) {
-		const struct addr *a = worker_backend_addr(w, s->backend);
+		const struct addr *a = &e->baddr[s->backend];
 
 		/* -ECANCELED here means the linked timeout fired (an abort would be closing). */
 		if (res == -ECANCELED)
 			res = -ETIMEDOUT;
-		w->st.connect_errors++;
+		e->st->connect_errors++;
 		log_debug("connect to %s failed: %s", addr_format(a, buf, sizeof(buf)),
 			  strerror(-res));
-		worker_backend_report(w, s->backend, false);
-		backend_drop(w, s);
-		loop_close(w->loop, s->fd[SIDE_UPSTREAM], stag(w, s, SIDE_UPSTREAM, OP_CLOSE));
+		backend_outcome(e, s->backend, false);
+		backend_drop(e, s);
+		loop_close(e->loop, s->fd[SIDE_UPSTREAM], stag(e, s, SIDE_UPSTREAM, OP_CLOSE));
 		s->inflight++;
 		s->fd[SIDE_UPSTREAM] = -1;
-		if (s->ntried <= w->cfg->retries && connect_next(w, s))
+		if (s->ntried <= e->cfg->retries && connect_next(e, s))
 			return;
-		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_connect, &suppressed))
+		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&e->rl_connect, &suppressed))
 			log_warn("cannot connect to upstream %s: %s (after %u attempt(s); client "
 				 "closed; %lu similar messages suppressed)",
 				 addr_format(a, buf, sizeof(buf)), strerror(-res), s->ntried,
 				 suppressed);
-		teardown(w, s, CLOSE_CONNECT_FAILED, false);
+		teardown(e, s, CLOSE_CONNECT_FAILED, false);
 		return;
 	}
-	worker_backend_report(w, s->backend, true);
-	stats_connect_observe(&w->st, monotonic_us() - s->connect_start_us);
-	fire(w, s, SE_CONNECTED);
-	timer_arm(w->wheel, &s->timer, w->now_ms + w->cfg->idle_timeout_ms);
-	if (w->pre != NULL)
-		presend_start(w, s);
-	recv_arm(w, s, DIR_C2U);
-	recv_arm(w, s, DIR_U2C);
+	backend_outcome(e, s->backend, true);
+	stats_connect_observe(e->st, monotonic_us() - s->connect_start_us);
+	fire(e, s, SE_CONNECTED);
+	timer_arm(e->wheel, &s->timer, e->now_ms + e->cfg->idle_timeout_ms);
+	if (e->pre != NULL)
+		presend_start(e, s);
+	recv_arm(e, s, DIR_C2U);
+	recv_arm(e, s, DIR_U2C);
 }
 
 static bool half_closed(const struct session *s)
@@ -669,54 +686,54 @@ static bool half_closed(const struct session *s)
  * for --idle-timeout, or --fin-timeout once half-closed. Both are inactivity timers, like
  * nginx's proxy_timeout and HAProxy's timeout client-fin, counted from the last progress in
  * either direction. timer_arm pushing a deadline later is one store. */
-static void timer_touch(struct worker *w, struct session *s)
+static void timer_touch(struct session_env *e, struct session *s)
 {
-	timer_arm(w->wheel, &s->timer,
-		  w->now_ms + (half_closed(s) ? w->cfg->fin_timeout_ms : w->cfg->idle_timeout_ms));
+	timer_arm(e->wheel, &s->timer,
+		  e->now_ms + (half_closed(s) ? e->cfg->fin_timeout_ms : e->cfg->idle_timeout_ms));
 }
 
-void session_timeout(struct worker *w, struct session *s)
+void session_timeout(struct session_env *e, struct session *s)
 {
 	if (s->state == SS_AWAIT_HEADER) {
-		log_debug("session %u: no PROXY protocol header within %d ms", worker_slot(w, s),
+		log_debug("session %u: no PROXY protocol header within %d ms", session_slot(e, s),
 			  SESSION_HEADER_TIMEOUT_MS);
-		teardown(w, s, CLOSE_PROTOCOL, false);
+		teardown(e, s, CLOSE_PROTOCOL, false);
 		return;
 	}
 	if (s->state == SS_CONNECTING && s->wait_fd) {
 		/* Waited for an fd for the upstream socket: try again. */
 		s->wait_fd = 0;
-		if (!connect_next(w, s))
-			teardown(w, s, CLOSE_CONNECT_FAILED, false);
+		if (!connect_next(e, s))
+			teardown(e, s, CLOSE_CONNECT_FAILED, false);
 		return;
 	}
 	if (closing(s) || s->state == SS_CONNECTING)
 		return;
-	log_debug("session %u: %s timeout", worker_slot(w, s), half_closed(s) ? "fin" : "idle");
-	teardown(w, s, CLOSE_TIMEOUT, false);
+	log_debug("session %u: %s timeout", session_slot(e, s), half_closed(s) ? "fin" : "idle");
+	teardown(e, s, CLOSE_TIMEOUT, false);
 }
 
 /* A bundle completion: res bytes in consecutive ring entries from pool buffer first on, each
  * full but the last. Queued in ring order (or given back if the session is closing). */
-static void take_bundle(struct worker *w, struct session *s, unsigned int d, uint32_t first,
+static void take_bundle(struct session_env *e, struct session *s, unsigned int d, uint32_t first,
 			uint32_t res)
 {
-	uint32_t n = (res + w->bufs.size - 1) / w->bufs.size;
+	uint32_t n = (res + e->bufs->size - 1) / e->bufs->size;
 
 	for (uint32_t i = 0; i < n; i++) {
-		uint32_t bid = bufring_bundle_bid(&w->bufs, first, i);
-		uint32_t len = res > w->bufs.size ? w->bufs.size : res;
+		uint32_t bid = bufring_bundle_bid(e->bufs, first, i);
+		uint32_t len = res > e->bufs->size ? e->bufs->size : res;
 
-		bufring_took(&w->bufs, bid, len);
+		bufring_took(e->bufs, bid, len);
 		res -= len;
 		if (closing(s))
-			bufring_put(&w->bufs, bid);
+			bufring_put(e->bufs, bid);
 		else
-			queue_push(w, &s->dir[d], bid);
+			queue_push(e, &s->dir[d], bid);
 	}
 }
 
-static void on_recv(struct worker *w, struct session *s, unsigned int d,
+static void on_recv(struct session_env *e, struct session *s, unsigned int d,
 		    const struct loop_cqe *c)
 {
 	struct session_dir *dr = &s->dir[d];
@@ -734,63 +751,63 @@ static void on_recv(struct worker *w, struct session *s, unsigned int d,
 		bid = dr->fb;
 		dr->fb = BUFRING_NIL;
 		dr->flags &= (uint16_t)~DIR_RECV_FB;
-		bufring_fallback_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+		bufring_fallback_took(e->bufs, bid, res > 0 ? (uint32_t)res : 0);
 	} else if (c->flags & LOOP_CQE_BUFFER) {
 		bid = c->bid;
-		if (bundle && res > (int)w->bufs.size) {
-			take_bundle(w, s, d, bid, (uint32_t)res);
+		if (bundle && res > (int)e->bufs->size) {
+			take_bundle(e, s, d, bid, (uint32_t)res);
 			bid = BUFRING_NIL;
 		} else {
-			bufring_took(&w->bufs, bid, res > 0 ? (uint32_t)res : 0);
+			bufring_took(e->bufs, bid, res > 0 ? (uint32_t)res : 0);
 		}
 	}
 	if (bid != BUFRING_NIL && (res <= 0 || closing(s)))
-		bufring_put(&w->bufs, bid);
+		bufring_put(e->bufs, bid);
 	else if (bid != BUFRING_NIL)
-		queue_push(w, dr, bid);
+		queue_push(e, dr, bid);
 	if (res > 0 && !closing(s)) {
-		w->st.bytes[d] += (uint64_t)res;
+		e->st->bytes[d] += (uint64_t)res;
 		s->bytes[d] += (uint64_t)res;
-		timer_touch(w, s);
-		dir_pump(w, s, d);
-		if (dr->queued >= high_water_now(w) &&
+		timer_touch(e, s);
+		dir_pump(e, s, d);
+		if (dr->queued >= high_water_now(e) &&
 		    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
 			/* Back-pressure: stop reading this peer until the other drains. */
-			loop_cancel(w->loop, stag(w, s, d, OP_RECV),
-				    stag(w, s, d, OP_CANCEL));
+			loop_cancel(e->loop, stag(e, s, d, OP_RECV),
+				    stag(e, s, d, OP_CANCEL));
 			s->inflight++;
 			dr->flags |= DIR_RECV_CANCEL;
-			w->st.backpressure++;
+			e->st->backpressure++;
 		}
 	}
 	if (closing(s))
 		return;
 	if (res == 0) {
 		dr->flags |= DIR_EOF;
-		dir_pump(w, s, d);
+		dir_pump(e, s, d);
 		return;
 	}
 	if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
 		/* The peer we read from reset or failed: pass the reset on to the other. */
-		teardown(w, s, d == DIR_C2U ? CLOSE_CLIENT_RESET : CLOSE_UPSTREAM_RESET, true);
+		teardown(e, s, d == DIR_C2U ? CLOSE_CLIENT_RESET : CLOSE_UPSTREAM_RESET, true);
 		return;
 	}
 	if (res == -ENOBUFS) {
 		/* The pool ran dry under this recv: go on at once with a fallback buffer. Never
 		 * parked, so the direction keeps a recv armed and sees its peer's FIN or RST. */
-		w->st.buf_exhausted++;
-		bufring_starved(&w->bufs, w->now_ms);
-		if (!more && recv_wanted(w, s, d))
-			recv_arm_from(w, s, d, false);
+		e->st->buf_exhausted++;
+		bufring_starved(e->bufs, e->now_ms);
+		if (!more && recv_wanted(e, s, d))
+			recv_arm_from(e, s, d, false);
 		return;
 	}
 	/* A multishot that ended without an error (CQ overflow, cancel for back-pressure):
 	 * re-arm now if the queue has room, otherwise the send completion will. */
-	if (!more && recv_wanted(w, s, d))
-		recv_arm(w, s, d);
+	if (!more && recv_wanted(e, s, d))
+		recv_arm(e, s, d);
 }
 
-static void on_send(struct worker *w, struct session *s, unsigned int d, int res)
+static void on_send(struct session_env *e, struct session *s, unsigned int d, int res)
 {
 	struct session_dir *dr = &s->dir[d];
 	uint32_t left;
@@ -801,14 +818,14 @@ static void on_send(struct worker *w, struct session *s, unsigned int d, int res
 		return;
 	if (res <= 0) {
 		/* The peer we write to is gone (EPIPE, ECONNRESET): reset the other one too. */
-		teardown(w, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
+		teardown(e, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
 		return;
 	}
-	timer_touch(w, s);
+	timer_touch(e, s);
 	left = (uint32_t)res;
 	while (left > 0 && dr->head != BUFRING_NIL) {
 		uint32_t bid = dr->head;
-		uint32_t rem = w->bufs.len[bid] - dr->head_off;
+		uint32_t rem = e->bufs->len[bid] - dr->head_off;
 
 		if (left < rem) {
 			/* Short send: the rest of this buffer goes first next time. */
@@ -818,87 +835,87 @@ static void on_send(struct worker *w, struct session *s, unsigned int d, int res
 		}
 		left -= rem;
 		dr->queued -= rem;
-		dr->head = w->bufs.next[bid];
+		dr->head = e->bufs->next[bid];
 		dr->head_off = 0;
-		bufring_put(&w->bufs, bid);
+		bufring_put(e->bufs, bid);
 	}
 	if (dr->head == BUFRING_NIL)
 		dr->tail = BUFRING_NIL;
-	dir_pump(w, s, d);
-	if (recv_wanted(w, s, d))
-		recv_arm(w, s, d);
+	dir_pump(e, s, d);
+	if (recv_wanted(e, s, d))
+		recv_arm(e, s, d);
 }
 
-static void on_shutdown(struct worker *w, struct session *s, unsigned int d, int res)
+static void on_shutdown(struct session_env *e, struct session *s, unsigned int d, int res)
 {
 	s->inflight--;
 	if (closing(s))
 		return;
 	if (res < 0 && res != -ENOTCONN) {
-		teardown(w, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
+		teardown(e, s, d == DIR_C2U ? CLOSE_UPSTREAM_RESET : CLOSE_CLIENT_RESET, true);
 		return;
 	}
 	s->dir[d].flags |= DIR_DONE;
-	fire(w, s, d == DIR_C2U ? SE_C2U_DONE : SE_U2C_DONE);
+	fire(e, s, d == DIR_C2U ? SE_C2U_DONE : SE_U2C_DONE);
 	if (!closing(s)) {
 		/* Half-closed: from now on the session may be inactive for --fin-timeout. */
-		timer_touch(w, s);
+		timer_touch(e, s);
 	} else {
 		/* Both directions finished cleanly. */
 		s->reason = CLOSE_NORMAL;
-		timer_cancel(w->wheel, &s->timer);
-		close_fds(w, s, false, SS_CLOSING);
+		timer_cancel(e->wheel, &s->timer);
+		close_fds(e, s, false, SS_CLOSING);
 	}
 }
 
-static void log_session(struct worker *w, struct session *s)
+static void log_session(struct session_env *e, struct session *s)
 {
 	struct timespec now;
-	struct accesslog_entry e = {
-		.client = s->have_peer ? &w->peer_addrs[worker_slot(w, s)] : NULL,
-		.upstream = s->backend != SESSION_NO_BACKEND ? worker_backend_addr(w, s->backend)
-							      : NULL,
+	struct accesslog_entry le = {
+		.client = s->have_peer ? &e->peer_addrs[session_slot(e, s)] : NULL,
+		.upstream = s->backend != SESSION_NO_BACKEND ? &e->baddr[s->backend] : NULL,
 		.bytes_in = s->bytes[DIR_C2U],
 		.bytes_out = s->bytes[DIR_U2C],
-		.duration_ms = w->now_ms - s->start_ms,
+		.duration_ms = e->now_ms - s->start_ms,
 		.reason = close_reason_name((enum close_reason)s->reason),
 		.truncated = s->truncated,
 	};
 
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
-	e.end_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-	accesslog_add(w->alog, &e);
+	le.end_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+	accesslog_add(e->alog, &le);
 }
 
-void session_handle(struct worker *w, struct session *s, const struct loop_cqe *c)
+unsigned int session_handle(struct session_env *e, struct session *s, const struct loop_cqe *c)
 {
 	uint64_t tag = c->tag;
 	unsigned int side = tag_side(tag);
 
+	e->out = SESSION_OUT_NONE;
 	switch (tag_op(tag)) {
 	case OP_SOCKET:
 		s->inflight--;
-		on_socket(w, s, c->res);
+		on_socket(e, s, c->res);
 		break;
 	case OP_CONNECT:
 		s->inflight--;
-		on_connect(w, s, c->res);
+		on_connect(e, s, c->res);
 		break;
 	case OP_RECV:
-		on_recv(w, s, side, c);
+		on_recv(e, s, side, c);
 		break;
 	case OP_SEND:
-		on_send(w, s, side, c->res);
+		on_send(e, s, side, c->res);
 		break;
 	case OP_SHUTDOWN:
-		on_shutdown(w, s, side, c->res);
+		on_shutdown(e, s, side, c->res);
 		break;
 	case OP_HDR_RECV:
 		s->inflight--;
-		on_header(w, s, c->res);
+		on_header(e, s, c->res);
 		break;
 	case OP_PRESEND:
-		on_presend(w, s, c->res);
+		on_presend(e, s, c->res);
 		break;
 	case OP_LINK_TIMEOUT:
 	case OP_CANCEL:
@@ -906,17 +923,18 @@ void session_handle(struct worker *w, struct session *s, const struct loop_cqe *
 		s->inflight--;
 		break;
 	default:
-		log_error("session %u: unexpected completion op %d", worker_slot(w, s),
+		log_error("session %u: unexpected completion op %d", session_slot(e, s),
 			  (int)tag_op(tag));
 		abort();
 	}
 	if (closing(s) && s->inflight == 0) {
-		if (w->alog != NULL)
-			log_session(w, s);
-		queue_drop(w, &s->dir[DIR_C2U]);
-		queue_drop(w, &s->dir[DIR_U2C]);
-		backend_drop(w, s);
-		fire(w, s, SE_RELEASED);
-		worker_release(w, s);
+		if (e->alog != NULL)
+			log_session(e, s);
+		queue_drop(e, &s->dir[DIR_C2U]);
+		queue_drop(e, &s->dir[DIR_U2C]);
+		backend_drop(e, s);
+		fire(e, s, SE_RELEASED);
+		e->out |= SESSION_OUT_RELEASED;
 	}
+	return e->out;
 }

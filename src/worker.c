@@ -144,14 +144,14 @@ int worker_adopt(const int *fds, int n, bool original, struct listener *out, cha
 /* Applies a new membership to the pool and refreshes the per-id address table. */
 static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 {
-	int rc = backend_pool_update(w->pool, specs, n);
+	int rc = backend_pool_update(w->env.pool, specs, n);
 
 	if (rc < 0)
 		return rc;
-	for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+	for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
 		struct backend_info bi;
 
-		if (backend_info(w->pool, id, &bi) < 0)
+		if (backend_info(w->env.pool, id, &bi) < 0)
 			continue;
 		/* A reused id names another upstream: results still in flight for the old one
 		 * (health probes) carry the old generation and are ignored. */
@@ -165,14 +165,14 @@ static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 /* The per-slot arrays worker_init allocates after the rings. */
 static void free_slot_arrays(struct worker *w)
 {
-	free(w->pre);
-	free(w->alog);
-	free(w->peer_addrs);
-	free(w->sessions);
-	w->pre = NULL;
-	w->alog = NULL;
-	w->peer_addrs = NULL;
-	w->sessions = NULL;
+	free(w->env.pre);
+	free(w->env.alog);
+	free(w->env.peer_addrs);
+	free(w->env.slab);
+	w->env.pre = NULL;
+	w->env.alog = NULL;
+	w->env.peer_addrs = NULL;
+	w->env.slab = NULL;
 }
 
 /* An environment switch set to "0": a feature forced off (for tests and comparisons). */
@@ -190,19 +190,24 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	unsigned int cq;
 	int rc;
 
-	w->cfg = cfg;
+	w->env.cfg = cfg;
+	w->env.bufs = &w->bufs;
+	w->env.st = &w->st;
+	w->env.worker_id = w->id;
 	w->max_sessions = max_sessions;
-	w->now_ms = monotonic_ms();
+	w->env.now_ms = monotonic_ms();
 	backend_opts_defaults(&bo);
 	bo.balance = cfg->balance;
 	bo.fail_threshold = cfg->fail_threshold;
 	bo.fail_timeout_ms = cfg->fail_timeout_s * 1000;
-	bo.seed = (uint64_t)w->now_ms * 2654435761u + (uint64_t)w->id;
+	bo.seed = (uint64_t)w->env.now_ms * 2654435761u + (uint64_t)w->id;
 	w->baddr = calloc(BACKEND_MAX, sizeof(*w->baddr));
+	w->env.baddr = w->baddr;
 	w->probes = calloc(BACKEND_MAX, sizeof(*w->probes));
 	w->bgen = calloc(BACKEND_MAX, sizeof(*w->bgen));
-	if (w->baddr == NULL || w->probes == NULL || w->bgen == NULL || backend_pool_new(&bo, &w->pool) < 0 ||
-	    timer_wheel_new(w->now_ms, &w->wheel) < 0) {
+	if (w->baddr == NULL || w->probes == NULL || w->bgen == NULL ||
+	    backend_pool_new(&bo, &w->env.pool) < 0 ||
+	    timer_wheel_new(w->env.now_ms, &w->env.wheel) < 0) {
 		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
 		return -ENOMEM;
 	}
@@ -222,83 +227,83 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		cq = 2 * WORKER_SQ_ENTRIES;
 	if (cq > WORKER_CQ_MAX)
 		cq = WORKER_CQ_MAX;
-	rc = loop_new(WORKER_SQ_ENTRIES, cq, &w->loop, why, whylen);
+	rc = loop_new(WORKER_SQ_ENTRIES, cq, &w->env.loop, why, whylen);
 	if (rc < 0)
 		return rc;
-	rc = loop_probe(w->loop, why, whylen);
+	rc = loop_probe(w->env.loop, why, whylen);
 	if (rc < 0)
 		goto err_loop;
-	w->recv_bundle = loop_has_recv_bundle(w->loop) && !env_off("UPROXY_RECV_BUNDLE");
+	w->env.recv_bundle = loop_has_recv_bundle(w->env.loop) && !env_off("UPROXY_RECV_BUNDLE");
 	/* Two fallback ids per session: one per direction at most. */
-	rc = bufring_init(&w->bufs, w->loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
+	rc = bufring_init(&w->bufs, w->env.loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
 			  why, whylen);
 	if (rc < 0)
 		goto err_loop;
 	if (w->alog_fd >= 0) {
-		w->alog = calloc(1, sizeof(*w->alog));
-		if (w->alog == NULL) {
+		w->env.alog = calloc(1, sizeof(*w->env.alog));
+		if (w->env.alog == NULL) {
 			snprintf(why, whylen, "cannot allocate the access-log buffers");
 			rc = -ENOMEM;
 			goto err_bufs;
 		}
-		w->alog->fd = w->alog_fd;
-		w->alog->json = cfg->log_json;
-		w->alog->dropped = &w->st.log_dropped;
+		w->env.alog->fd = w->alog_fd;
+		w->env.alog->json = cfg->log_json;
+		w->env.alog->dropped = &w->st.log_dropped;
 	}
 	if (cfg->send_proxy || cfg->accept_proxy) {
-		w->pre = calloc(max_sessions, sizeof(*w->pre));
-		if (w->pre == NULL) {
+		w->env.pre = calloc(max_sessions, sizeof(*w->env.pre));
+		if (w->env.pre == NULL) {
 			snprintf(why, whylen, "cannot allocate PROXY protocol buffers");
 			rc = -ENOMEM;
 			goto err_bufs;
 		}
 	}
-	if (w->alog != NULL || cfg->balance == BALANCE_HASH || w->pre != NULL) {
-		w->peer_addrs = calloc(max_sessions, sizeof(*w->peer_addrs));
-		if (w->peer_addrs == NULL) {
+	if (w->env.alog != NULL || cfg->balance == BALANCE_HASH || w->env.pre != NULL) {
+		w->env.peer_addrs = calloc(max_sessions, sizeof(*w->env.peer_addrs));
+		if (w->env.peer_addrs == NULL) {
 			snprintf(why, whylen, "cannot allocate %u client address slots", max_sessions);
 			rc = -ENOMEM;
 			goto err_bufs;
 		}
 	}
 	/* calloc'd slab: pages are touched only as slots are first used. */
-	w->sessions = calloc(max_sessions, sizeof(*w->sessions));
-	if (w->sessions == NULL) {
+	w->env.slab = calloc(max_sessions, sizeof(*w->env.slab));
+	if (w->env.slab == NULL) {
 		snprintf(why, whylen, "cannot allocate %u session slots", max_sessions);
 		rc = -ENOMEM;
 		goto err_bufs;
 	}
 	for (uint32_t i = 0; i < max_sessions; i++) {
-		w->sessions[i].next_free = i + 1 < max_sessions ? i + 1 : UINT32_MAX;
-		w->sessions[i].fd[0] = w->sessions[i].fd[1] = -1;
+		w->env.slab[i].next_free = i + 1 < max_sessions ? i + 1 : UINT32_MAX;
+		w->env.slab[i].fd[0] = w->env.slab[i].fd[1] = -1;
 	}
 	w->free_head = 0;
 	{
 		uint64_t share = (uint64_t)cfg->buffers * cfg->buffer_size / SESSION_POOL_SHARE_DIVISOR;
 
-		w->high_water = share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
-		if (w->high_water < 2 * cfg->buffer_size)
-			w->high_water = 2 * cfg->buffer_size;
+		w->env.high_water = share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
+		if (w->env.high_water < 2 * cfg->buffer_size)
+			w->env.high_water = 2 * cfg->buffer_size;
 	}
 	{
 		char desc[160];
 
-		loop_describe(w->loop, desc, sizeof(desc));
+		loop_describe(w->env.loop, desc, sizeof(desc));
 		log_debug("worker %d: %s recv_bundle=%d, %u buffers of %u bytes, %u session slots",
-			  w->id, desc, w->recv_bundle, cfg->buffers, cfg->buffer_size,
+			  w->id, desc, w->env.recv_bundle, cfg->buffers, cfg->buffer_size,
 			  max_sessions);
 	}
 	return 0;
 
 err_bufs:
 	free_slot_arrays(w);
-	loop_free(w->loop);
+	loop_free(w->env.loop);
 	bufring_destroy(&w->bufs);
 	goto err_notify;
 err_loop:
-	loop_free(w->loop);
+	loop_free(w->env.loop);
 err_notify:
-	w->loop = NULL;
+	w->env.loop = NULL;
 	close(w->notify_fd);
 	w->notify_fd = -1;
 	return rc;
@@ -322,14 +327,14 @@ void worker_destroy(struct worker *w)
 	}
 	httpstats_destroy(&w->hs);
 	/* The ring first: its teardown ends every send that may still read a buffer. */
-	loop_free(w->loop);
-	w->loop = NULL;
+	loop_free(w->env.loop);
+	w->env.loop = NULL;
 	bufring_destroy(&w->bufs);
 	free_slot_arrays(w);
-	backend_pool_free(w->pool);
-	w->pool = NULL;
-	timer_wheel_free(w->wheel);
-	w->wheel = NULL;
+	backend_pool_free(w->env.pool);
+	w->env.pool = NULL;
+	timer_wheel_free(w->env.wheel);
+	w->env.wheel = NULL;
 	free(w->baddr);
 	free(w->probes);
 	free(w->bgen);
@@ -348,32 +353,21 @@ void worker_publish_stats(struct worker *w, bool backends)
 	if (w->snap == NULL)
 		return;
 	if (backends) {
-		for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+		for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
 			struct backend_info bi;
 
-			if (backend_info(w->pool, id, &bi) < 0 || bi.removed)
+			if (backend_info(w->env.pool, id, &bi) < 0 || bi.removed)
 				continue;
 			table[n].addr = bi.addr;
 			table[n].active = bi.active;
 			table[n].up = bi.up;
 			n++;
 		}
-		w->backends_published_ms = w->now_ms;
-		w->backends_dirty = false;
+		w->backends_published_ms = w->env.now_ms;
+		w->env.backends_dirty = false;
 	}
-	stats_publish(w->snap, w->active, &w->st, loop_stats(w->loop), backends ? table : NULL,
+	stats_publish(w->snap, w->active, &w->st, loop_stats(w->env.loop), backends ? table : NULL,
 		      n);
-}
-
-void worker_backend_report(struct worker *w, uint32_t id, bool ok)
-{
-	char buf[ADDR_STRLEN];
-
-	w->backends_dirty = true;
-	if (backend_report(w->pool, id, ok, w->now_ms))
-		log_warn("worker %d: upstream %s is %s", w->id,
-			 addr_format(&w->baddr[id], buf, sizeof(buf)),
-			 ok ? "up again" : "down (connects keep failing)");
 }
 
 /* ---- sessions ---- */
@@ -384,20 +378,32 @@ static struct session *session_alloc(struct worker *w)
 
 	if (w->free_head == UINT32_MAX)
 		return NULL;
-	s = &w->sessions[w->free_head];
+	s = &w->env.slab[w->free_head];
 	w->free_head = s->next_free;
 	/* Relaxed atomic stores: the control thread reads the count for sd_notify STATUS=. */
 	__atomic_store_n(&w->active, w->active + 1, __ATOMIC_RELAXED);
 	return s;
 }
 
-void worker_release(struct worker *w, struct session *s)
+/* The session has nothing in flight any more: its slot goes back to the free list. */
+static void session_free(struct worker *w, struct session *s)
 {
 	w->st.closed[s->reason]++;
 	s->gen = (s->gen + 1) & TAG_GEN_MASK;
 	s->next_free = w->free_head;
-	w->free_head = worker_slot(w, s);
+	w->free_head = session_slot(&w->env, s);
 	__atomic_store_n(&w->active, w->active - 1, __ATOMIC_RELAXED);
+}
+
+static void accept_backoff(struct worker *w);
+
+/* Does what a session event asked of the worker. */
+static void session_outcome(struct worker *w, struct session *s, unsigned int out)
+{
+	if (out & SESSION_OUT_NEED_FD)
+		accept_backoff(w);
+	if (out & SESSION_OUT_RELEASED)
+		session_free(w, s);
 }
 
 /* ---- accepting ---- */
@@ -408,7 +414,7 @@ enum { CW_MULTI = 0, CW_SINGLE = 1, CW_TIMER = 2, CW_STOP_CANCEL = 4, CW_STOP_CL
 
 static void accept_cancel(struct worker *w, int i, unsigned int kind)
 {
-	loop_cancel(w->loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
+	loop_cancel(w->env.loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
 		    tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
 	if (kind == ACC_MULTI)
 		w->listeners[i].cancel_multi = true;
@@ -441,7 +447,7 @@ static void accept_update(struct worker *w)
 		}
 		if (free >= WORKER_MULTISHOT_MIN_FREE) {
 			if (!l->multi_armed && !l->single_armed) {
-				loop_accept_multishot(w->loop, l->fd,
+				loop_accept_multishot(w->env.loop, l->fd,
 						      tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
 				l->multi_armed = true;
 				w->misc_inflight++;
@@ -454,7 +460,7 @@ static void accept_update(struct worker *w)
 			continue;
 		}
 		if (!l->single_armed && free > 0) {
-			loop_accept(w->loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
+			loop_accept(w->env.loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
 			l->single_armed = true;
 			w->singles++;
 			w->misc_inflight++;
@@ -463,13 +469,13 @@ static void accept_update(struct worker *w)
 	}
 }
 
-void worker_accept_backoff(struct worker *w)
+static void accept_backoff(struct worker *w)
 {
 	if (w->accept_backoff)
 		return;
 	w->accept_backoff = true;
 	w->st.accept_backoffs++;
-	loop_timeout(w->loop, WORKER_ACCEPT_BACKOFF_MS, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
+	loop_timeout(w->env.loop, WORKER_ACCEPT_BACKOFF_MS, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
 	w->misc_inflight++;
 }
 
@@ -490,7 +496,7 @@ static void on_accept(struct worker *w, const struct loop_cqe *c)
 	if (res >= 0) {
 		struct session *s;
 
-		if (loop_fault_session_start(w->loop)) {
+		if (loop_fault_session_start(w->env.loop)) {
 			/* Fault injection only: session set-up "ran out of memory"; RST. */
 			sock_linger_rst(res);
 			close(res);
@@ -507,7 +513,7 @@ static void on_accept(struct worker *w, const struct loop_cqe *c)
 			return;
 		}
 		w->st.accepted++;
-		session_start(w, s, res);
+		session_start(&w->env, s, res);
 		return;
 	}
 	if (res == -ECANCELED)
@@ -519,7 +525,7 @@ static void on_accept(struct worker *w, const struct loop_cqe *c)
 				 "messages suppressed)",
 				 addr_format(&l->addr, (char[ADDR_STRLEN]){ 0 }, ADDR_STRLEN),
 				 strerror(-res), WORKER_ACCEPT_BACKOFF_MS, suppressed);
-		worker_accept_backoff(w);
+		accept_backoff(w);
 		return;
 	}
 	/* ECONNABORTED and friends concern one connection only: accept_update re-arms. */
@@ -588,12 +594,12 @@ static void close_all(struct worker *w)
 	if (w->active > 0)
 		log_info("worker %d: closing %u connections still open", w->id, w->active);
 	for (uint32_t i = 0; i < w->max_sessions; i++) {
-		struct session *s = &w->sessions[i];
+		struct session *s = &w->env.slab[i];
 
 		if (s->state != SS_FREE && s->state != SS_CLOSING)
-			session_abort(w, s, CLOSE_SHUTDOWN);
+			session_abort(&w->env, s, CLOSE_SHUTDOWN);
 	}
-	loop_timeout(w->loop, WORKER_STOP_DEADLINE_MS, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
+	loop_timeout(w->env.loop, WORKER_STOP_DEADLINE_MS, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
 }
 
 static void stop(struct worker *w, int signo)
@@ -611,7 +617,7 @@ static void stop(struct worker *w, int signo)
 	}
 	if (w->sigfd >= 0) {
 		log_info("received %s: no longer accepting; draining connections for up to %u ms",
-			 strsignal(signo), w->cfg->drain_timeout_ms);
+			 strsignal(signo), w->env.cfg->drain_timeout_ms);
 		if (w->notify != NULL)
 			sdnotify_stopping(w->notify);
 	}
@@ -621,24 +627,24 @@ static void stop(struct worker *w, int signo)
 		struct listener *l = &w->listeners[i];
 
 		/* Cancels the accept and closes the listener in one hard-linked pair. */
-		loop_cancel_fd_then_close(w->loop, l->fd,
+		loop_cancel_fd_then_close(w->env.loop, l->fd,
 					  tag_make((uint32_t)i, 0, CW_STOP_CANCEL, OP_CANCEL_W),
 					  tag_make((uint32_t)i, 0, CW_STOP_CLOSE, OP_CANCEL_W));
 		w->misc_inflight += 2;
 		l->fd = -1;
 	}
 	if (w->accept_backoff) {
-		loop_cancel(w->loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
+		loop_cancel(w->env.loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
 			    tag_make(0, 0, CW_TIMER, OP_CANCEL_W));
 		w->misc_inflight++;
 	}
-	if (w->cfg->drain_timeout_ms == 0) {
+	if (w->env.cfg->drain_timeout_ms == 0) {
 		close_all(w);
 		return;
 	}
 	/* Sessions finish on their own; whatever is left when this fires is closed. The timer
 	 * is not counted in flight: the worker exits as soon as the last session is gone. */
-	loop_timeout(w->loop, w->cfg->drain_timeout_ms, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
+	loop_timeout(w->env.loop, w->env.cfg->drain_timeout_ms, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
 }
 
 static void on_notify(struct worker *w)
@@ -662,13 +668,13 @@ static void on_notify(struct worker *w)
 	if (update) {
 		int rc = pool_apply(w, specs, n);
 
-		w->backends_dirty = true;
+		w->env.backends_dirty = true;
 		if (rc < 0)
 			log_error("worker %d: upstream pool update refused: %s", w->id,
 				  strerror(-rc));
 		else
 			log_debug("worker %d: upstream pool now has %u members", w->id,
-				  backend_count(w->pool));
+				  backend_count(w->env.pool));
 		free(specs);
 	}
 	while (w->stops_seen < stops) {
@@ -685,20 +691,20 @@ enum { PROBE_SOCKET = 0, PROBE_CONNECT = 1, PROBE_TIMEOUT = 2, PROBE_CLOSE = 3 }
 
 static void health_arm(struct worker *w)
 {
-	loop_timeout(w->loop, w->cfg->health_interval_ms, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
+	loop_timeout(w->env.loop, w->env.cfg->health_interval_ms, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
 }
 
 /* Starts a TCP connect probe to every member without one in flight. */
 static void health_round(struct worker *w)
 {
-	for (uint32_t id = 0; id < backend_slots(w->pool); id++) {
+	for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
 		struct backend_info bi;
 
-		if (w->probes[id].busy || backend_info(w->pool, id, &bi) < 0 || bi.removed)
+		if (w->probes[id].busy || backend_info(w->env.pool, id, &bi) < 0 || bi.removed)
 			continue;
 		w->probes[id].busy = true;
 		w->probes[id].fd = -1;
-		loop_socket(w->loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
+		loop_socket(w->env.loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
 			    IPPROTO_TCP, tag_make(id, w->bgen[id], PROBE_SOCKET, OP_PROBE));
 	}
 }
@@ -721,25 +727,25 @@ static void on_probe(struct worker *w, const struct loop_cqe *c)
 			return;
 		}
 		p->fd = res;
-		if (w->stopping || !current || backend_info(w->pool, id, &bi) < 0 || bi.removed) {
-			loop_close(w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
+		if (w->stopping || !current || backend_info(w->env.pool, id, &bi) < 0 || bi.removed) {
+			loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 			p->fd = -1;
 			return;
 		}
-		loop_connect_timeout(w->loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
-				     w->cfg->connect_timeout_ms,
+		loop_connect_timeout(w->env.loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
+				     w->env.cfg->connect_timeout_ms,
 				     tag_make(id, gen, PROBE_CONNECT, OP_PROBE),
 				     tag_make(id, gen, PROBE_TIMEOUT, OP_PROBE));
 		return;
 	case PROBE_CONNECT:
-		w->backends_dirty = true;
-		if (current && backend_info(w->pool, id, &bi) == 0 && !bi.removed &&
-		    backend_set_up(w->pool, id, res == 0))
+		w->env.backends_dirty = true;
+		if (current && backend_info(w->env.pool, id, &bi) == 0 && !bi.removed &&
+		    backend_set_up(w->env.pool, id, res == 0))
 			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
 				 addr_format(&w->baddr[id], buf, sizeof(buf)),
 				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
 				 res == 0 ? "" : ")");
-		loop_close(w->loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
+		loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 		p->fd = -1;
 		return;
 	case PROBE_CLOSE:
@@ -752,13 +758,13 @@ static void on_probe(struct worker *w, const struct loop_cqe *c)
 
 static void signal_arm(struct worker *w)
 {
-	loop_read(w->loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
+	loop_read(w->env.loop, w->sigfd, &w->siginfo, sizeof(w->siginfo),
 		  tag_make(0, 0, 0, OP_SIGNAL));
 }
 
 static void notify_arm(struct worker *w)
 {
-	loop_read(w->loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
+	loop_read(w->env.loop, w->notify_fd, &w->notify_val, sizeof(w->notify_val),
 		  tag_make(0, 0, 0, OP_NOTIFY));
 }
 
@@ -773,7 +779,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 	/* The first completion after a wait reads the clock: now_ms must not be the time before
 	 * an idle wait (session start times and deadlines are taken from it). */
 	if (w->clock_stale) {
-		w->now_ms = monotonic_ms();
+		w->env.now_ms = monotonic_ms();
 		w->clock_stale = false;
 	}
 
@@ -801,7 +807,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 	case OP_LOG:
 		w->misc_inflight--;
 		w->log_writing = false;
-		accesslog_done(w->alog, c->res);
+		accesslog_done(w->env.alog, c->res);
 		return;
 	case OP_TIMER:
 		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
@@ -832,7 +838,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		log_error("completion with an unknown tag 0x%llx", (unsigned long long)tag);
 		abort();
 	}
-	struct session *s = &w->sessions[tag_slot(tag)];
+	struct session *s = &w->env.slab[tag_slot(tag)];
 
 	if (s->gen != tag_gen(tag) || s->state == SS_FREE) {
 		/* Cannot happen while slots are freed only with nothing in flight; counted and
@@ -846,7 +852,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		}
 		return;
 	}
-	session_handle(w, s, c);
+	session_outcome(w, s, session_handle(&w->env, s, c));
 }
 
 /* Starts the next access-log write if none is in flight (one per worker at a time). */
@@ -857,10 +863,10 @@ static void log_flush(struct worker *w)
 
 	if (w->log_writing)
 		return;
-	p = accesslog_next(w->alog, &n);
+	p = accesslog_next(w->env.alog, &n);
 	if (p == NULL)
 		return;
-	loop_write(w->loop, w->alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
+	loop_write(w->env.loop, w->env.alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
 	w->log_writing = true;
 	w->misc_inflight++;
 }
@@ -869,7 +875,7 @@ static void on_timer(struct timer_node *n, void *ctx)
 {
 	struct worker *w = ctx;
 
-	session_timeout(w, &w->sessions[n->data]);
+	session_timeout(&w->env, &w->env.slab[n->data]);
 }
 
 /* The ring failed for good: nothing more can be submitted. Every session is reset at once
@@ -881,7 +887,7 @@ static void fail_fatal(struct worker *w, int rc)
 	uint32_t n = 0;
 
 	for (uint32_t i = 0; i < w->max_sessions; i++) {
-		struct session *s = &w->sessions[i];
+		struct session *s = &w->env.slab[i];
 
 		if (s->state == SS_FREE)
 			continue;
@@ -895,7 +901,7 @@ static void fail_fatal(struct worker *w, int rc)
 		}
 	}
 	log_error("worker %d: %s failed: %s; reset its %u connection(s); uproxy exits", w->id,
-		  loop_backend_name(w->loop), strerror(-rc), n);
+		  loop_backend_name(w->env.loop), strerror(-rc), n);
 	for (int i = 0; i < w->npeers; i++)
 		if (&w->peers[i] != w)
 			worker_post_abort(&w->peers[i]);
@@ -909,7 +915,7 @@ int worker_run(struct worker *w)
 	if (w->sigfd >= 0)
 		signal_arm(w);
 	notify_arm(w);
-	if (w->cfg->health_interval_ms > 0) {
+	if (w->env.cfg->health_interval_ms > 0) {
 		health_round(w);
 		health_arm(w);
 	}
@@ -917,32 +923,32 @@ int worker_run(struct worker *w)
 	if (w->hs.nfds > 0)
 		httpstats_start(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
-		int64_t wait = timer_next_ms(w->wheel, w->now_ms);
+		int64_t wait = timer_next_ms(w->env.wheel, w->env.now_ms);
 		int rc;
 
-		if (w->snap != NULL && w->backends_dirty &&
+		if (w->snap != NULL && w->env.backends_dirty &&
 		    (wait < 0 || wait > STATS_BACKENDS_EVERY_MS))
 			wait = STATS_BACKENDS_EVERY_MS;
 		w->clock_stale = true;
-		rc = loop_run_once(w->loop, dispatch, w, wait);
+		rc = loop_run_once(w->env.loop, dispatch, w, wait);
 
 		if (rc < 0) {
 			fail_fatal(w, rc);
 			status = 1;
 			break;
 		}
-		w->now_ms = monotonic_ms();
-		if (timer_count(w->wheel) > 0)
-			timer_advance(w->wheel, w->now_ms, on_timer, w);
-		bufring_commit(&w->bufs, w->now_ms);
+		w->env.now_ms = monotonic_ms();
+		if (timer_count(w->env.wheel) > 0)
+			timer_advance(w->env.wheel, w->env.now_ms, on_timer, w);
+		bufring_commit(&w->bufs, w->env.now_ms);
 		accept_update(w);
-		if (w->alog != NULL)
+		if (w->env.alog != NULL)
 			log_flush(w);
 		/* Counters every iteration (a few hundred bytes); the per-upstream table when it
 		 * changed, at most every STATS_BACKENDS_EVERY_MS (the wait above wakes for it). */
 		if (w->snap != NULL)
-			worker_publish_stats(w, w->backends_dirty &&
-						       w->now_ms - w->backends_published_ms >=
+			worker_publish_stats(w, w->env.backends_dirty &&
+						       w->env.now_ms - w->backends_published_ms >=
 							       STATS_BACKENDS_EVERY_MS);
 		if (w->stop_deadline_hit) {
 			if (w->active > 0 || w->misc_inflight > 0)
@@ -951,9 +957,9 @@ int worker_run(struct worker *w)
 		}
 	}
 	/* Publish what the last batch recycled before the ring goes away. */
-	bufring_commit(&w->bufs, w->now_ms);
-	if (w->alog != NULL && !w->log_writing)
-		accesslog_drain(w->alog);
-	stats_log_summary(&w->st, loop_stats(w->loop), w->id);
+	bufring_commit(&w->bufs, w->env.now_ms);
+	if (w->env.alog != NULL && !w->log_writing)
+		accesslog_drain(w->env.alog);
+	stats_log_summary(&w->st, loop_stats(w->env.loop), w->id);
 	return status;
 }

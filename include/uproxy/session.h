@@ -13,8 +13,13 @@
 #include "uproxy/stats.h"
 #include "uproxy/timer.h"
 
-struct worker;
+struct loop;
 struct loop_cqe;
+struct bufring;
+struct backend_pool;
+struct config;
+struct accesslog;
+struct session_pre;
 
 enum session_state {
 	SS_FREE = 0,	  /* slot unused */
@@ -123,18 +128,60 @@ struct session {
 	struct session_dir dir[2];
 };
 
-/* A client connection was accepted into s (a free slot): start connecting upstream. */
-void session_start(struct worker *w, struct session *s, int client_fd);
+/* What the session logic works with: handed in by the worker, never reached through it. The
+ * worker owns every pointer and keeps now_ms current; the session reads and writes the rest. */
+struct session_env {
+	struct loop *loop;
+	struct bufring *bufs;
+	struct timer_wheel *wheel;
+	struct backend_pool *pool;
+	const struct addr *baddr;   /* per backend id: its address, stable while the id is held */
+	const struct config *cfg;
+	struct worker_stats *st;
+	struct session *slab;	    /* the slots: a session's slot is s - slab */
+	struct addr *peer_addrs;    /* per slot, when a feature needs client addresses, or NULL */
+	struct session_pre *pre;    /* per slot, with --send-proxy or --accept-proxy, or NULL */
+	struct accesslog *alog;	    /* --access-log, or NULL */
+	uint64_t now_ms;	    /* CLOCK_MONOTONIC, read once per loop iteration */
+	uint32_t high_water;	    /* back-pressure mark per direction with the pool at ease */
+	bool recv_bundle;	    /* arm receive bundles (the backend has them, not forced off) */
+	bool backends_dirty;	    /* set when sessions moved the pool's counts or health */
+	int worker_id;		    /* for log lines */
+	unsigned int out;	    /* SESSION_OUT_* gathered while handling one event */
+	struct log_ratelimit rl_connect, rl_socket, rl_proxy;
+};
 
-/* Applies one completion to its session (already checked not stale). */
-void session_handle(struct worker *w, struct session *s, const struct loop_cqe *c);
+/* While a session waits for an fd for its upstream socket (EMFILE), it retries this often; the
+ * worker pauses accepting for as long (WORKER_ACCEPT_BACKOFF_MS). 100 ms keeps a starved proxy
+ * under 1% CPU. */
+#define SESSION_FD_WAIT_MS 100
+
+/* What the worker must do after a session event (a closed set, OR-ed). */
+enum session_outcome {
+	SESSION_OUT_NONE = 0,
+	SESSION_OUT_RELEASED = 1u << 0, /* nothing in flight any more: give the slot back */
+	SESSION_OUT_NEED_FD = 1u << 1,	/* out of fds or memory: pause accepting a while */
+};
+
+static inline uint32_t session_slot(const struct session_env *e, const struct session *s)
+{
+	return (uint32_t)(s - e->slab);
+}
+
+/* A client connection was accepted into s (a free slot): start connecting upstream. */
+void session_start(struct session_env *e, struct session *s, int client_fd);
+
+/* Applies one completion to its session (already checked not stale). Returns what the worker
+ * must do: SESSION_OUT_RELEASED once the session has nothing in flight (the slot is free to
+ * reuse), SESSION_OUT_NEED_FD when it ran out of fds. */
+unsigned int session_handle(struct session_env *e, struct session *s, const struct loop_cqe *c);
 
 /* Closes the session for reason. A side toward which bytes are lost (queued in the session,
  * or unread in the other side's socket) is closed with RST, and so is the other side: loss is
  * never a clean FIN. No-op if already closing. */
-void session_abort(struct worker *w, struct session *s, enum close_reason reason);
+void session_abort(struct session_env *e, struct session *s, enum close_reason reason);
 
 /* Its idle or fin deadline passed: close it (or push it on, if there was activity since). */
-void session_timeout(struct worker *w, struct session *s);
+void session_timeout(struct session_env *e, struct session *s);
 
 #endif

@@ -38,9 +38,9 @@
 #define WORKER_CQ_RESERVE	64u
 #define WORKER_SQ_ENTRIES	4096u
 
-/* How long accept pauses after EMFILE/ENFILE/ENOMEM before trying again; fds freed by closing
- * sessions resume it sooner. 100 ms keeps a starved proxy under 1% CPU. */
-#define WORKER_ACCEPT_BACKOFF_MS 100
+/* How long accept pauses after EMFILE/ENFILE/ENOMEM before trying again: as long as a session
+ * waits for an fd before retrying its upstream socket. */
+#define WORKER_ACCEPT_BACKOFF_MS SESSION_FD_WAIT_MS
 /* How long SIGINT/SIGTERM waits for in-flight requests to finish before exiting anyway. */
 #define WORKER_STOP_DEADLINE_MS 900
 
@@ -78,33 +78,23 @@ struct listener {
 
 struct worker {
 	int id;
-	const struct config *cfg;
-	struct backend_pool *pool;
-	struct addr *baddr; /* per backend id: its address, stable while the id is held */
-	struct timer_wheel *wheel;
-	uint64_t now_ms;    /* CLOCK_MONOTONIC, read once per loop iteration */
+	struct session_env env; /* loop, buffers, wheel, pool, config, clock, slab, ... */
+	struct addr *baddr;	/* per backend id (env.baddr): its address */
 	bool clock_stale;   /* set before each wait; the next completion re-reads the clock */
 	struct probe *probes;
 	uint32_t *bgen;	    /* per backend id: bumped when the id names a new address */
 
-	struct loop *loop;
 	struct bufring bufs;
 
 	struct listener listeners[WORKER_MAX_LISTENERS];
 	int nlisteners;
 
-	struct session *sessions;
-	struct addr *peer_addrs; /* per slot, when a feature needs client addresses */
-	struct session_pre *pre; /* per slot, with --send-proxy or --accept-proxy */
-	struct accesslog *alog;	 /* --access-log, or NULL */
 	int alog_fd;		 /* its file (shared by the workers), -1 when off */
 	bool log_writing;	 /* an access-log write is in flight */
 	uint32_t max_sessions;
 	uint32_t free_head;
 	uint32_t active; /* sessions not FREE */
 	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
-	uint32_t high_water; /* back-pressure mark per direction with the pool at ease, bytes */
-	bool recv_bundle;    /* multishot recvs complete in bundles (6.10; UPROXY_RECV_BUNDLE=0: off) */
 
 	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
@@ -124,9 +114,8 @@ struct worker {
 	struct worker_stats st;
 	struct stats_snapshot *snap; /* published each iteration when --stats is on */
 	uint64_t backends_published_ms;
-	bool backends_dirty;	     /* sessions or health moved since the last publish */
 	struct httpstats hs;	     /* worker 0 only, with --stats */
-	struct log_ratelimit rl_connect, rl_accept, rl_socket, rl_health, rl_proxy;
+	struct log_ratelimit rl_accept, rl_health;
 };
 
 /* Opens listening sockets for hp (every address it names). Returns the count or -1 with why. */
@@ -157,29 +146,8 @@ int worker_run(struct worker *w);
 
 void worker_destroy(struct worker *w);
 
-/* For session.c: slot index of s. */
-static inline uint32_t worker_slot(const struct worker *w, const struct session *s)
-{
-	return (uint32_t)(s - w->sessions);
-}
-
-/* Out of fds or memory: stop accepting for WORKER_ACCEPT_BACKOFF_MS (idempotent). */
-void worker_accept_backoff(struct worker *w);
-
 /* Publishes the counters (and, with backends, the per-upstream table) for the metrics
  * endpoint. */
 void worker_publish_stats(struct worker *w, bool backends);
-
-/* For session.c: the address of a backend id the caller holds. */
-static inline const struct addr *worker_backend_addr(const struct worker *w, uint32_t id)
-{
-	return &w->baddr[id];
-}
-
-/* For session.c: a connect to backend id succeeded or failed (passive health). */
-void worker_backend_report(struct worker *w, uint32_t id, bool ok);
-
-/* For session.c: the session has nothing in flight any more; give its slot back. */
-void worker_release(struct worker *w, struct session *s);
 
 #endif
