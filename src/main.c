@@ -55,10 +55,6 @@ static atomic_int running_workers;
 /* How often the control thread looks at whether the workers are done. */
 #define CONTROL_POLL_MS 100
 
-/* Every address every --upstream names, without duplicates (first weight wins). Returns the
- * count, or -1 with why when a name does not resolve and strict is set; when not strict, an
- * entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky DNS from
- * emptying the pool). */
 /* Appends spec to out[0..*n) unless its address is there already (the first weight wins). */
 static void pool_add(struct backend_spec *out, int *n, int max, const struct backend_spec *spec)
 {
@@ -70,6 +66,10 @@ static void pool_add(struct backend_spec *out, int *n, int max, const struct bac
 		out[(*n)++] = *spec;
 }
 
+/* Every address every --upstream names, without duplicates (first weight wins). Returns the
+ * count, or -1 with why when a name does not resolve and strict is set; when not strict, an
+ * entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky DNS from
+ * emptying the pool). */
 static int resolve_pool(const struct config *cfg, struct backend_spec *out, int max,
 			const struct backend_spec *prev, int nprev, bool strict, char *why,
 			size_t whylen)
@@ -318,218 +318,290 @@ static void control_loop(const struct config *cfg, int argc, char **argv, struct
 	}
 }
 
-int main(int argc, char **argv)
-{
-	static struct config cfg;
-	static struct backend_spec pool[BACKEND_MAX];
-	struct startup st = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
-	struct worker *workers = NULL;
-	struct thread_arg *args = NULL;
-	pthread_t *threads = NULL;
-	char err[512], buf[ADDR_STRLEN];
-	uint32_t total, per_worker, nworkers;
+/* Everything main sets up, so that each step below is one named function. */
+struct app {
+	struct config cfg;
+	struct backend_spec pool[BACKEND_MAX];
+	int npool;
+	uint32_t nworkers, per_worker;
 	rlim_t nofile;
-	int nup, sigfd, status = 0, started = 0, alog_fd = -1, act[WORKER_MAX_LISTENERS], nact;
-	struct sdnotify sn = { .fd = -1 };
+	struct worker *workers;
+	struct thread_arg *args;
+	pthread_t *threads;
+	int started;
+	int alog_fd;
+	struct sdnotify sn;
+	struct startup st;
+	char err[512];
+};
 
-	switch (config_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
-	case CONFIG_OK:
-		break;
-	case CONFIG_EXIT:
-		return 0;
-	case CONFIG_USAGE:
-		fprintf(stderr, "uproxy: %s\n", err);
-		return 2;
-	}
-	log_set_level(cfg.log_level);
-	signal(SIGPIPE, SIG_IGN);
+/* How many workers, and how many sessions each may hold (from the open-file limit). */
+static void app_size(struct app *a)
+{
+	const struct config *cfg = &a->cfg;
+	uint32_t total;
 
-	nworkers = cfg.workers != 0 ? cfg.workers : cpu_count();
-	if (nworkers > CONFIG_MAX_WORKERS)
-		nworkers = CONFIG_MAX_WORKERS;
-	nofile = raise_nofile();
-	if (cfg.max_conns != 0) {
-		total = cfg.max_conns;
+	a->nworkers = cfg->workers != 0 ? cfg->workers : cpu_count();
+	if (a->nworkers > CONFIG_MAX_WORKERS)
+		a->nworkers = CONFIG_MAX_WORKERS;
+	a->nofile = raise_nofile();
+	if (cfg->max_conns != 0) {
+		total = cfg->max_conns;
 	} else {
-		rlim_t reserve = FD_RESERVE + 8 * ((rlim_t)nworkers - 1);
+		rlim_t reserve = FD_RESERVE + 8 * ((rlim_t)a->nworkers - 1);
 
-		total = nofile > 2 * reserve ? (uint32_t)((nofile - reserve) / 2) : 16;
+		total = a->nofile > 2 * reserve ? (uint32_t)((a->nofile - reserve) / 2) : 16;
 	}
 	/* The session limit follows the open-file limit only: the completion queue is sized for
 	 * it where it can be, and an overflow beyond that is reaped, not avoided (worker.h). */
-	per_worker = (total + nworkers - 1) / nworkers;
+	a->per_worker = (total + a->nworkers - 1) / a->nworkers;
+}
 
-	nup = resolve_pool(&cfg, pool, BACKEND_MAX, NULL, 0, true, err, sizeof(err));
-	if (nup < 0)
-		return fail(err);
+/* Every worker's listeners (bound here, or adopted from systemd), before any thread starts,
+ * so that a port in use or a bad address is reported once, synchronously, with exit 1; and
+ * the metrics listener with the workers' snapshots. */
+static int app_bind(struct app *a)
+{
+	int act[WORKER_MAX_LISTENERS], nact;
 
-	workers = calloc(nworkers, sizeof(*workers));
-	args = calloc(nworkers, sizeof(*args));
-	threads = calloc(nworkers, sizeof(*threads));
-	if (workers == NULL || args == NULL || threads == NULL) {
-		status = fail("out of memory");
-		goto out;
-	}
-	/* Every worker's listeners are bound here, before any thread starts, so that a port in
-	 * use or a bad address is reported once, synchronously, with exit status 1. */
-	nact = sdnotify_listen_fds(act, WORKER_MAX_LISTENERS, err, sizeof(err));
+	a->workers = calloc(a->nworkers, sizeof(*a->workers));
+	a->args = calloc(a->nworkers, sizeof(*a->args));
+	a->threads = calloc(a->nworkers, sizeof(*a->threads));
+	if (a->workers == NULL || a->args == NULL || a->threads == NULL)
+		return fail("out of memory");
+	nact = sdnotify_listen_fds(act, WORKER_MAX_LISTENERS, a->err, sizeof(a->err));
 	if (nact < 0) {
 		char msg[600];
 
-		snprintf(msg, sizeof(msg), "socket activation: %s", err);
-		status = fail(msg);
-		goto out;
+		snprintf(msg, sizeof(msg), "socket activation: %s", a->err);
+		return fail(msg);
 	}
 	if (nact > 0) {
 		/* Kept so that a SIGHUP re-parse still accepts a config without --listen. */
 		setenv("UPROXY_SOCKET_ACTIVATED", "1", 1);
-		if (cfg.listen.port != 0)
+		if (a->cfg.listen.port != 0)
 			log_info("socket-activated: serving the %d sockets systemd passed; --listen "
 				 "is not bound", nact);
 	}
-	if (sdnotify_open(&sn) < 0)
+	/* Before --user drops the rights that may be needed to reach systemd's socket. */
+	if (sdnotify_open(&a->sn) < 0)
 		log_warn("NOTIFY_SOCKET is set but unusable; not notifying systemd");
-	for (uint32_t i = 0; i < nworkers; i++) {
-		struct worker *w = &workers[i];
+	for (uint32_t i = 0; i < a->nworkers; i++) {
+		struct worker *w = &a->workers[i];
 		int n;
 
 		w->id = (int)i;
 		w->sigfd = -1;
 		w->notify_fd = -1;
 		w->alog_fd = -1;
-		w->peers = workers;
-		w->npeers = (int)nworkers;
+		w->peers = a->workers;
+		w->npeers = (int)a->nworkers;
 		worker_mailbox_init(w);
 		if (nact > 0)
-			n = worker_adopt(act, nact, i == 0, w->listeners, err, sizeof(err));
+			n = listener_adopt(act, nact, i == 0, w->listeners, a->err, sizeof(a->err));
 		else
-			n = worker_listen(&cfg.listen, w->listeners, WORKER_MAX_LISTENERS, err,
-					  sizeof(err));
-		if (n < 0) {
-			status = fail(err);
-			goto out;
-		}
+			n = listener_open(&a->cfg.listen, w->listeners, WORKER_MAX_LISTENERS, a->err,
+					  sizeof(a->err));
+		if (n < 0)
+			return fail(a->err);
 		w->nlisteners = n;
 	}
-	for (uint32_t i = 0; i < nworkers; i++) {
-		workers[i].snap = cfg.stats.port ? calloc(1, sizeof(*workers[i].snap)) : NULL;
-		if (cfg.stats.port && workers[i].snap == NULL) {
-			status = fail("out of memory");
-			goto out;
-		}
+	if (a->cfg.stats.port == 0)
+		return 0;
+	for (uint32_t i = 0; i < a->nworkers; i++) {
+		a->workers[i].snap = calloc(1, sizeof(*a->workers[i].snap));
+		if (a->workers[i].snap == NULL)
+			return fail("out of memory");
 	}
-	if (cfg.stats.port) {
+	{
 		struct listener sl[WORKER_MAX_LISTENERS];
-		int n = worker_listen(&cfg.stats, sl, WORKER_MAX_LISTENERS, err, sizeof(err));
+		int n = listener_open(&a->cfg.stats, sl, WORKER_MAX_LISTENERS, a->err,
+				      sizeof(a->err));
 
 		if (n < 0) {
 			char msg[600];
 
-			snprintf(msg, sizeof(msg), "--stats: %s", err);
-			status = fail(msg);
-			goto out;
+			snprintf(msg, sizeof(msg), "--stats: %s", a->err);
+			return fail(msg);
 		}
 		for (int i = 0; i < n; i++)
-			workers[0].hs.fds[i] = sl[i].fd;
-		workers[0].hs.nfds = n;
+			a->workers[0].hs.fds[i] = sl[i].fd;
+		a->workers[0].hs.nfds = n;
 	}
-	if (cfg.access_log[0] != '\0') {
-		alog_fd = strcmp(cfg.access_log, "-") == 0
-				  ? STDOUT_FILENO
-				  : open(cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-		if (alog_fd < 0) {
-			snprintf(err, sizeof(err), "cannot open --access-log '%.300s': %s",
-				 cfg.access_log, strerror(errno));
-			status = fail(err);
-			goto out;
-		}
-		for (uint32_t i = 0; i < nworkers; i++)
-			workers[i].alog_fd = alog_fd;
+	return 0;
+}
+
+/* --access-log: one file (or stdout) shared by every worker's writes. */
+static int app_open_access_log(struct app *a)
+{
+	if (a->cfg.access_log[0] == '\0')
+		return 0;
+	a->alog_fd = strcmp(a->cfg.access_log, "-") == 0
+			     ? STDOUT_FILENO
+			     : open(a->cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+				    0640);
+	if (a->alog_fd < 0) {
+		snprintf(a->err, sizeof(a->err), "cannot open --access-log '%.300s': %s",
+			 a->cfg.access_log, strerror(errno));
+		return fail(a->err);
 	}
-	if (cfg.user[0] != '\0' && drop_privileges(cfg.user, err, sizeof(err)) < 0) {
-		status = fail(err);
-		goto out;
-	}
+	for (uint32_t i = 0; i < a->nworkers; i++)
+		a->workers[i].alog_fd = a->alog_fd;
+	return 0;
+}
+
+/* --user, once everything privileged is done; then SIGINT/SIGTERM go to worker 0's loop. */
+static int app_drop_and_signals(struct app *a)
+{
+	int sigfd;
+
+	if (a->cfg.user[0] != '\0' && drop_privileges(a->cfg.user, a->err, sizeof(a->err)) < 0)
+		return fail(a->err);
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
-		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
-		status = fail(err);
-		goto out;
+		snprintf(a->err, sizeof(a->err), "cannot set up signal handling: %s",
+			 strerror(errno));
+		return fail(a->err);
 	}
-	workers[0].sigfd = sigfd;
-	workers[0].notify = &sn;
+	a->workers[0].sigfd = sigfd;
+	a->workers[0].notify = &a->sn;
+	return 0;
+}
 
-	for (uint32_t i = 0; i < nworkers; i++) {
-		args[i] = (struct thread_arg){ .w = &workers[i], .st = &st, .cfg = &cfg,
-					       .specs = pool, .nspecs = nup,
-					       .max_sessions = per_worker };
-		if (pthread_create(&threads[i], NULL, worker_thread, &args[i]) != 0) {
-			snprintf(st.why, sizeof(st.why), "cannot start worker thread %u: %s", i,
+/* Starts every worker thread and waits until each has reported its set-up; they run only if
+ * all came up (st.go). */
+static void app_start_workers(struct app *a)
+{
+	struct startup *st = &a->st;
+
+	for (uint32_t i = 0; i < a->nworkers; i++) {
+		a->args[i] = (struct thread_arg){ .w = &a->workers[i], .st = st, .cfg = &a->cfg,
+						  .specs = a->pool, .nspecs = a->npool,
+						  .max_sessions = a->per_worker };
+		if (pthread_create(&a->threads[i], NULL, worker_thread, &a->args[i]) != 0) {
+			snprintf(st->why, sizeof(st->why), "cannot start worker thread %u: %s", i,
 				 strerror(errno));
-			pthread_mutex_lock(&st.mu);
-			st.failed++;
-			pthread_mutex_unlock(&st.mu);
+			pthread_mutex_lock(&st->mu);
+			st->failed++;
+			pthread_mutex_unlock(&st->mu);
 			break;
 		}
-		started++;
+		a->started++;
 		atomic_fetch_add(&running_workers, 1);
 	}
-	pthread_mutex_lock(&st.mu);
-	while (st.reported < started)
-		pthread_cond_wait(&st.cv, &st.mu);
-	st.go = st.failed == 0;
-	st.decided = true;
-	pthread_cond_broadcast(&st.cv);
-	pthread_mutex_unlock(&st.mu);
+	pthread_mutex_lock(&st->mu);
+	while (st->reported < a->started)
+		pthread_cond_wait(&st->cv, &st->mu);
+	st->go = st->failed == 0;
+	st->decided = true;
+	pthread_cond_broadcast(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+}
 
-	if (st.go) {
-		for (int i = 0; i < workers[0].nlisteners; i++)
-			log_info("listening on %s",
-				 addr_format(&workers[0].listeners[i].addr, buf, sizeof(buf)));
-		if (cfg.stats.port) {
-			char hp[ADDR_STRLEN + ADDR_HOST_MAX];
+/* The start-up lines, and READY=1 to systemd. */
+static void app_announce(struct app *a)
+{
+	char buf[ADDR_STRLEN];
 
-			log_info("metrics at http://%s/metrics",
-				 addr_format_hostport(&cfg.stats, hp, sizeof(hp)));
+	for (int i = 0; i < a->workers[0].nlisteners; i++)
+		log_info("listening on %s",
+			 addr_format(&a->workers[0].listeners[i].addr, buf, sizeof(buf)));
+	if (a->cfg.stats.port) {
+		char hp[ADDR_STRLEN + ADDR_HOST_MAX];
+
+		log_info("metrics at http://%s/metrics",
+			 addr_format_hostport(&a->cfg.stats, hp, sizeof(hp)));
+	}
+	log_pool(a->pool, a->npool);
+	log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
+		 "balance %s, open-file limit %llu",
+		 a->nworkers, a->per_worker, a->cfg.buffers, a->cfg.buffer_size,
+		 backend_balance_name(a->cfg.balance), (unsigned long long)a->nofile);
+	sdnotify_ready(&a->sn);
+	sdnotify_status_sessions(&a->sn, 0);
+}
+
+/* Waits for every worker; the exit status is the first non-zero one. */
+static int app_join(struct app *a)
+{
+	int status = 0;
+
+	for (int i = 0; i < a->started; i++) {
+		pthread_join(a->threads[i], NULL);
+		if (a->args[i].status != 0)
+			status = a->args[i].status;
+	}
+	if (!a->st.go)
+		return fail(a->st.why);
+	if (a->started < (int)a->nworkers)
+		return 1;
+	return status;
+}
+
+/* Closes what the workers did not (listeners of workers that never ran or failed, metrics
+ * sockets when nothing ran) and frees the rest. */
+static void app_cleanup(struct app *a)
+{
+	for (uint32_t i = 0; a->workers != NULL && i < a->nworkers; i++) {
+		struct worker *w = &a->workers[i];
+
+		if (i >= (uint32_t)a->started || !a->st.go)
+			for (int j = 0; j < w->nlisteners; j++)
+				if (w->listeners[j].fd >= 0)
+					close(w->listeners[j].fd);
+		if (!a->st.go)
+			for (int j = 0; j < w->hs.nfds; j++)
+				close(w->hs.fds[j]);
+		free(w->snap);
+	}
+	if (a->alog_fd > STDOUT_FILENO)
+		close(a->alog_fd);
+	sdnotify_close(&a->sn);
+	free(a->threads);
+	free(a->args);
+	free(a->workers);
+}
+
+int main(int argc, char **argv)
+{
+	static struct app app = {
+		.alog_fd = -1,
+		.sn = { .fd = -1 },
+		.st = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER },
+	};
+	struct app *a = &app;
+	int status;
+
+	switch (config_parse(&a->cfg, argc, argv, stdout, a->err, sizeof(a->err))) {
+	case CONFIG_OK:
+		break;
+	case CONFIG_EXIT:
+		return 0;
+	case CONFIG_USAGE:
+		fprintf(stderr, "uproxy: %s\n", a->err);
+		return 2;
+	}
+	log_set_level(a->cfg.log_level);
+	signal(SIGPIPE, SIG_IGN);
+	app_size(a);
+	a->npool = resolve_pool(&a->cfg, a->pool, BACKEND_MAX, NULL, 0, true, a->err,
+				sizeof(a->err));
+	if (a->npool < 0)
+		return fail(a->err);
+	status = app_bind(a);
+	if (status == 0)
+		status = app_open_access_log(a);
+	if (status == 0)
+		status = app_drop_and_signals(a);
+	if (status == 0) {
+		app_start_workers(a);
+		if (a->st.go) {
+			app_announce(a);
+			control_loop(&a->cfg, argc, argv, a->workers, a->nworkers, a->pool, a->npool,
+				     &a->sn);
 		}
-		log_pool(pool, nup);
-		log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
-			 "balance %s, open-file limit %llu",
-			 nworkers, per_worker, cfg.buffers, cfg.buffer_size,
-			 backend_balance_name(cfg.balance), (unsigned long long)nofile);
-		sdnotify_ready(&sn);
-		sdnotify_status_sessions(&sn, 0);
-		control_loop(&cfg, argc, argv, workers, nworkers, pool, nup, &sn);
+		status = app_join(a);
 	}
-	for (int i = 0; i < started; i++) {
-		pthread_join(threads[i], NULL);
-		if (args[i].status != 0)
-			status = args[i].status;
-	}
-	if (!st.go)
-		status = fail(st.why);
-	else if (started < (int)nworkers)
-		status = 1;
-out:
-	/* Listeners of workers that never ran (or failed) are closed here. */
-	for (uint32_t i = 0; workers != NULL && i < nworkers; i++) {
-		if (i >= (uint32_t)started || !st.go) {
-			for (int j = 0; j < workers[i].nlisteners; j++)
-				if (workers[i].listeners[j].fd >= 0)
-					close(workers[i].listeners[j].fd);
-		}
-	}
-	for (uint32_t i = 0; workers != NULL && i < nworkers; i++) {
-		if (!st.go)
-			for (int j = 0; j < workers[i].hs.nfds; j++)
-				close(workers[i].hs.fds[j]);
-		free(workers[i].snap);
-	}
-	if (alog_fd > STDOUT_FILENO)
-		close(alog_fd);
-	sdnotify_close(&sn);
-	free(threads);
-	free(args);
-	free(workers);
+	app_cleanup(a);
 	return status;
 }

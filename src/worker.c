@@ -1,12 +1,9 @@
-/* worker: one ring, its listeners, its session slab and its signalfd. Dispatches each CQE by
- * tag to the session or worker handler, pauses and resumes accepting, and stops cleanly.
- * Must never make a syscall per forwarded byte; everything on the data path is an SQE. */
-#include "uproxy/worker.h"
+/* worker: one thread's loop: sets it up, runs it, dispatches each completion by tag (to the
+ * session, accept, health, mailbox or metrics handler), and stops cleanly (drain, deadline,
+ * fatal error). Must never make a syscall per forwarded byte; the data path is the loop's. */
+#include "worker_impl.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,123 +23,13 @@ static unsigned int roundup_pow2(unsigned int v)
 	return p;
 }
 
-/* ---- listeners ---- */
-
-static int listen_one(const struct addr *a, bool dual_stack, struct listener *l, char *why,
-		      size_t whylen)
-{
-	static const int one = 1;
-	char buf[ADDR_STRLEN];
-	int fd, zero = 0;
-
-	fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot create a socket for %s: %s",
-			 addr_format(a, buf, sizeof(buf)), strerror(errno));
-		return -errno;
-	}
-	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* One listener per worker on the same port; the kernel spreads connections by hash. */
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
-		snprintf(why, whylen, "cannot set SO_REUSEPORT: %s", strerror(errno));
-		close(fd);
-		return -errno;
-	}
-	/* Accepted sockets inherit these from the listener: no per-connection syscall. */
-	sock_set_forwarding(fd);
-	if (a->u.sa.sa_family == AF_INET6)
-		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, dual_stack ? &zero : &one,
-				 sizeof(int));
-	if (bind(fd, &a->u.sa, a->len) < 0 || listen(fd, (int)WORKER_BACKLOG) < 0) {
-		int err = errno;
-
-		snprintf(why, whylen, "cannot listen on %s: %s%s", addr_format(a, buf, sizeof(buf)),
-			 strerror(err),
-			 err == EADDRINUSE ? " (another process is using that port)"
-			 : err == EACCES	 ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-			 : err == EADDRNOTAVAIL ? " (no local interface has that address)"
-						: "");
-		close(fd);
-		return -err;
-	}
-	l->fd = fd;
-	l->addr = *a;
-	l->multi_armed = l->single_armed = false;
-	l->cancel_multi = l->cancel_single = false;
-	return 0;
-}
-
-int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
-		  size_t whylen)
-{
-	struct addr addrs[ADDR_MAX_RESOLVED];
-	int n, count = 0;
-
-	if (hp->any) {
-		struct addr a;
-
-		/* One dual-stack [::] socket takes IPv4 too; fall back to 0.0.0.0 on hosts
-		 * without IPv6. */
-		memset(&a, 0, sizeof(a));
-		a.u.in6.sin6_family = AF_INET6;
-		a.u.in6.sin6_addr = in6addr_any;
-		a.u.in6.sin6_port = htons(hp->port);
-		a.len = sizeof(a.u.in6);
-		if (listen_one(&a, true, &out[0], why, whylen) == 0)
-			return 1;
-		memset(&a, 0, sizeof(a));
-		a.u.in4.sin_family = AF_INET;
-		a.u.in4.sin_addr.s_addr = htonl(INADDR_ANY);
-		a.u.in4.sin_port = htons(hp->port);
-		a.len = sizeof(a.u.in4);
-		return listen_one(&a, false, &out[0], why, whylen) == 0 ? 1 : -1;
-	}
-	n = addr_resolve(hp, addrs, max < ADDR_MAX_RESOLVED ? max : ADDR_MAX_RESOLVED, why,
-			 whylen);
-	if (n < 0)
-		return -1;
-	for (int i = 0; i < n; i++) {
-		if (listen_one(&addrs[i], false, &out[count], why, whylen) < 0) {
-			while (count > 0)
-				close(out[--count].fd);
-			return -1;
-		}
-		count++;
-	}
-	return count;
-}
-
-int worker_adopt(const int *fds, int n, bool original, struct listener *out, char *why,
-		 size_t whylen)
-{
-	for (int i = 0; i < n; i++) {
-		struct listener *l = &out[i];
-
-		memset(l, 0, sizeof(*l));
-		l->fd = original ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-		if (l->fd < 0) {
-			snprintf(why, whylen, "cannot duplicate inherited socket %d: %s", fds[i],
-				 strerror(errno));
-			while (i-- > 0)
-				if (!original)
-					close(out[i].fd);
-			return -1;
-		}
-		sock_set_forwarding(l->fd);
-		l->addr.len = sizeof(l->addr.u);
-		if (getsockname(l->fd, &l->addr.u.sa, &l->addr.len) < 0)
-			memset(&l->addr, 0, sizeof(l->addr));
-	}
-	return n;
-}
-
 /* ---- set-up ---- */
 
 /* The per-upstream metrics table is republished at most this often while it changes. */
 #define STATS_BACKENDS_EVERY_MS 10
 
 /* Applies a new membership to the pool and refreshes the per-id address table. */
-static int pool_apply(struct worker *w, const struct backend_spec *specs, int n)
+int worker_pool_apply(struct worker *w, const struct backend_spec *specs, int n)
 {
 	int rc = backend_pool_update(w->env.pool, specs, n);
 
@@ -211,7 +98,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
 		return -ENOMEM;
 	}
-	rc = pool_apply(w, specs, nspecs);
+	rc = worker_pool_apply(w, specs, nspecs);
 	if (rc < 0) {
 		snprintf(why, whylen, "bad upstream list: %s", strerror(-rc));
 		return rc;
@@ -221,7 +108,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
 		return -errno;
 	}
-	cq = roundup_pow2(WORKER_CQES_PER_SESSION * max_sessions + cfg->buffers + WORKER_BACKLOG +
+	cq = roundup_pow2(WORKER_CQES_PER_SESSION * max_sessions + cfg->buffers + LISTENER_BACKLOG +
 			  WORKER_CQ_RESERVE);
 	if (cq < 2 * WORKER_SQ_ENTRIES) /* the kernel wants CQ >= SQ; twice is its default */
 		cq = 2 * WORKER_SQ_ENTRIES;
@@ -370,223 +257,10 @@ void worker_publish_stats(struct worker *w, bool backends)
 		      n);
 }
 
-/* ---- sessions ---- */
-
-static struct session *session_alloc(struct worker *w)
-{
-	struct session *s;
-
-	if (w->free_head == UINT32_MAX)
-		return NULL;
-	s = &w->env.slab[w->free_head];
-	w->free_head = s->next_free;
-	/* Relaxed atomic stores: the control thread reads the count for sd_notify STATUS=. */
-	__atomic_store_n(&w->active, w->active + 1, __ATOMIC_RELAXED);
-	return s;
-}
-
-/* The session has nothing in flight any more: its slot goes back to the free list. */
-static void session_free(struct worker *w, struct session *s)
-{
-	w->st.closed[s->reason]++;
-	s->gen = (s->gen + 1) & TAG_GEN_MASK;
-	s->next_free = w->free_head;
-	w->free_head = session_slot(&w->env, s);
-	__atomic_store_n(&w->active, w->active - 1, __ATOMIC_RELAXED);
-}
-
-static void accept_backoff(struct worker *w);
-
-/* Does what a session event asked of the worker. */
-static void session_outcome(struct worker *w, struct session *s, unsigned int out)
-{
-	if (out & SESSION_OUT_NEED_FD)
-		accept_backoff(w);
-	if (out & SESSION_OUT_RELEASED)
-		session_free(w, s);
-}
-
-/* ---- accepting ---- */
-
-/* Tag sides of worker-level requests on a listener. */
-enum { ACC_MULTI = 0, ACC_SINGLE = 1 };
-enum { CW_MULTI = 0, CW_SINGLE = 1, CW_TIMER = 2, CW_STOP_CANCEL = 4, CW_STOP_CLOSE = 5 };
-
-static void accept_cancel(struct worker *w, int i, unsigned int kind)
-{
-	loop_cancel(w->env.loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
-		    tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
-	if (kind == ACC_MULTI)
-		w->listeners[i].cancel_multi = true;
-	else
-		w->listeners[i].cancel_single = true;
-	w->misc_inflight++;
-}
-
-/* Brings every listener to the wanted state. Far from --max-conns a multishot accept takes
- * connections as fast as they come; a burst can never exceed the listen backlog, so once fewer
- * than WORKER_MULTISHOT_MIN_FREE slots are free, single-shot accepts (one per listener, never
- * more than free slots) take over and no accepted client ever has to be turned away. */
-static void accept_update(struct worker *w)
-{
-	bool want = !w->stopping && !w->accept_backoff;
-	uint32_t used = w->active + w->singles;
-	uint32_t free = w->max_sessions > used ? w->max_sessions - used : 0;
-
-	for (int i = 0; i < w->nlisteners; i++) {
-		struct listener *l = &w->listeners[i];
-
-		if (!want) {
-			if (w->stopping)
-				continue; /* stop() cancels everything on the fd */
-			if (l->multi_armed && !l->cancel_multi)
-				accept_cancel(w, i, ACC_MULTI);
-			if (l->single_armed && !l->cancel_single)
-				accept_cancel(w, i, ACC_SINGLE);
-			continue;
-		}
-		if (free >= WORKER_MULTISHOT_MIN_FREE) {
-			if (!l->multi_armed && !l->single_armed) {
-				loop_accept_multishot(w->env.loop, l->fd,
-						      tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
-				l->multi_armed = true;
-				w->misc_inflight++;
-			}
-			continue;
-		}
-		if (l->multi_armed) {
-			if (!l->cancel_multi)
-				accept_cancel(w, i, ACC_MULTI);
-			continue;
-		}
-		if (!l->single_armed && free > 0) {
-			loop_accept(w->env.loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
-			l->single_armed = true;
-			w->singles++;
-			w->misc_inflight++;
-			free--;
-		}
-	}
-}
-
-static void accept_backoff(struct worker *w)
-{
-	if (w->accept_backoff)
-		return;
-	w->accept_backoff = true;
-	w->st.accept_backoffs++;
-	loop_timeout(w->env.loop, WORKER_ACCEPT_BACKOFF_MS, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
-	w->misc_inflight++;
-}
-
-static void on_accept(struct worker *w, const struct loop_cqe *c)
-{
-	struct listener *l = &w->listeners[tag_slot(c->tag)];
-	unsigned long suppressed;
-	int res = c->res;
-
-	if (tag_side(c->tag) == ACC_SINGLE) {
-		l->single_armed = false;
-		w->singles--;
-		w->misc_inflight--;
-	} else if (!(c->flags & LOOP_CQE_MORE)) {
-		l->multi_armed = false;
-		w->misc_inflight--;
-	}
-	if (res >= 0) {
-		struct session *s;
-
-		if (loop_fault_session_start(w->env.loop)) {
-			/* Fault injection only: session set-up "ran out of memory"; RST. */
-			sock_linger_rst(res);
-			close(res);
-			w->st.accept_overflow++;
-			return;
-		}
-		s = w->stopping ? NULL : session_alloc(w);
-
-		if (s == NULL) {
-			/* While stopping; or a multishot burst larger than the listen backlog,
-			 * which accept_update's margin makes impossible in practice. */
-			close(res);
-			w->st.accept_overflow++;
-			return;
-		}
-		w->st.accepted++;
-		session_start(&w->env, s, res);
-		return;
-	}
-	if (res == -ECANCELED)
-		return;
-	w->st.accept_errors++;
-	if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
-		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&w->rl_accept, &suppressed))
-			log_warn("accept on %s failed: %s; pausing accepts for %d ms (%lu similar "
-				 "messages suppressed)",
-				 addr_format(&l->addr, (char[ADDR_STRLEN]){ 0 }, ADDR_STRLEN),
-				 strerror(-res), WORKER_ACCEPT_BACKOFF_MS, suppressed);
-		accept_backoff(w);
-		return;
-	}
-	/* ECONNABORTED and friends concern one connection only: accept_update re-arms. */
-	log_debug("accept failed: %s", strerror(-res));
-}
-
-/* ---- stopping ---- */
-
-/* ---- mailbox (control thread -> worker) ---- */
-
-void worker_mailbox_init(struct worker *w)
-{
-	pthread_mutex_init(&w->mbox.mu, NULL);
-}
-
-static void mailbox_ring(struct worker *w)
-{
-	static const uint64_t one = 1;
-
-	if (write(w->notify_fd, &one, sizeof(one)) < 0)
-		log_error("cannot notify worker %d: %s", w->id, strerror(errno));
-}
-
-void worker_post_stop(struct worker *w)
-{
-	pthread_mutex_lock(&w->mbox.mu);
-	w->mbox.stops++;
-	pthread_mutex_unlock(&w->mbox.mu);
-	mailbox_ring(w);
-}
-
-void worker_post_abort(struct worker *w)
-{
-	pthread_mutex_lock(&w->mbox.mu);
-	w->mbox.abort = true;
-	w->mbox.stops++;
-	pthread_mutex_unlock(&w->mbox.mu);
-	mailbox_ring(w);
-}
-
-int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n)
-{
-	struct backend_spec *copy = malloc((size_t)(n > 0 ? n : 1) * sizeof(*copy));
-
-	if (copy == NULL)
-		return -ENOMEM;
-	memcpy(copy, specs, (size_t)n * sizeof(*copy));
-	pthread_mutex_lock(&w->mbox.mu);
-	free(w->mbox.specs);
-	w->mbox.specs = copy;
-	w->mbox.nspecs = n;
-	w->mbox.update = true;
-	pthread_mutex_unlock(&w->mbox.mu);
-	mailbox_ring(w);
-	return 0;
-}
-
 /* ---- stopping ---- */
 
 /* Tells every open session to close now (after the drain, or on a second signal). */
-static void close_all(struct worker *w)
+void worker_close_all(struct worker *w)
 {
 	if (w->closing_all)
 		return;
@@ -602,7 +276,7 @@ static void close_all(struct worker *w)
 	loop_timeout(w->env.loop, WORKER_STOP_DEADLINE_MS, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
 }
 
-static void stop(struct worker *w, int signo)
+void worker_stop(struct worker *w, int signo)
 {
 	if (w->sigfd >= 0) {
 		for (int i = 0; i < w->npeers; i++)
@@ -612,7 +286,7 @@ static void stop(struct worker *w, int signo)
 	if (w->stopping) {
 		if (w->sigfd >= 0)
 			log_warn("second %s: closing every connection now", strsignal(signo));
-		close_all(w);
+		worker_close_all(w);
 		return;
 	}
 	if (w->sigfd >= 0) {
@@ -639,121 +313,12 @@ static void stop(struct worker *w, int signo)
 		w->misc_inflight++;
 	}
 	if (w->env.cfg->drain_timeout_ms == 0) {
-		close_all(w);
+		worker_close_all(w);
 		return;
 	}
 	/* Sessions finish on their own; whatever is left when this fires is closed. The timer
 	 * is not counted in flight: the worker exits as soon as the last session is gone. */
 	loop_timeout(w->env.loop, w->env.cfg->drain_timeout_ms, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
-}
-
-static void on_notify(struct worker *w)
-{
-	struct backend_spec *specs = NULL;
-	unsigned int stops;
-	int n = 0;
-	bool update, abort_now;
-
-	pthread_mutex_lock(&w->mbox.mu);
-	stops = w->mbox.stops;
-	abort_now = w->mbox.abort;
-	update = w->mbox.update;
-	if (update) {
-		specs = w->mbox.specs;
-		n = w->mbox.nspecs;
-		w->mbox.specs = NULL;
-		w->mbox.update = false;
-	}
-	pthread_mutex_unlock(&w->mbox.mu);
-	if (update) {
-		int rc = pool_apply(w, specs, n);
-
-		w->env.backends_dirty = true;
-		if (rc < 0)
-			log_error("worker %d: upstream pool update refused: %s", w->id,
-				  strerror(-rc));
-		else
-			log_debug("worker %d: upstream pool now has %u members", w->id,
-				  backend_count(w->env.pool));
-		free(specs);
-	}
-	while (w->stops_seen < stops) {
-		w->stops_seen++;
-		stop(w, SIGTERM);
-	}
-	if (abort_now)
-		close_all(w);
-}
-
-/* ---- active health checks ---- */
-
-enum { PROBE_SOCKET = 0, PROBE_CONNECT = 1, PROBE_TIMEOUT = 2, PROBE_CLOSE = 3 };
-
-static void health_arm(struct worker *w)
-{
-	loop_timeout(w->env.loop, w->env.cfg->health_interval_ms, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
-}
-
-/* Starts a TCP connect probe to every member without one in flight. */
-static void health_round(struct worker *w)
-{
-	for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
-		struct backend_info bi;
-
-		if (w->probes[id].busy || backend_info(w->env.pool, id, &bi) < 0 || bi.removed)
-			continue;
-		w->probes[id].busy = true;
-		w->probes[id].fd = -1;
-		loop_socket(w->env.loop, bi.addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
-			    IPPROTO_TCP, tag_make(id, w->bgen[id], PROBE_SOCKET, OP_PROBE));
-	}
-}
-
-static void on_probe(struct worker *w, const struct loop_cqe *c)
-{
-	uint32_t id = tag_slot(c->tag), gen = tag_gen(c->tag);
-	struct probe *p = &w->probes[id];
-	/* The probe was started for the upstream this id named then: if SIGHUP or re-resolution
-	 * gave the id to another address since, its result says nothing about the new one. */
-	bool current = gen == w->bgen[id];
-	struct backend_info bi;
-	char buf[ADDR_STRLEN];
-	int res = c->res;
-
-	switch (tag_side(c->tag)) {
-	case PROBE_SOCKET:
-		if (res < 0) {
-			p->busy = false;
-			return;
-		}
-		p->fd = res;
-		if (w->stopping || !current || backend_info(w->env.pool, id, &bi) < 0 || bi.removed) {
-			loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
-			p->fd = -1;
-			return;
-		}
-		loop_connect_timeout(w->env.loop, p->fd, &w->baddr[id].u.sa, w->baddr[id].len,
-				     w->env.cfg->connect_timeout_ms,
-				     tag_make(id, gen, PROBE_CONNECT, OP_PROBE),
-				     tag_make(id, gen, PROBE_TIMEOUT, OP_PROBE));
-		return;
-	case PROBE_CONNECT:
-		w->env.backends_dirty = true;
-		if (current && backend_info(w->env.pool, id, &bi) == 0 && !bi.removed &&
-		    backend_set_up(w->env.pool, id, res == 0))
-			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
-				 addr_format(&w->baddr[id], buf, sizeof(buf)),
-				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
-				 res == 0 ? "" : ")");
-		loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
-		p->fd = -1;
-		return;
-	case PROBE_CLOSE:
-		p->busy = false;
-		return;
-	default: /* PROBE_TIMEOUT */
-		return;
-	}
 }
 
 static void signal_arm(struct worker *w)
@@ -785,21 +350,21 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 
 	switch (op) {
 	case OP_ACCEPT:
-		on_accept(w, c);
+		accept_done(w, c);
 		return;
 	case OP_SIGNAL:
 		if (c->res == (int)sizeof(w->siginfo))
-			stop(w, (int)w->siginfo.ssi_signo);
+			worker_stop(w, (int)w->siginfo.ssi_signo);
 		if (!w->stop_deadline_hit)
 			signal_arm(w);
 		return;
 	case OP_NOTIFY:
-		on_notify(w);
+		mailbox_take(w);
 		if (!w->stop_deadline_hit)
 			notify_arm(w);
 		return;
 	case OP_PROBE:
-		on_probe(w, c);
+		health_done(w, c);
 		return;
 	case OP_STATS:
 		httpstats_handle(w, c);
@@ -814,12 +379,10 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 			w->misc_inflight--;
 			w->accept_backoff = false;
 		} else if (tag_side(tag) == TIMER_DRAIN) {
-			close_all(w);
+			worker_close_all(w);
 		} else if (tag_side(tag) == TIMER_HEALTH) {
-			if (!w->stopping) {
-				health_round(w);
-				health_arm(w);
-			}
+			if (!w->stopping)
+				health_tick(w);
 		} else if (c->res == -ETIME) {
 			w->stop_deadline_hit = true;
 		}
@@ -852,7 +415,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		}
 		return;
 	}
-	session_outcome(w, s, session_handle(&w->env, s, c));
+	slab_outcome(w, s, session_handle(&w->env, s, c));
 }
 
 /* Starts the next access-log write if none is in flight (one per worker at a time). */
@@ -915,10 +478,8 @@ int worker_run(struct worker *w)
 	if (w->sigfd >= 0)
 		signal_arm(w);
 	notify_arm(w);
-	if (w->env.cfg->health_interval_ms > 0) {
-		health_round(w);
-		health_arm(w);
-	}
+	if (w->env.cfg->health_interval_ms > 0)
+		health_tick(w);
 	accept_update(w);
 	if (w->hs.nfds > 0)
 		httpstats_start(w);

@@ -14,6 +14,7 @@
 #include "uproxy/bufring.h"
 #include "uproxy/config.h"
 #include "uproxy/httpstats.h"
+#include "uproxy/listener.h"
 #include "uproxy/log.h"
 #include "uproxy/loop.h"
 #include "uproxy/sdnotify.h"
@@ -31,10 +32,9 @@
  * overflows the CQ is kept by the kernel and reaped by the loop (counted, never lost). */
 #define WORKER_CQ_MAX		65536u
 #define WORKER_CQES_PER_SESSION 13u
-#define WORKER_BACKLOG		1024u
 /* Multishot accept only while at least this many slots are free: one wake-up of a multishot
  * accept can take the whole backlog at once, and every client accepted must get a slot. */
-#define WORKER_MULTISHOT_MIN_FREE (WORKER_BACKLOG + 64u)
+#define WORKER_MULTISHOT_MIN_FREE (LISTENER_BACKLOG + 64u)
 #define WORKER_CQ_RESERVE	64u
 #define WORKER_SQ_ENTRIES	4096u
 
@@ -67,14 +67,6 @@ struct worker_mailbox {
 	bool abort;		    /* another worker died: close everything now, no drain */
 };
 
-struct listener {
-	int fd;
-	bool multi_armed;   /* multishot accept in flight */
-	bool single_armed;  /* single-shot accept in flight (near --max-conns) */
-	bool cancel_multi;  /* cancels in flight */
-	bool cancel_single;
-	struct addr addr;
-};
 
 struct worker {
 	int id;
@@ -117,15 +109,6 @@ struct worker {
 	struct httpstats hs;	     /* worker 0 only, with --stats */
 	struct log_ratelimit rl_accept, rl_health;
 };
-
-/* Opens listening sockets for hp (every address it names). Returns the count or -1 with why. */
-int worker_listen(const struct hostport *hp, struct listener *out, int max, char *why,
-		  size_t whylen);
-
-/* Socket activation: takes the n inherited listening sockets (worker 0 the originals, the
- * others dup()s of them, all sharing one accept queue). Returns n or -1 with why. */
-int worker_adopt(const int *fds, int n, bool original, struct listener *out, char *why,
-		 size_t whylen);
 
 /* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
  * thread (the ring is single-issuer). Listeners and sigfd are handed in. */
