@@ -72,8 +72,7 @@ void accept_backoff(struct worker *w)
 		return;
 	w->accept_backoff = true;
 	w->st.accept_backoffs++;
-	loop_timeout(w->env.loop, WORKER_ACCEPT_BACKOFF_MS, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER));
-	w->misc_inflight++;
+	worker_timer_arm(w, TIMER_ACCEPT_BACKOFF, WORKER_ACCEPT_BACKOFF_MS);
 }
 
 void accept_done(struct worker *w, const struct loop_cqe *c)

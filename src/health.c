@@ -12,7 +12,7 @@ enum { PROBE_SOCKET = 0, PROBE_CONNECT = 1, PROBE_TIMEOUT = 2, PROBE_CLOSE = 3 }
 
 static void health_arm(struct worker *w)
 {
-	loop_timeout(w->env.loop, w->env.cfg->health_interval_ms, tag_make(0, 0, TIMER_HEALTH, OP_TIMER));
+	worker_timer_arm(w, TIMER_HEALTH, w->env.cfg->health_interval_ms);
 }
 
 /* Starts a TCP connect probe to every member without one in flight. */

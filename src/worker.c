@@ -98,6 +98,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
 		return -ENOMEM;
 	}
+	for (int k = 1; k < TIMER__COUNT; k++)
+		timer_node_init(&w->timers[k], (uint16_t)k, 0);
 	rc = worker_pool_apply(w, specs, nspecs);
 	if (rc < 0) {
 		snprintf(why, whylen, "bad upstream list: %s", strerror(-rc));
@@ -273,7 +275,7 @@ void worker_close_all(struct worker *w)
 		if (s->state != SS_FREE && s->state != SS_CLOSING)
 			session_abort(&w->env, s, CLOSE_SHUTDOWN);
 	}
-	loop_timeout(w->env.loop, WORKER_STOP_DEADLINE_MS, tag_make(0, 0, TIMER_STOP_DEADLINE, OP_TIMER));
+	worker_timer_arm(w, TIMER_STOP_DEADLINE, WORKER_STOP_DEADLINE_MS);
 }
 
 void worker_stop(struct worker *w, int signo)
@@ -307,18 +309,15 @@ void worker_stop(struct worker *w, int signo)
 		w->misc_inflight += 2;
 		l->fd = -1;
 	}
-	if (w->accept_backoff) {
-		loop_cancel(w->env.loop, tag_make(0, 0, TIMER_ACCEPT_BACKOFF, OP_TIMER),
-			    tag_make(0, 0, CW_TIMER, OP_CANCEL_W));
-		w->misc_inflight++;
-	}
+	timer_cancel(w->env.wheel, &w->timers[TIMER_ACCEPT_BACKOFF]);
+	timer_cancel(w->env.wheel, &w->timers[TIMER_HEALTH]);
 	if (w->env.cfg->drain_timeout_ms == 0) {
 		worker_close_all(w);
 		return;
 	}
-	/* Sessions finish on their own; whatever is left when this fires is closed. The timer
-	 * is not counted in flight: the worker exits as soon as the last session is gone. */
-	loop_timeout(w->env.loop, w->env.cfg->drain_timeout_ms, tag_make(0, 0, TIMER_DRAIN, OP_TIMER));
+	/* Sessions finish on their own; whatever is left when this fires is closed. The worker
+	 * exits as soon as the last session is gone, whether or not it fired. */
+	worker_timer_arm(w, TIMER_DRAIN, w->env.cfg->drain_timeout_ms);
 }
 
 static void signal_arm(struct worker *w)
@@ -374,19 +373,6 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		w->log_writing = false;
 		accesslog_done(w->env.alog, c->res);
 		return;
-	case OP_TIMER:
-		if (tag_side(tag) == TIMER_ACCEPT_BACKOFF) {
-			w->misc_inflight--;
-			w->accept_backoff = false;
-		} else if (tag_side(tag) == TIMER_DRAIN) {
-			worker_close_all(w);
-		} else if (tag_side(tag) == TIMER_HEALTH) {
-			if (!w->stopping)
-				health_tick(w);
-		} else if (c->res == -ETIME) {
-			w->stop_deadline_hit = true;
-		}
-		return;
 	case OP_CANCEL_W:
 		w->misc_inflight--;
 		if (tag_side(tag) == CW_MULTI)
@@ -434,11 +420,34 @@ static void log_flush(struct worker *w)
 	w->misc_inflight++;
 }
 
+void worker_timer_arm(struct worker *w, enum worker_timer k, uint32_t ms)
+{
+	timer_arm(w->env.wheel, &w->timers[k], w->env.now_ms + ms);
+}
+
+/* A deadline on the wheel passed: a session's (kind 0) or one of the worker's. */
 static void on_timer(struct timer_node *n, void *ctx)
 {
 	struct worker *w = ctx;
 
-	session_timeout(&w->env, &w->env.slab[n->data]);
+	switch (n->kind) {
+	case TIMER_ACCEPT_BACKOFF:
+		w->accept_backoff = false;
+		break;
+	case TIMER_STOP_DEADLINE:
+		w->stop_deadline_hit = true;
+		break;
+	case TIMER_DRAIN:
+		worker_close_all(w);
+		break;
+	case TIMER_HEALTH:
+		if (!w->stopping)
+			health_tick(w);
+		break;
+	default:
+		session_timeout(&w->env, &w->env.slab[n->data]);
+		break;
+	}
 }
 
 /* The ring failed for good: nothing more can be submitted. Every session is reset at once

@@ -7,7 +7,7 @@
 
 /* Tag sides of worker-level requests on a listener, and of their cancels (OP_CANCEL_W). */
 enum { ACC_MULTI = 0, ACC_SINGLE = 1 };
-enum { CW_MULTI = 0, CW_SINGLE = 1, CW_TIMER = 2, CW_STOP_CANCEL = 4, CW_STOP_CLOSE = 5 };
+enum { CW_MULTI = 0, CW_SINGLE = 1, CW_STOP_CANCEL = 4, CW_STOP_CLOSE = 5 };
 
 /* slab.c: the session slots. */
 struct session *slab_alloc(struct worker *w);
@@ -28,6 +28,8 @@ void health_done(struct worker *w, const struct loop_cqe *c);
 void mailbox_take(struct worker *w);
 
 /* worker.c */
+/* Arms (or re-arms) one of the worker's deadlines ms from now. */
+void worker_timer_arm(struct worker *w, enum worker_timer k, uint32_t ms);
 int worker_pool_apply(struct worker *w, const struct backend_spec *specs, int n);
 void worker_stop(struct worker *w, int signo);
 void worker_close_all(struct worker *w);

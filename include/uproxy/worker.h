@@ -44,11 +44,14 @@
 /* How long SIGINT/SIGTERM waits for in-flight requests to finish before exiting anyway. */
 #define WORKER_STOP_DEADLINE_MS 900
 
+/* The worker's own deadlines, on the same timer wheel as the sessions' (timer_node.kind; the
+ * sessions' nodes are kind 0). */
 enum worker_timer {
 	TIMER_ACCEPT_BACKOFF = 1,
 	TIMER_STOP_DEADLINE = 2, /* all sessions were told to close: wait this long at most */
 	TIMER_DRAIN = 3,	 /* --drain-timeout after SIGTERM */
 	TIMER_HEALTH = 4,	 /* --health-interval */
+	TIMER__COUNT
 };
 
 /* Active health probe of one backend id. */
@@ -100,8 +103,9 @@ struct worker {
 	bool stopping;	/* not accepting any more; sessions drain */
 	bool closing_all; /* every session told to close */
 	bool stop_deadline_hit;
+	struct timer_node timers[TIMER__COUNT]; /* [enum worker_timer] */
 	bool accept_backoff;
-	unsigned int misc_inflight; /* accepts, their cancels, the back-off timer */
+	unsigned int misc_inflight; /* accepts and their cancels, probes, log writes, ... */
 
 	struct worker_stats st;
 	struct stats_snapshot *snap; /* published each iteration when --stats is on */
