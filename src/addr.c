@@ -132,13 +132,11 @@ int addr_resolve(const struct hostport *hp, struct addr *out, int max, char *why
 
 		if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
 			continue;
-		for (int i = 0; i < n; i++) {
-			if (out[i].len == ai->ai_addrlen &&
-			    memcmp(&out[i].u, ai->ai_addr, ai->ai_addrlen) == 0)
-				dup = true;
-		}
+		addr_from_sockaddr(&out[n], ai->ai_addr, ai->ai_addrlen);
+		for (int i = 0; i < n && !dup; i++)
+			dup = addr_equal(&out[i], &out[n]);
 		if (!dup)
-			addr_from_sockaddr(&out[n++], ai->ai_addr, ai->ai_addrlen);
+			n++;
 	}
 	freeaddrinfo(res);
 	if (n == 0) {
@@ -166,6 +164,7 @@ bool addr_equal(const struct addr *a, const struct addr *b)
 		       a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr;
 	if (a->u.sa.sa_family == AF_INET6)
 		return a->u.in6.sin6_port == b->u.in6.sin6_port &&
+		       a->u.in6.sin6_scope_id == b->u.in6.sin6_scope_id &&
 		       memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
 	return a->len == b->len && memcmp(&a->u, &b->u, a->len) == 0;
 }

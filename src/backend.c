@@ -163,18 +163,6 @@ static uint64_t backend_addr_key(const struct addr *a)
 	}
 }
 
-static bool backend_addr_equal(const struct addr *a, const struct addr *b)
-{
-	if (a->u.sa.sa_family != b->u.sa.sa_family)
-		return false;
-	if (a->u.sa.sa_family == AF_INET)
-		return a->u.in4.sin_port == b->u.in4.sin_port &&
-		       a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr;
-	return a->u.in6.sin6_port == b->u.in6.sin6_port &&
-	       a->u.in6.sin6_scope_id == b->u.in6.sin6_scope_id &&
-	       memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
-}
-
 /* splitmix64: one add and one mix per number, good enough for choosing among backends. */
 static uint64_t backend_rand(struct backend_pool *p)
 {
@@ -496,7 +484,7 @@ int backend_release(struct backend_pool *p, uint32_t id)
 static int backend_find(const struct backend_pool *p, const struct addr *a)
 {
 	for (uint32_t i = 0; i < p->nslots; i++) {
-		if (p->b[i].state != SLOT_FREE && backend_addr_equal(&p->b[i].addr, a))
+		if (p->b[i].state != SLOT_FREE && addr_equal(&p->b[i].addr, a))
 			return (int)i;
 	}
 	return -1;
@@ -514,7 +502,7 @@ static int backend_validate(const struct backend_spec *specs, int n)
 		if (specs[i].weight > BACKEND_WEIGHT_MAX || (fam != AF_INET && fam != AF_INET6))
 			return -EINVAL;
 		for (int j = 0; j < i; j++) {
-			if (backend_addr_equal(&specs[i].addr, &specs[j].addr))
+			if (addr_equal(&specs[i].addr, &specs[j].addr))
 				return -EINVAL;
 		}
 	}
@@ -557,7 +545,7 @@ int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs
 		if (b->state == SLOT_FREE)
 			continue;
 		for (int j = 0; j < n && !named; j++)
-			named = backend_addr_equal(&b->addr, &specs[j].addr);
+			named = addr_equal(&b->addr, &specs[j].addr);
 		if (named || b->active > 0)
 			keep++;
 	}

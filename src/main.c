@@ -107,8 +107,7 @@ static bool same_pool(const struct backend_spec *a, int na, const struct backend
 	if (na != nb)
 		return false;
 	for (int i = 0; i < na; i++) {
-		if (a[i].weight != b[i].weight || a[i].addr.len != b[i].addr.len ||
-		    memcmp(&a[i].addr.u, &b[i].addr.u, a[i].addr.len) != 0)
+		if (a[i].weight != b[i].weight || !addr_equal(&a[i].addr, &b[i].addr))
 			return false;
 	}
 	return true;

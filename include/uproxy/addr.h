@@ -1,4 +1,4 @@
-/* addr: parsing "[HOST]:PORT" strings, resolving them, printing socket addresses.
+/* addr: parsing "[HOST]:PORT" strings, resolving them, printing and comparing socket addresses.
  * Pure logic apart from addr_resolve (getaddrinfo); never touches the ring. */
 #ifndef UPROXY_ADDR_H
 #define UPROXY_ADDR_H
@@ -43,7 +43,11 @@ const char *addr_format(const struct addr *a, char *buf, size_t len);
 /* Formats a hostport back into its canonical text form; returns buf. */
 const char *addr_format_hostport(const struct hostport *hp, char *buf, size_t len);
 
-/* True when a and b are the same family, address and port. */
+/* The one address equality: true when a and b name the same socket endpoint, that is the same
+ * family, address and port, and for IPv6 the same scope id (fe80::1%eth0 and fe80::1%eth1 are
+ * different hosts). The IPv6 flow label names no endpoint and is ignored. An IPv4 address and
+ * its v4-mapped IPv6 form (::ffff:a.b.c.d) are different families, so not equal. Addresses of
+ * any other family (e.g. a zeroed struct addr) are equal when their bytes are. */
 bool addr_equal(const struct addr *a, const struct addr *b);
 
 /* Builds a struct addr from a sockaddr of a known length. */

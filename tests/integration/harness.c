@@ -2117,7 +2117,10 @@ void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t le
 /* ---- criterion glue -------------------------------------------------------- */
 
 /* Meson runs each test alone with --filter: a filter that matches nothing must
- * fail rather than pass, and a test that skipped itself reports 77 (SKIP). */
+ * fail rather than pass, and a test that skipped itself reports 77 (SKIP). The
+ * names come from tests/list_tests.py reading the sources, so a miss means that
+ * reading disagrees with what criterion registered (a Test( under #if 0, in a
+ * comment, or built by a macro): kept so such a test fails instead of passing. */
 static int tests_started;
 
 ReportHook(PRE_INIT)(struct criterion_test *t)
@@ -2129,7 +2132,7 @@ ReportHook(PRE_INIT)(struct criterion_test *t)
 ReportHook(POST_ALL)(struct criterion_global_stats *st)
 {
 	if (!tests_started) {
-		fprintf(stderr, "no test matched the filter: check the names in meson.build\n");
+		fprintf(stderr, "no test matched the filter: tests/list_tests.py misread a Test()\n");
 		fflush(NULL);
 		_exit(1);
 	}

@@ -133,12 +133,12 @@ static void echo_64mib(bool bundles, uint64_t seed)
 			      "than one buffer", cqes, (unsigned long long)ECHO_CQE_FLOOR);
 }
 
-Test(bundles, on_echo_64mib_both_ways, .timeout = 45)
+Test(bundles, on_echo_64mib_both_ways, .timeout = 45) /* serial */
 {
 	echo_64mib(true, 0xb0e1);
 }
 
-Test(bundles, off_echo_64mib_both_ways, .timeout = 45)
+Test(bundles, off_echo_64mib_both_ways, .timeout = 45) /* serial */
 {
 	echo_64mib(false, 0xb0e2);
 }
@@ -263,12 +263,12 @@ static void halfclose(bool bundles, uint64_t seed)
 	backend_stop(&b);
 }
 
-Test(bundles, on_halfclose_both_ways, .timeout = 45)
+Test(bundles, on_halfclose_both_ways, .timeout = 45) /* serial */
 {
 	halfclose(true, 0xb0a0);
 }
 
-Test(bundles, off_halfclose_both_ways, .timeout = 45)
+Test(bundles, off_halfclose_both_ways, .timeout = 45) /* serial */
 {
 	halfclose(false, 0xb0b0);
 }
@@ -315,12 +315,12 @@ static void concurrent_1000(bool bundles, uint64_t seed)
 			      "buffer", cqes, (unsigned long long)CONC_CQE_FLOOR);
 }
 
-Test(bundles, on_concurrent_1000, .timeout = 45)
+Test(bundles, on_concurrent_1000, .timeout = 45) /* serial */
 {
 	concurrent_1000(true, 0xb1000000);
 }
 
-Test(bundles, off_concurrent_1000, .timeout = 45)
+Test(bundles, off_concurrent_1000, .timeout = 45) /* serial */
 {
 	concurrent_1000(false, 0xb2000000);
 }

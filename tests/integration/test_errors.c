@@ -264,7 +264,7 @@ Test(errors, client_close_midtransfer, .timeout = 30)
 	client_abort(false);
 }
 
-Test(errors, churn_2000_aborted_clients, .timeout = 60)
+Test(errors, churn_2000_aborted_clients, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;

@@ -445,19 +445,19 @@ static void slow_readers(int nslow, int workers, uint32_t buffers, const char *c
 	cleanup();
 }
 
-Test(fairness, slow_readers_3000_default, .timeout = 120, .fini = cleanup)
+Test(fairness, slow_readers_3000_default, .timeout = 120, .fini = cleanup) /* serial */
 {
 	slow_readers(3000, 1, DEFAULT_BUFFERS, NULL);
 }
 
-Test(fairness, slow_readers_300_buffers_64, .timeout = 120, .fini = cleanup)
+Test(fairness, slow_readers_300_buffers_64, .timeout = 120, .fini = cleanup) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "64", NULL };
 
 	slow_readers(300, 1, 64, extra);
 }
 
-Test(fairness, slow_readers_3000_two_workers, .timeout = 120, .fini = cleanup)
+Test(fairness, slow_readers_3000_two_workers, .timeout = 120, .fini = cleanup) /* serial */
 {
 	static const char *const extra[] = { "--workers", "2", NULL };
 
@@ -696,12 +696,12 @@ static void parked_session(bool client_resets)
 	backend_stop(&b);
 }
 
-Test(fairness, parked_session_client_reset_closed_within_1s, .timeout = 60)
+Test(fairness, parked_session_client_reset_closed_within_1s, .timeout = 60) /* serial */
 {
 	parked_session(true);
 }
 
-Test(fairness, parked_session_upstream_close_seen_within_1s, .timeout = 60)
+Test(fairness, parked_session_upstream_close_seen_within_1s, .timeout = 60) /* serial */
 {
 	parked_session(false);
 }

@@ -95,7 +95,7 @@ static int connect_or_fail(const struct proxy *px)
 	return fd;
 }
 
-Test(faults, echo_64mib_both_ways, .timeout = 60)
+Test(faults, echo_64mib_both_ways, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -152,7 +152,7 @@ static void upstream_shuts_then_reads(int fd, void *arg)
 	atomic_store(&h->done, true);
 }
 
-Test(faults, halfclose_both_ways, .timeout = 60)
+Test(faults, halfclose_both_ways, .timeout = 60) /* serial */
 {
 	static struct half h = { .seed_in = 0xfb1, .seed_out = 0xfb2, .in_len = 4 * MIB,
 				 .out_len = 4 * MIB };
@@ -219,7 +219,7 @@ Test(faults, halfclose_both_ways, .timeout = 60)
 
 /* ---- 1,000 concurrent echo connections with every fault that can cost a connection ---- */
 
-Test(faults, concurrent_1000_echo, .timeout = 90)
+Test(faults, concurrent_1000_echo, .timeout = 90) /* serial */
 {
 	struct multi_stats st[2];
 	struct backend b;
@@ -267,7 +267,7 @@ Test(faults, concurrent_1000_echo, .timeout = 90)
 
 /* ---- a refused connect costs exactly its client, which sees no byte and an error ---- */
 
-Test(faults, connect_refused_clients_see_it, .timeout = 60)
+Test(faults, connect_refused_clients_see_it, .timeout = 60) /* serial */
 {
 	uint8_t data[4096], back[4096];
 	struct backend b;
@@ -312,7 +312,7 @@ Test(faults, connect_refused_clients_see_it, .timeout = 60)
 
 /* ---- churn of aborted clients under every fault ---- */
 
-Test(faults, churn_aborted_clients, .timeout = 60)
+Test(faults, churn_aborted_clients, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -361,7 +361,7 @@ Test(faults, churn_aborted_clients, .timeout = 60)
 
 /* ---- a fatal ring error: the process exits 1, with one clear line, and clients see RST ---- */
 
-Test(faults, fatal_enter_error_exits, .timeout = 30)
+Test(faults, fatal_enter_error_exits, .timeout = 30) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -400,7 +400,7 @@ Test(faults, fatal_enter_error_exits, .timeout = 30)
  * full with the submit failing, and every fifth enter fails with EAGAIN or ENOMEM: 64 MiB both
  * ways and 200 new sessions (each a socket + a linked connect/timeout pair) must come through
  * byte-exact, and the proxy must stay up. */
-Test(faults, finding5_full_sq_and_enter_errors_lose_nothing, .timeout = 60)
+Test(faults, finding5_full_sq_and_enter_errors_lose_nothing, .timeout = 60) /* serial */
 {
 	struct multi_stats ms;
 	struct backend b;
@@ -432,7 +432,7 @@ Test(faults, finding5_full_sq_and_enter_errors_lose_nothing, .timeout = 60)
  * on) or, with one worker, got a clean FIN from the process exit, as if their streams had
  * ended. Now the worker resets every session it holds, idle ones included, and the process
  * exits 1. An idle client (its echo complete, nothing in flight) must see ECONNRESET. */
-Test(faults, finding5_fatal_enter_error_resets_idle_clients_and_exits_1, .timeout = 30)
+Test(faults, finding5_fatal_enter_error_resets_idle_clients_and_exits_1, .timeout = 30) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -519,7 +519,7 @@ static double metric(uint16_t port, const char *name)
  * good leaves its session hanging, which shows as a timeout at this bound. */
 #define F4_BOUND_MS 10000
 
-Test(faults, finding4_real_cq_overflow_counted_nothing_lost, .timeout = 60)
+Test(faults, finding4_real_cq_overflow_counted_nothing_lost, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;

@@ -34,7 +34,7 @@ static void assert_rx(const struct xfer *x, uint64_t want_len, uint64_t seed, co
 	cr_assert_eq(x->rx.hash, stream_hash(seed, want_len), "%s: checksum differs", dir);
 }
 
-Test(integrity, echo_64mib_both_ways, .timeout = 55)
+Test(integrity, echo_64mib_both_ways, .timeout = 55) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -56,7 +56,7 @@ Test(integrity, echo_64mib_both_ways, .timeout = 55)
 	backend_stop(&b);
 }
 
-Test(integrity, upstream_to_client_64mib, .timeout = 55)
+Test(integrity, upstream_to_client_64mib, .timeout = 55) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -82,7 +82,7 @@ Test(integrity, upstream_to_client_64mib, .timeout = 55)
 	backend_stop(&b);
 }
 
-Test(integrity, client_to_upstream_64mib, .timeout = 55)
+Test(integrity, client_to_upstream_64mib, .timeout = 55) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -111,7 +111,7 @@ Test(integrity, client_to_upstream_64mib, .timeout = 55)
 	backend_stop(&b);
 }
 
-Test(integrity, small_roundtrips_10000, .timeout = 55)
+Test(integrity, small_roundtrips_10000, .timeout = 55) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -143,7 +143,7 @@ Test(integrity, small_roundtrips_10000, .timeout = 55)
 	backend_stop(&b);
 }
 
-Test(integrity, tiny_buffer_pool_16_streams, .timeout = 55)
+Test(integrity, tiny_buffer_pool_16_streams, .timeout = 55) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "64", "--buffer-size", "1024", NULL };
 	struct backend b;

@@ -405,7 +405,7 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
-Test(lifecycle, drain_completes_download, .timeout = 30)
+Test(lifecycle, drain_completes_download, .timeout = 30) /* serial */
 {
 	static struct reader r;
 	struct backend b;

@@ -24,7 +24,7 @@ static long cpu_ms_over(pid_t pid, unsigned int ms)
 	return (t1 - t0) * 1000 / hz;
 }
 
-Test(limits, concurrent_1000, .timeout = 60)
+Test(limits, concurrent_1000, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -46,7 +46,7 @@ Test(limits, concurrent_1000, .timeout = 60)
 	backend_stop(&b);
 }
 
-Test(limits, sequential_10000, .timeout = 60)
+Test(limits, sequential_10000, .timeout = 60) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -120,7 +120,7 @@ static void upstream_pusher(int fd, void *arg)
 	atomic_store(&p->done, true);
 }
 
-Test(limits, slow_reader_bounded, .timeout = 60)
+Test(limits, slow_reader_bounded, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "4096", "--buffer-size", "16384", NULL };
 	static struct pusher p = { .seed = 0x256 };
@@ -254,7 +254,7 @@ static void hello_all(struct hello_count *h, const int *fds, int n, uint64_t see
 
 #define EMFILE_CLIENTS 80
 
-Test(limits, emfile_no_spin_then_recovers, .timeout = 60)
+Test(limits, emfile_no_spin_then_recovers, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--max-conns", "1000", NULL };
 	struct backend b;
@@ -317,7 +317,7 @@ Test(limits, emfile_no_spin_then_recovers, .timeout = 60)
 	backend_stop(&b);
 }
 
-Test(limits, idle_sessions_no_spin, .timeout = 30)
+Test(limits, idle_sessions_no_spin, .timeout = 30) /* serial */
 {
 	struct backend b;
 	struct proxy px;
@@ -403,7 +403,7 @@ static void upstream_stall_then_drain(int fd, void *arg)
 	atomic_fetch_add(&s->done, 1);
 }
 
-Test(limits, stalled_tiny_pool_no_spin, .timeout = 60)
+Test(limits, stalled_tiny_pool_no_spin, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "64", "--buffer-size", "1024", NULL };
 	static struct stall s;
@@ -606,12 +606,12 @@ static void slow_client_isolation(const char *const extra[])
 	backend_stop(&b);
 }
 
-Test(limits, slow_client_does_not_stall_others, .timeout = 60)
+Test(limits, slow_client_does_not_stall_others, .timeout = 60) /* serial */
 {
 	slow_client_isolation(NULL);
 }
 
-Test(limits, slow_client_does_not_stall_others_tiny_pool, .timeout = 60)
+Test(limits, slow_client_does_not_stall_others_tiny_pool, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "64", "--buffer-size", "1024", NULL };
 
@@ -747,12 +747,12 @@ static void many_slow_clients(int nslow, const char *const extra[])
 	backend_stop(&b);
 }
 
-Test(limits, many_slow_clients_do_not_stall_others, .timeout = 60)
+Test(limits, many_slow_clients_do_not_stall_others, .timeout = 60) /* serial */
 {
 	many_slow_clients(160, NULL);
 }
 
-Test(limits, many_slow_clients_do_not_stall_others_tiny_pool, .timeout = 60)
+Test(limits, many_slow_clients_do_not_stall_others_tiny_pool, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--buffers", "64", "--buffer-size", "1024", NULL };
 

@@ -166,7 +166,7 @@ static uint16_t start_proxy(struct backend *b, struct proxy *px, const char *con
 #define SLOW_LEN  (10 * MIB)
 #define SLOW_SEED 0x10551
 
-Test(loss, finding1_slow_download_idle_timeout, .timeout = 40)
+Test(loss, finding1_slow_download_idle_timeout, .timeout = 40) /* serial */
 {
 	static const char *const args[] = { "--idle-timeout", "1000", NULL };
 	struct backend b;
@@ -218,7 +218,7 @@ static void slow_sink(int fd, void *arg)
 	atomic_store(&s->done, true);
 }
 
-Test(loss, finding1_slow_upload_idle_timeout, .timeout = 40)
+Test(loss, finding1_slow_upload_idle_timeout, .timeout = 40) /* serial */
 {
 	static const char *const args[] = { "--idle-timeout", "1000", NULL };
 	static struct slow_sink s;
@@ -305,7 +305,7 @@ static void trickler(int fd, void *arg)
 	atomic_store(&t->done, true);
 }
 
-Test(loss, finding2_half_closed_trickle_longer_than_fin_timeout, .timeout = 12)
+Test(loss, finding2_half_closed_trickle_longer_than_fin_timeout, .timeout = 12) /* serial */
 {
 	static const char *const args[] = { "--fin-timeout", "1000", NULL };
 	static struct trickle t;
@@ -365,7 +365,7 @@ Test(loss, finding2_half_closed_trickle_longer_than_fin_timeout, .timeout = 12)
 #define DRAIN_LEN  (64 * MIB)
 #define DRAIN_SEED 0xd2a1
 
-Test(loss, finding3_drain_deadline_resets_client, .timeout = 15)
+Test(loss, finding3_drain_deadline_resets_client, .timeout = 15) /* serial */
 {
 	static const char *const args[] = { "--drain-timeout", "500", NULL };
 	struct backend b;
@@ -419,7 +419,7 @@ Test(loss, finding3_drain_deadline_resets_client, .timeout = 15)
 #define IDLE_MS	    1000
 
 Test(loss, finding3_idle_timeout_with_queued_bytes_resets_client, .timeout = 10,
-     .init = alog_make, .fini = alog_remove)
+     .init = alog_make, .fini = alog_remove) /* serial */
 {
 	static const char *const args[] = { "--idle-timeout", "1000", NULL };
 	struct backend b;
@@ -500,7 +500,7 @@ static void echo_once(int fd, void *arg)
 }
 
 Test(loss, finding3_idle_session_with_nothing_queued_gets_fin, .timeout = 10,
-     .init = alog_make, .fini = alog_remove)
+     .init = alog_make, .fini = alog_remove) /* serial */
 {
 	static const char *const args[] = { "--idle-timeout", "500", NULL };
 	static struct echo_once o;

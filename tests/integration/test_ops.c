@@ -337,7 +337,7 @@ static int watch_idle(const int idle[20], uint64_t closed_at[20], int ms)
 	return open_left;
 }
 
-Test(ops, metrics_hostile_scrapers, .timeout = 30)
+Test(ops, metrics_hostile_scrapers, .timeout = 30) /* serial */
 {
 	static struct mset m;
 	struct backend b;

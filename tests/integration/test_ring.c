@@ -128,7 +128,7 @@ static int open_warm(int *fds, int n, uint16_t port, size_t warm, uint64_t seed_
 #define F4_CLIENTS 7000
 #define F4_IDLE_MS 2000
 
-Test(ring, mass_idle_expiry_7000_loses_nothing, .timeout = 60)
+Test(ring, mass_idle_expiry_7000_loses_nothing, .timeout = 60) /* serial */
 {
 	static struct mset m;
 	struct backend b;
@@ -212,7 +212,7 @@ Test(ring, mass_idle_expiry_7000_loses_nothing, .timeout = 60)
  * never gets its warm round trip, so the old cap turns into a timeout of exactly the excess. */
 #define F7_BOUND_MS 25000
 
-Test(ring, finding7_9000_concurrent_with_nofile_20000, .timeout = 60)
+Test(ring, finding7_9000_concurrent_with_nofile_20000, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--workers", "1", NULL };
 	struct backend b;
@@ -271,7 +271,7 @@ Test(ring, finding7_9000_concurrent_with_nofile_20000, .timeout = 60)
 #define POOL_FILE "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nupstream 127.0.0.1:%u\n"
 
 Test(ring, finding6_probe_of_removed_backend_does_not_mark_new_one, .timeout = 30,
-     .fini = conf_dir_remove)
+     .fini = conf_dir_remove) /* serial */
 {
 	struct blackhole a;
 	struct backend b, c;
@@ -630,7 +630,7 @@ static double ch_sample(const struct mset *m, const char *key)
 	return v;
 }
 
-Test(ring, finding6_buffer_wait_queue_churn_empty_pool, .timeout = 60)
+Test(ring, finding6_buffer_wait_queue_churn_empty_pool, .timeout = 60) /* serial */
 {
 	static struct mset m0, m1;
 	struct backend b;

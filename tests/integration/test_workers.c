@@ -13,7 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-Test(workers, concurrent_200_with_4_workers, .timeout = 60)
+Test(workers, concurrent_200_with_4_workers, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--workers", "4", NULL };
 	struct backend b;
@@ -33,7 +33,7 @@ Test(workers, concurrent_200_with_4_workers, .timeout = 60)
 	backend_stop(&b);
 }
 
-Test(workers, sequential_2000_with_2_workers, .timeout = 60)
+Test(workers, sequential_2000_with_2_workers, .timeout = 60) /* serial */
 {
 	static const char *const extra[] = { "--workers", "2", NULL };
 	struct backend b;

@@ -1,4 +1,5 @@
-/* Unit tests for addr: every accepted and rejected "[HOST]:PORT" form, and printing. */
+/* Unit tests for addr: every accepted and rejected "[HOST]:PORT" form, printing, and the one
+ * address equality (addr_equal). */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <string.h>
@@ -135,4 +136,90 @@ Test(addr, resolve_failure_names_the_host)
 	cr_assert_eq(addr_parse("no-such-host.invalid:80", &hp, &why), 0);
 	cr_assert_lt(addr_resolve(&hp, out, 4, err, sizeof(err)), 0);
 	cr_assert(strstr(err, "no-such-host.invalid") != NULL, "%s", err);
+}
+
+/* ---- addr_equal: family, address, port and IPv6 scope id; nothing else ---------------- */
+
+static struct addr v4(const char *ip, unsigned port)
+{
+	struct sockaddr_in in4 = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct addr a;
+
+	cr_assert_eq(inet_pton(AF_INET, ip, &in4.sin_addr), 1, "%s", ip);
+	addr_from_sockaddr(&a, (struct sockaddr *)&in4, sizeof(in4));
+	return a;
+}
+
+static struct addr v6(const char *ip, unsigned port, uint32_t scope, uint32_t flow)
+{
+	struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons(port),
+				    .sin6_scope_id = scope, .sin6_flowinfo = htonl(flow) };
+	struct addr a;
+
+	cr_assert_eq(inet_pton(AF_INET6, ip, &in6.sin6_addr), 1, "%s", ip);
+	addr_from_sockaddr(&a, (struct sockaddr *)&in6, sizeof(in6));
+	return a;
+}
+
+/* addr_equal(a, b), checked to be symmetric. */
+static bool eq(struct addr a, struct addr b)
+{
+	bool ab = addr_equal(&a, &b);
+
+	cr_assert_eq(ab, addr_equal(&b, &a), "addr_equal is not symmetric");
+	return ab;
+}
+
+Test(addr, equal_ipv4_address_and_port)
+{
+	struct addr a = v4("10.1.2.3", 80), b = v4("10.1.2.3", 80);
+
+	cr_assert(eq(a, a));
+	cr_assert(eq(a, b));
+	cr_assert_not(eq(a, v4("10.1.2.3", 81)), "the port is part of the address");
+	cr_assert_not(eq(a, v4("10.1.2.4", 80)));
+	/* sin_zero is padding, not address: garbage there changes nothing */
+	memset(b.u.in4.sin_zero, 0xa5, sizeof(b.u.in4.sin_zero));
+	cr_assert(eq(a, b), "sin_zero compared");
+}
+
+Test(addr, equal_ipv6_address_and_port_not_flow_label)
+{
+	struct addr a = v6("2001:db8::1", 443, 0, 0);
+
+	cr_assert(eq(a, v6("2001:db8::1", 443, 0, 0)));
+	cr_assert_not(eq(a, v6("2001:db8::1", 444, 0, 0)), "the port is part of the address");
+	cr_assert_not(eq(a, v6("2001:db8::2", 443, 0, 0)));
+	cr_assert_not(eq(a, v6("3001:db8::1", 443, 0, 0)), "first byte differs");
+	cr_assert(eq(a, v6("2001:db8::1", 443, 0, 0x12345)), "the flow label is no endpoint");
+}
+
+Test(addr, equal_ipv6_scope_id)
+{
+	/* fe80::1 on two interfaces is two different hosts */
+	struct addr a = v6("fe80::1", 80, 2, 0);
+
+	cr_assert(eq(a, v6("fe80::1", 80, 2, 0)));
+	cr_assert_not(eq(a, v6("fe80::1", 80, 3, 0)), "scope id ignored");
+	cr_assert_not(eq(a, v6("fe80::1", 80, 0, 0)), "scope id ignored");
+}
+
+Test(addr, equal_ipv4_is_not_its_v4_mapped_form)
+{
+	/* different families: a v4 socket and a v6 socket, never the same upstream entry */
+	cr_assert_not(eq(v4("127.0.0.1", 80), v6("::ffff:127.0.0.1", 80, 0, 0)));
+	cr_assert(eq(v6("::ffff:127.0.0.1", 80, 0, 0), v6("::ffff:127.0.0.1", 80, 0, 0)));
+	cr_assert_not(eq(v4("0.0.0.0", 0), v6("::", 0, 0, 0)), "wildcards of two families");
+}
+
+Test(addr, equal_zeroed_addresses)
+{
+	struct addr a, b;
+
+	/* a zeroed struct addr (family 0) is what an unused slot holds: equal to another one,
+	 * not to any real address */
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	cr_assert(eq(a, b));
+	cr_assert_not(eq(a, v4("0.0.0.0", 0)));
 }
