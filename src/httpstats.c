@@ -1,6 +1,7 @@
-/* httpstats: a tiny HTTP/1.x responder for GET /metrics on worker 0's ring. Every read and
- * write is an SQE with a linked timeout; the answer is rendered from all workers' snapshots.
- * Must never block, never serve more than HTTPSTATS_MAX_CONNS scrapes, never touch sessions. */
+/* httpstats: a tiny HTTP/1.x responder for GET /metrics on worker 0's loop. Every read and
+ * write is a loop request with a linked timeout; the answer is rendered from all workers'
+ * snapshots. Must never block, never serve more than HTTPSTATS_MAX_CONNS scrapes, never touch
+ * sessions, and knows nothing of the worker: what it needs is in struct httpstats. */
 #include "uproxy/httpstats.h"
 
 #include <errno.h>
@@ -9,7 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "uproxy/worker.h"
+#include "uproxy/config.h"
+#include "uproxy/loop.h"
+#include "uproxy/stats.h"
 
 enum { HS_ACCEPT = 0, HS_RECV, HS_SEND, HS_TIMEOUT, HS_CLOSE };
 
@@ -42,70 +45,70 @@ int httpstats_route(const char *req, size_t len)
 	return 404;
 }
 
-static void accept_arm(struct worker *w, int i)
+static void accept_arm(struct httpstats *hs, int i)
 {
-	loop_accept_multishot(w->env.loop, w->hs.fds[i], htag((uint32_t)i, HS_ACCEPT));
-	w->hs.armed[i] = true;
+	loop_accept_multishot(hs->loop, hs->fds[i], htag((uint32_t)i, HS_ACCEPT));
+	hs->armed[i] = true;
 }
 
-void httpstats_start(struct worker *w)
+void httpstats_start(struct httpstats *hs)
 {
-	for (int i = 0; i < w->hs.nfds; i++)
-		accept_arm(w, i);
+	for (int i = 0; i < hs->nfds; i++)
+		accept_arm(hs, i);
 }
 
-void httpstats_stop(struct worker *w)
+void httpstats_stop(struct httpstats *hs)
 {
-	for (int i = 0; i < w->hs.nfds; i++) {
-		if (w->hs.fds[i] < 0)
+	hs->stopping = true;
+	for (int i = 0; i < hs->nfds; i++) {
+		if (hs->fds[i] < 0)
 			continue;
 		/* Both CQEs carry the ignored HS_TIMEOUT stage. */
-		loop_cancel_fd_then_close(w->env.loop, w->hs.fds[i], htag(0, HS_TIMEOUT),
+		loop_cancel_fd_then_close(hs->loop, hs->fds[i], htag(0, HS_TIMEOUT),
 					  htag(0, HS_TIMEOUT));
-		w->hs.fds[i] = -1;
+		hs->fds[i] = -1;
 	}
 }
 
-static void conn_close(struct worker *w, uint32_t idx)
+static void conn_close(struct httpstats *hs, uint32_t idx)
 {
-	struct httpstats_conn *c = &w->hs.conns[idx];
+	struct httpstats_conn *c = &hs->conns[idx];
 
-	loop_close(w->env.loop, c->fd, htag(idx, HS_CLOSE));
+	loop_close(hs->loop, c->fd, htag(idx, HS_CLOSE));
 	c->fd = -1;
 }
 
-static void conn_recv(struct worker *w, uint32_t idx)
+static void conn_recv(struct httpstats *hs, uint32_t idx)
 {
-	struct httpstats_conn *c = &w->hs.conns[idx];
+	struct httpstats_conn *c = &hs->conns[idx];
 
-	loop_recv_buf_timeout(w->env.loop, c->fd, c->req + c->len, HTTPSTATS_REQ_MAX - c->len,
+	loop_recv_buf_timeout(hs->loop, c->fd, c->req + c->len, HTTPSTATS_REQ_MAX - c->len,
 			      HTTPSTATS_TIMEOUT_MS, htag(idx, HS_RECV), htag(idx, HS_TIMEOUT));
 }
 
-static void conn_send(struct worker *w, uint32_t idx)
+static void conn_send(struct httpstats *hs, uint32_t idx)
 {
-	struct httpstats_conn *c = &w->hs.conns[idx];
+	struct httpstats_conn *c = &hs->conns[idx];
 
-	loop_send_timeout(w->env.loop, c->fd, c->resp + c->sent, (unsigned int)(c->resp_len - c->sent),
+	loop_send_timeout(hs->loop, c->fd, c->resp + c->sent, (unsigned int)(c->resp_len - c->sent),
 			  HTTPSTATS_TIMEOUT_MS, htag(idx, HS_SEND), htag(idx, HS_TIMEOUT));
 }
 
-static char *render_all(struct worker *w, size_t *body_len)
+static char *render_all(struct httpstats *hs, size_t *body_len)
 {
 	static struct stats_snapshot snaps[CONFIG_MAX_WORKERS];
 	size_t need = 16384;
 	char *body = NULL;
 
-	worker_publish_stats(w, true);
-	for (int i = 0; i < w->npeers; i++)
-		stats_read(w->peers[i].snap, &snaps[i]);
+	for (int i = 0; i < hs->nsnaps; i++)
+		stats_read(hs->snaps[i], &snaps[i]);
 	for (int tries = 0; tries < 3; tries++) {
 		char *nb = realloc(body, need + 1);
 
 		if (nb == NULL)
 			break;
 		body = nb;
-		*body_len = stats_render(body, need + 1, snaps, w->npeers);
+		*body_len = stats_render(body, need + 1, snaps, hs->nsnaps);
 		if (*body_len <= need)
 			return body;
 		need = *body_len;
@@ -114,18 +117,18 @@ static char *render_all(struct worker *w, size_t *body_len)
 	return NULL;
 }
 
-static void respond(struct worker *w, uint32_t idx, int code)
+static void respond(struct httpstats *hs, uint32_t idx, int code)
 {
 	static const char *const reasons[] = { [200] = "OK", [400] = "Bad Request",
 					       [404] = "Not Found", [405] = "Method Not Allowed",
 					       [500] = "Internal Server Error" };
-	struct httpstats_conn *c = &w->hs.conns[idx];
+	struct httpstats_conn *c = &hs->conns[idx];
 	char *body = NULL, head[256];
 	size_t blen = 0;
 	int hlen;
 
 	if (code == 200) {
-		body = render_all(w, &blen);
+		body = render_all(hs, &blen);
 		if (body == NULL)
 			code = 500;
 	}
@@ -147,7 +150,7 @@ static void respond(struct worker *w, uint32_t idx, int code)
 		free(body);
 		free(c->resp);
 		c->resp = NULL;
-		conn_close(w, idx);
+		conn_close(hs, idx);
 		return;
 	}
 	memcpy(c->resp, head, (size_t)hlen);
@@ -155,11 +158,11 @@ static void respond(struct worker *w, uint32_t idx, int code)
 	free(body);
 	c->resp_len = (size_t)hlen + blen;
 	c->sent = 0;
-	w->hs.served++;
-	conn_send(w, idx);
+	hs->served++;
+	conn_send(hs, idx);
 }
 
-void httpstats_handle(struct worker *w, const struct loop_cqe *cqe)
+void httpstats_handle(struct httpstats *hs, const struct loop_cqe *cqe)
 {
 	uint32_t idx = tag_slot(cqe->tag);
 	unsigned int stage = tag_side(cqe->tag);
@@ -169,53 +172,53 @@ void httpstats_handle(struct worker *w, const struct loop_cqe *cqe)
 	switch (stage) {
 	case HS_ACCEPT:
 		if (!(cqe->flags & LOOP_CQE_MORE)) {
-			w->hs.armed[idx] = false;
-			if (!w->stopping && w->hs.fds[idx] >= 0)
-				accept_arm(w, (int)idx);
+			hs->armed[idx] = false;
+			if (!hs->stopping && hs->fds[idx] >= 0)
+				accept_arm(hs, (int)idx);
 		}
 		if (res < 0)
 			return;
 		for (uint32_t i = 0; i < HTTPSTATS_MAX_CONNS; i++) {
-			c = &w->hs.conns[i];
+			c = &hs->conns[i];
 			if (c->busy)
 				continue;
 			c->busy = true;
 			c->fd = res;
 			c->len = 0;
 			c->resp = NULL;
-			conn_recv(w, i);
+			conn_recv(hs, i);
 			return;
 		}
-		w->hs.refused++;
+		hs->refused++;
 		close(res); /* too many scrapes at once: refuse, never queue */
 		return;
 	case HS_RECV:
-		c = &w->hs.conns[idx];
+		c = &hs->conns[idx];
 		if (res <= 0) {
-			conn_close(w, idx);
+			conn_close(hs, idx);
 			return;
 		}
 		c->len += (uint32_t)res;
 		code = httpstats_route(c->req, c->len);
 		if (code == 0 && c->len < HTTPSTATS_REQ_MAX)
-			conn_recv(w, idx);
+			conn_recv(hs, idx);
 		else
-			respond(w, idx, code == 0 ? 400 : code);
+			respond(hs, idx, code == 0 ? 400 : code);
 		return;
 	case HS_SEND:
-		c = &w->hs.conns[idx];
+		c = &hs->conns[idx];
 		if (res <= 0) {
-			conn_close(w, idx);
+			conn_close(hs, idx);
 			return;
 		}
 		c->sent += (size_t)res;
 		if (c->sent < c->resp_len)
-			conn_send(w, idx);
+			conn_send(hs, idx);
 		else
-			conn_close(w, idx);
+			conn_close(hs, idx);
 		return;
 	case HS_CLOSE:
-		c = &w->hs.conns[idx];
+		c = &hs->conns[idx];
 		free(c->resp);
 		c->resp = NULL;
 		c->busy = false;
@@ -237,4 +240,7 @@ void httpstats_destroy(struct httpstats *hs)
 		hs->conns[i].resp = NULL;
 	}
 	hs->nfds = 0;
+	free(hs->snaps);
+	hs->snaps = NULL;
+	hs->nsnaps = 0;
 }

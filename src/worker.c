@@ -298,7 +298,7 @@ void worker_stop(struct worker *w, int signo)
 			sdnotify_stopping(w->notify);
 	}
 	w->stopping = true;
-	httpstats_stop(w);
+	httpstats_stop(&w->hs);
 	for (int i = 0; i < w->nlisteners; i++) {
 		struct listener *l = &w->listeners[i];
 
@@ -366,7 +366,8 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		health_done(w, c);
 		return;
 	case OP_STATS:
-		httpstats_handle(w, c);
+		worker_publish_stats(w, true);
+		httpstats_handle(&w->hs, c);
 		return;
 	case OP_LOG:
 		w->misc_inflight--;
@@ -450,6 +451,21 @@ static void on_timer(struct timer_node *n, void *ctx)
 	}
 }
 
+/* Worker 0 with --stats: serves /metrics from every worker's snapshots. */
+static void stats_endpoint_start(struct worker *w)
+{
+	w->hs.loop = w->env.loop;
+	w->hs.snaps = calloc((size_t)w->npeers, sizeof(*w->hs.snaps));
+	if (w->hs.snaps == NULL) {
+		log_error("worker %d: out of memory for the metrics endpoint; not serving it", w->id);
+		return;
+	}
+	for (int i = 0; i < w->npeers; i++)
+		w->hs.snaps[i] = w->peers[i].snap;
+	w->hs.nsnaps = w->npeers;
+	httpstats_start(&w->hs);
+}
+
 /* The ring failed for good: nothing more can be submitted. Every session is reset at once
  * with plain syscalls (its bytes cannot be forwarded any more: never a clean FIN), the other
  * workers are told to close theirs, and the process exits non-zero so that a supervisor
@@ -491,7 +507,7 @@ int worker_run(struct worker *w)
 		health_tick(w);
 	accept_update(w);
 	if (w->hs.nfds > 0)
-		httpstats_start(w);
+		stats_endpoint_start(w);
 	while (!(w->stopping && w->active == 0 && w->misc_inflight == 0)) {
 		int64_t wait = timer_next_ms(w->env.wheel, w->env.now_ms);
 		int rc;

@@ -8,8 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct worker;
+struct loop;
 struct loop_cqe;
+struct stats_snapshot;
 
 /* Scrapes served at once; more are closed at accept. Prometheus scrapes one at a time. */
 #define HTTPSTATS_MAX_CONNS 8
@@ -28,6 +29,10 @@ struct httpstats_conn {
 };
 
 struct httpstats {
+	struct loop *loop;		/* worker 0's */
+	struct stats_snapshot **snaps;	/* every worker's published counters */
+	int nsnaps;
+	bool stopping;			/* set by httpstats_stop: no more accepts */
 	int fds[8]; /* listening sockets */
 	int nfds;
 	bool armed[8];
@@ -35,11 +40,13 @@ struct httpstats {
 	uint64_t served, refused;
 };
 
-/* Starts accepting on the listeners already in hs->fds. */
-void httpstats_start(struct worker *w);
+/* Starts accepting on the listeners already in hs->fds, through hs->loop. */
+void httpstats_start(struct httpstats *hs);
 /* Stops accepting (at shutdown); open scrapes finish or time out. */
-void httpstats_stop(struct worker *w);
-void httpstats_handle(struct worker *w, const struct loop_cqe *c);
+void httpstats_stop(struct httpstats *hs);
+/* A completion of one of its requests (tag op OP_STATS). The caller publishes its own
+ * snapshot first, so the answer is current. */
+void httpstats_handle(struct httpstats *hs, const struct loop_cqe *c);
 void httpstats_destroy(struct httpstats *hs);
 
 /* Parses a request head: 200 for "GET /metrics", 404 for another path, 405 for another
