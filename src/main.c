@@ -450,6 +450,15 @@ int main(int argc, char **argv)
 		status = fail(err);
 		goto out;
 	}
+	{
+		/* Once per process: every worker runs on the backend chosen here. */
+		char why[1024];
+
+		cfg.backend = loop_choose_backend(cfg.backend, why, sizeof(why));
+		if (why[0] != '\0')
+			log_warn("%s", why);
+		log_info("event backend: %s", loop_backend_str(cfg.backend));
+	}
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
 		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(errno));
