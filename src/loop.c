@@ -19,12 +19,6 @@ const char *loop_backend_str(enum loop_backend b)
 	}
 }
 
-/* How to get io_uring back, appended to every fallback reason. */
-#define LOOP_URING_HOWTO                                                                          \
-	"to use io_uring instead, allow it: 'sysctl kernel.io_uring_disabled=0' (as root), and a "  \
-	"seccomp profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. " \
-	"docker run --security-opt seccomp=PROFILE.json)"
-
 enum loop_backend loop_choose_backend(enum loop_backend requested, char *why, size_t whylen)
 {
 	struct loop *l;
@@ -39,8 +33,8 @@ enum loop_backend loop_choose_backend(enum loop_backend requested, char *why, si
 	 * whether io_uring may be used here at all. */
 	rc = loop_uring_new(8, 16, &l, err, sizeof(err));
 	if (rc == -EPERM || rc == -ENOSYS) {
-		snprintf(why, whylen, "io_uring is unavailable (%s): using epoll; " LOOP_URING_HOWTO,
-			 loop_setup_error(-rc));
+		/* loop_setup_error says how to allow it (sysctl, seccomp profile). */
+		snprintf(why, whylen, "running on epoll, not io_uring: %s", loop_setup_error(-rc));
 		return LOOP_BACKEND_EPOLL;
 	}
 	if (rc < 0) {
@@ -51,8 +45,7 @@ enum loop_backend loop_choose_backend(enum loop_backend requested, char *why, si
 	rc = l->ops->probe(l, err, sizeof(err));
 	l->ops->free(l);
 	if (rc < 0) {
-		snprintf(why, whylen, "io_uring lacks what uproxy needs (%s): using epoll; "
-			 LOOP_URING_HOWTO " on Linux 6.1 or newer", err);
+		snprintf(why, whylen, "running on epoll, not io_uring: %s", err);
 		return LOOP_BACKEND_EPOLL;
 	}
 	return LOOP_BACKEND_IO_URING;
