@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,8 +81,8 @@ struct ep_fd {
 	uint8_t registered; /* in the epoll set (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET) */
 	uint8_t listener;   /* had an accept: deleted from the set before its close (dups) */
 	uint8_t nonblock;   /* O_NONBLOCK known to be set */
-	uint8_t rd_ready;   /* no EAGAIN (or short read) since the last readable edge */
-	uint8_t wr_ready;   /* no EAGAIN (or connect in progress) since the last writable edge */
+	uint8_t rd_wait;    /* an EAGAIN (or a short read) since the last readable edge */
+	uint8_t wr_wait;    /* an EAGAIN (or a connect in progress) since the last writable edge */
 	uint8_t rdhup;	    /* the peer's FIN, a hang-up or an error was seen: read to the end */
 	uint8_t retry;	    /* on the retry list (a burst stopped short of EAGAIN) */
 };
@@ -262,7 +263,8 @@ static struct ep_op *hash_find(struct ep_loop *l, uint64_t tag)
 	return op;
 }
 
-/* The state of fd number fd (grown as needed). */
+/* The state of fd number fd (grown as needed: the array may move, so no pointer into it is
+ * kept across a call that can create an fd). */
 static struct ep_fd *fdst(struct ep_loop *l, int fd)
 {
 	if ((unsigned int)fd >= l->nfds_cap) {
@@ -270,9 +272,9 @@ static struct ep_fd *fdst(struct ep_loop *l, int fd)
 
 		while (cap <= (unsigned int)fd)
 			cap *= 2;
+		/* All-zero is "nothing known yet". */
 		l->fds = xrealloc(l->fds, cap * sizeof(*l->fds));
-		for (unsigned int i = l->nfds_cap; i < cap; i++)
-			l->fds[i] = (struct ep_fd){ .rd_ready = 1, .wr_ready = 1 };
+		memset(l->fds + l->nfds_cap, 0, (cap - l->nfds_cap) * sizeof(*l->fds));
 		l->nfds_cap = cap;
 	}
 	return &l->fds[fd];
@@ -286,7 +288,7 @@ static void fd_fresh(struct ep_loop *l, int fd)
 
 	if (f->registered)
 		l->nregistered--;
-	*f = (struct ep_fd){ .rd_ready = 1, .wr_ready = 1, .nonblock = 1 };
+	*f = (struct ep_fd){ .nonblock = 1 };
 }
 
 static void fd_list_add(struct ep_loop *l, struct ep_op *op)
@@ -458,7 +460,7 @@ static void retry_later(struct ep_loop *l, int fd)
 static void after_read(struct ep_fd *f, ssize_t n, size_t want)
 {
 	if ((size_t)n < want && !f->rdhup)
-		f->rd_ready = 0;
+		f->rd_wait = 1;
 }
 
 static uint16_t pbuf_avail(const struct ep_loop *l)
@@ -475,7 +477,7 @@ static int recv_pool_once(struct ep_loop *l, struct ep_op *op, struct ep_fd *f, 
 	ssize_t n;
 
 	*took = false;
-	if (!f->rd_ready)
+	if (f->rd_wait)
 		return TRY_PARKED;
 	if (pbuf_avail(l) == 0) {
 		op_finish(l, op, -ENOBUFS);
@@ -499,7 +501,7 @@ static int recv_pool_once(struct ep_loop *l, struct ep_op *op, struct ep_fd *f, 
 		return TRY_PARKED;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-		f->rd_ready = 0;
+		f->rd_wait = 1;
 		return TRY_PARKED;
 	}
 	if (n < 0 && errno == EINTR)
@@ -521,7 +523,7 @@ static int recv_bundle_once(struct ep_loop *l, struct ep_op *op, struct ep_fd *f
 	uint16_t first;
 
 	*used = 0;
-	if (!f->rd_ready)
+	if (f->rd_wait)
 		return TRY_PARKED;
 	if (k == 0) {
 		op_finish(l, op, -ENOBUFS);
@@ -551,7 +553,7 @@ static int recv_bundle_once(struct ep_loop *l, struct ep_op *op, struct ep_fd *f
 		return TRY_PARKED;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-		f->rd_ready = 0;
+		f->rd_wait = 1;
 		return TRY_PARKED;
 	}
 	if (n < 0 && errno == EINTR)
@@ -583,7 +585,7 @@ static int try_recv_multi(struct ep_loop *l, struct ep_op *op, struct ep_fd *f)
 			return TRY_PARKED;
 	}
 	/* A full burst without running dry: more may wait, and no edge will say so. */
-	if (f->rd_ready)
+	if (!f->rd_wait)
 		retry_later(l, op->fd);
 	return TRY_PARKED;
 }
@@ -595,11 +597,12 @@ static int try_accept(struct ep_loop *l, struct ep_op *op, struct ep_fd *f)
 	for (unsigned int i = 0; i < EP_ACCEPT_BURST; i++) {
 		int fd;
 
-		if (!f->rd_ready)
+		if (f->rd_wait)
 			return TRY_PARKED;
 		fd = accept4(op->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (fd >= 0) {
 			fd_fresh(l, fd);
+			f = &l->fds[op->fd]; /* fd_fresh may have moved the array */
 			if (!multi) {
 				op_finish(l, op, fd);
 				return TRY_DONE;
@@ -608,7 +611,7 @@ static int try_accept(struct ep_loop *l, struct ep_op *op, struct ep_fd *f)
 			continue;
 		}
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			f->rd_ready = 0;
+			f->rd_wait = 1;
 			return TRY_PARKED;
 		}
 		if (errno == EINTR || errno == ECONNABORTED)
@@ -622,14 +625,14 @@ static int try_accept(struct ep_loop *l, struct ep_op *op, struct ep_fd *f)
 }
 
 /* Completes a single-shot byte operation with n (or parks it on EAGAIN). */
-static int byte_result(struct ep_loop *l, struct ep_op *op, ssize_t n, uint8_t *ready)
+static int byte_result(struct ep_loop *l, struct ep_op *op, ssize_t n, uint8_t *wait)
 {
 	if (n >= 0) {
 		op_finish(l, op, (int)n);
 		return TRY_DONE;
 	}
 	if (errno == EAGAIN || errno == EWOULDBLOCK) {
-		*ready = 0;
+		*wait = 1;
 		return TRY_PARKED;
 	}
 	if (errno == EINTR)
@@ -650,37 +653,37 @@ static int op_try(struct ep_loop *l, struct ep_op *op)
 	case EK_ACCEPT_MULTI:
 		return try_accept(l, op, f);
 	case EK_READ:
-		if (!f->rd_ready)
+		if (f->rd_wait)
 			return TRY_PARKED;
 		n = read(op->fd, op->buf, op->len);
-		return byte_result(l, op, n, &f->rd_ready);
+		return byte_result(l, op, n, &f->rd_wait);
 	case EK_RECV_BUF:
-		if (!f->rd_ready)
+		if (f->rd_wait)
 			return TRY_PARKED;
 		n = recv(op->fd, op->buf, op->len, MSG_DONTWAIT);
 		if (n > 0)
 			after_read(f, n, op->len);
-		return byte_result(l, op, n, &f->rd_ready);
+		return byte_result(l, op, n, &f->rd_wait);
 	case EK_RECV_POOL:
 		return recv_pool_once(l, op, f, false, &took);
 	case EK_RECV_MULTI:
 	case EK_RECV_BUNDLE:
 		return try_recv_multi(l, op, f);
 	case EK_SEND:
-		if (!f->wr_ready)
+		if (f->wr_wait)
 			return TRY_PARKED;
 		n = send(op->fd, op->buf, op->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		return byte_result(l, op, n, &f->wr_ready);
+		return byte_result(l, op, n, &f->wr_wait);
 	case EK_SENDMSG:
-		if (!f->wr_ready)
+		if (f->wr_wait)
 			return TRY_PARKED;
 		n = sendmsg(op->fd, op->msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-		return byte_result(l, op, n, &f->wr_ready);
+		return byte_result(l, op, n, &f->wr_wait);
 	case EK_CONNECT: {
 		int err = 0;
 		socklen_t el = sizeof(err);
 
-		if (!f->wr_ready)
+		if (f->wr_wait)
 			return TRY_PARKED;
 		if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
 			err = errno;
@@ -787,7 +790,7 @@ static int fd_close(struct ep_loop *l, int fd)
 			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
 		if (f->registered)
 			l->nregistered--;
-		*f = (struct ep_fd){ .rd_ready = 1, .wr_ready = 1 };
+		*f = (struct ep_fd){ 0 };
 	}
 	return close(fd) == 0 ? 0 : -errno;
 }
@@ -852,7 +855,7 @@ static void op_begin(struct ep_loop *l, struct ep_op *op)
 			return;
 		}
 		/* In progress: the connect's own EPOLLOUT (or EPOLLERR) edge is the news. */
-		fdst(l, op->fd)->wr_ready = 0;
+		fdst(l, op->fd)->wr_wait = 1;
 		break;
 	case EK_ACCEPT:
 	case EK_ACCEPT_MULTI:
@@ -1149,9 +1152,9 @@ static int e_run_once(struct loop *lb, loop_cqe_fn fn, void *ctx, int64_t timeou
 			continue;
 		f = &l->fds[fd];
 		if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-			f->rd_ready = 1;
+			f->rd_wait = 0;
 		if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-			f->wr_ready = 1;
+			f->wr_wait = 0;
 		if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 			f->rdhup = 1;
 		fd_run(l, fd);
@@ -1237,6 +1240,17 @@ int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop
 	}
 	l->base.ops = &epoll_ops;
 	l->base.st.backend = "epoll";
+	{
+		/* Sized for every fd number the process may have (main raised the limit before
+		 * the workers start): the array then never moves. Pages are touched as used. */
+		struct rlimit rl;
+
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 0 &&
+		    rl.rlim_cur < (1u << 22)) {
+			l->fds = calloc(rl.rlim_cur, sizeof(*l->fds)); /* pages untouched */
+			l->nfds_cap = l->fds != NULL ? (unsigned int)rl.rlim_cur : 0;
+		}
+	}
 	l->hbits = 10;
 	l->hash = calloc((size_t)1 << l->hbits, sizeof(*l->hash));
 	l->epfd = epoll_create1(EPOLL_CLOEXEC);
