@@ -5,8 +5,8 @@
  * in order before it waits (so after the worker's buffer commit, as io_uring submits), each is
  * tried at once, parked on its fd when the socket is not ready, and retried on the fd's next
  * edge-triggered event; results wait in a userspace queue that only loop_run_once hands out
- * (never from inside a loop_*() call). Owns the epoll fd, the per-fd queues of parked operations, the timers and
- * the userspace copy of the provided-buffer ring. */
+ * (never from inside a loop_*() call). Owns the epoll fd, the per-fd queues of parked operations,
+ * the timers and the userspace copy of the provided-buffer ring. */
 #include "loop_impl.h"
 
 #include <errno.h>
@@ -29,28 +29,28 @@
 #define EP_RECV_BURST 16u
 /* Connections a multishot accept takes per event before the others get a turn. */
 #define EP_ACCEPT_BURST 64u
-#define EP_CHUNK 256 /* operations allocated at a time */
+#define EP_CHUNK	256 /* operations allocated at a time */
 
 enum ep_kind {
-	EK_ACCEPT,	   /* single accept */
-	EK_ACCEPT_MULTI,   /* multishot accept: LOOP_CQE_MORE per connection */
-	EK_READ,	   /* read(2) into buf (eventfd, signalfd) */
-	EK_RECV_BUF,	   /* recv into buf */
-	EK_RECV_POOL,	   /* recv into the next pool buffer, once */
-	EK_RECV_MULTI,	   /* multishot recv, one pool buffer per completion */
-	EK_RECV_BUNDLE,	   /* multishot recv, consecutive pool buffers per completion */
-	EK_SEND,	   /* send of buf */
-	EK_SENDMSG,	   /* sendmsg of msg */
-	EK_CONNECT,	   /* connect in progress: completes on EPOLLOUT with SO_ERROR */
-	EK_TIMEOUT,	   /* standalone timeout: -ETIME */
-	EK_LINK_TIMEOUT,   /* timeout linked to op->link: -ETIME, and the op -ECANCELED */
+	EK_ACCEPT,	 /* single accept */
+	EK_ACCEPT_MULTI, /* multishot accept: LOOP_CQE_MORE per connection */
+	EK_READ,	 /* read(2) into buf (eventfd, signalfd) */
+	EK_RECV_BUF,	 /* recv into buf */
+	EK_RECV_POOL,	 /* recv into the next pool buffer, once */
+	EK_RECV_MULTI,	 /* multishot recv, one pool buffer per completion */
+	EK_RECV_BUNDLE,	 /* multishot recv, consecutive pool buffers per completion */
+	EK_SEND,	 /* send of buf */
+	EK_SENDMSG,	 /* sendmsg of msg */
+	EK_CONNECT,	 /* connect in progress: completes on EPOLLOUT with SO_ERROR */
+	EK_TIMEOUT,	 /* standalone timeout: -ETIME */
+	EK_LINK_TIMEOUT, /* timeout linked to op->link: -ETIME, and the op -ECANCELED */
 	/* Completed when started (never parked): */
-	EK_SOCKET,	   /* socket(arg[0], arg[1] | SOCK_NONBLOCK, arg[2]) */
-	EK_SHUTDOWN,	   /* shutdown(fd, arg[0]) */
+	EK_SOCKET,   /* socket(arg[0], arg[1] | SOCK_NONBLOCK, arg[2]) */
+	EK_SHUTDOWN, /* shutdown(fd, arg[0]) */
 	EK_CLOSE,
-	EK_CANCEL,	   /* cancel of the request tagged tag2 */
-	EK_CANCEL_CLOSE,   /* cancel of everything on fd (tag), then its close (tag2) */
-	EK_WRITE,	   /* write(2) of buf (the access log) */
+	EK_CANCEL,	 /* cancel of the request tagged tag2 */
+	EK_CANCEL_CLOSE, /* cancel of everything on fd (tag), then its close (tag2) */
+	EK_WRITE,	 /* write(2) of buf (the access log) */
 };
 
 /* A pending operation. Parked ones are on their fd's list (timeouts: in the heap instead) and
@@ -64,11 +64,11 @@ struct ep_op {
 	const struct msghdr *msg;
 	const struct sockaddr *sa; /* connect: the caller's address, read when started */
 	int arg[3];
-	uint64_t tag2;		   /* the linked timeout's tag (linked), or see EK_CANCEL* */
-	uint32_t ms;		   /* linked: the timeout */
+	uint64_t tag2; /* the linked timeout's tag (linked), or see EK_CANCEL* */
+	uint32_t ms;   /* linked: the timeout */
 	bool linked;
-	struct ep_op *snext;	   /* the submission queue */
-	struct ep_op *link; /* the linked timeout of an op, or the op of a linked timeout */
+	struct ep_op *snext; /* the submission queue */
+	struct ep_op *link;  /* the linked timeout of an op, or the op of a linked timeout */
 	struct ep_op *fnext, *fprev; /* the fd's list, oldest first */
 	struct ep_op *hnext;	     /* tag hash chain; also the free list */
 	uint64_t deadline_ns;
@@ -150,7 +150,7 @@ static void *xrealloc(void *p, size_t n)
 	void *q;
 
 	while ((q = realloc(p, n)) == NULL) {
-		struct timespec nap = { .tv_sec = 0, .tv_nsec = 1000000 };
+		struct timespec nap = {.tv_sec = 0, .tv_nsec = 1000000};
 
 		log_error("epoll loop: out of memory; waiting");
 		nanosleep(&nap, NULL);
@@ -168,7 +168,8 @@ static void post(struct ep_loop *l, uint64_t tag, int res, uint16_t flags, uint1
 		l->qcap[i] = l->qcap[i] ? 2 * l->qcap[i] : 256;
 		l->q[i] = xrealloc(l->q[i], l->qcap[i] * sizeof(*l->q[i]));
 	}
-	l->q[i][l->qlen[i]++] = (struct loop_cqe){ .tag = tag, .res = res, .flags = flags, .bid = bid };
+	l->q[i][l->qlen[i]++] =
+	    (struct loop_cqe){.tag = tag, .res = res, .flags = flags, .bid = bid};
 }
 
 /* ---- operations: allocation, tag hash, fd lists ---- */
@@ -288,7 +289,7 @@ static void fd_fresh(struct ep_loop *l, int fd)
 
 	if (f->registered)
 		l->nregistered--;
-	*f = (struct ep_fd){ .nonblock = 1 };
+	*f = (struct ep_fd){.nonblock = 1};
 }
 
 static void fd_list_add(struct ep_loop *l, struct ep_op *op)
@@ -699,8 +700,8 @@ static int op_try(struct ep_loop *l, struct ep_op *op)
 static int fd_register(struct ep_loop *l, int fd)
 {
 	struct ep_fd *f = &l->fds[fd];
-	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-				  .data.fd = fd };
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+				 .data.fd = fd};
 
 	if (f->registered)
 		return 0;
@@ -790,7 +791,7 @@ static int fd_close(struct ep_loop *l, int fd)
 			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
 		if (f->registered)
 			l->nregistered--;
-		*f = (struct ep_fd){ 0 };
+		*f = (struct ep_fd){0};
 	}
 	return close(fd) == 0 ? 0 : -errno;
 }
@@ -1017,8 +1018,8 @@ static void e_recv_buf_timeout(struct loop *lb, int fd, void *buf, unsigned int 
 	EL(lb)->base.st.submitted++;
 }
 
-static void e_send_timeout(struct loop *lb, int fd, const void *buf, unsigned int len,
-			   uint32_t ms, uint64_t tag, uint64_t ttag)
+static void e_send_timeout(struct loop *lb, int fd, const void *buf, unsigned int len, uint32_t ms,
+			   uint64_t tag, uint64_t ttag)
 {
 	link_to(buf_op(lb, EK_SEND, fd, buf, len, tag), ms, ttag);
 	EL(lb)->base.st.submitted++;
@@ -1049,8 +1050,7 @@ static void e_cancel(struct loop *lb, uint64_t target, uint64_t tag)
 	sq_push(lb, EK_CANCEL, -1, tag)->tag2 = target;
 }
 
-static void e_cancel_fd_then_close(struct loop *lb, int fd, uint64_t cancel_tag,
-				   uint64_t close_tag)
+static void e_cancel_fd_then_close(struct loop *lb, int fd, uint64_t cancel_tag, uint64_t close_tag)
 {
 	sq_push(lb, EK_CANCEL_CLOSE, fd, cancel_tag)->tag2 = close_tag;
 	EL(lb)->base.st.submitted++; /* the close */
@@ -1227,8 +1227,8 @@ static void e_free(struct loop *lb)
 	free(l);
 }
 
-int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out,
-		   char *why, size_t whylen)
+int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+		   size_t whylen)
 {
 	struct ep_loop *l = calloc(1, sizeof(*l));
 
@@ -1266,34 +1266,34 @@ int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop
 }
 
 static const struct loop_ops epoll_ops = {
-	.name = "epoll",
-	.free = e_free,
-	.describe = e_describe,
-	.probe = e_probe,
-	.run_once = e_run_once,
-	.fault_session_start = NULL,
-	.pbuf_register = e_pbuf_register,
-	.pbuf_add = e_pbuf_add,
-	.pbuf_publish = e_pbuf_publish,
-	.accept_multishot = e_accept_multishot,
-	.accept = e_accept,
-	.read = e_read,
-	.timeout = e_timeout,
-	.socket = e_socket,
-	.connect = e_connect,
-	.connect_timeout = e_connect_timeout,
-	.recv_multishot = e_recv_multishot,
-	.has_recv_bundle = e_has_recv_bundle,
-	.recv_bundle = e_recv_bundle,
-	.recv = e_recv,
-	.send = e_send,
-	.recv_buf = e_recv_buf,
-	.recv_buf_timeout = e_recv_buf_timeout,
-	.send_timeout = e_send_timeout,
-	.write = e_write,
-	.sendmsg = e_sendmsg,
-	.shutdown = e_shutdown,
-	.close = e_close,
-	.cancel = e_cancel,
-	.cancel_fd_then_close = e_cancel_fd_then_close,
+    .name = "epoll",
+    .free = e_free,
+    .describe = e_describe,
+    .probe = e_probe,
+    .run_once = e_run_once,
+    .fault_session_start = NULL,
+    .pbuf_register = e_pbuf_register,
+    .pbuf_add = e_pbuf_add,
+    .pbuf_publish = e_pbuf_publish,
+    .accept_multishot = e_accept_multishot,
+    .accept = e_accept,
+    .read = e_read,
+    .timeout = e_timeout,
+    .socket = e_socket,
+    .connect = e_connect,
+    .connect_timeout = e_connect_timeout,
+    .recv_multishot = e_recv_multishot,
+    .has_recv_bundle = e_has_recv_bundle,
+    .recv_bundle = e_recv_bundle,
+    .recv = e_recv,
+    .send = e_send,
+    .recv_buf = e_recv_buf,
+    .recv_buf_timeout = e_recv_buf_timeout,
+    .send_timeout = e_send_timeout,
+    .write = e_write,
+    .sendmsg = e_sendmsg,
+    .shutdown = e_shutdown,
+    .close = e_close,
+    .cancel = e_cancel,
+    .cancel_fd_then_close = e_cancel_fd_then_close,
 };

@@ -34,8 +34,8 @@ struct loop_ops {
 	void (*recv_buf)(struct loop *l, int fd, void *buf, unsigned int len, uint64_t tag);
 	void (*recv_buf_timeout)(struct loop *l, int fd, void *buf, unsigned int len, uint32_t ms,
 				 uint64_t tag, uint64_t ttag);
-	void (*send_timeout)(struct loop *l, int fd, const void *buf, unsigned int len,
-			     uint32_t ms, uint64_t tag, uint64_t ttag);
+	void (*send_timeout)(struct loop *l, int fd, const void *buf, unsigned int len, uint32_t ms,
+			     uint64_t tag, uint64_t ttag);
 	void (*write)(struct loop *l, int fd, const void *buf, unsigned int len, uint64_t tag);
 	void (*sendmsg)(struct loop *l, int fd, const struct msghdr *msg, uint64_t tag);
 	void (*shutdown)(struct loop *l, int fd, int how, uint64_t tag);
@@ -51,9 +51,9 @@ struct loop {
 };
 
 /* Each backend's constructor (same contract as loop_new). */
-int loop_uring_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out,
-		   char *why, size_t whylen);
-int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out,
-		   char *why, size_t whylen);
+int loop_uring_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+		   size_t whylen);
+int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+		   size_t whylen);
 
 #endif

@@ -238,8 +238,8 @@ static bool fault_post(struct uring_loop *l, enum loop_fault k, uint64_t tag, in
 }
 
 /* Completes a linked pair at once: tag with res, ttag with tres (both or neither). */
-static bool fault_post2(struct uring_loop *l, enum loop_fault k, uint64_t tag, int res, uint64_t ttag,
-			int tres)
+static bool fault_post2(struct uring_loop *l, enum loop_fault k, uint64_t tag, int res,
+			uint64_t ttag, int tres)
 {
 	if (!fault_roll(l, k) || !syn_post(l, tag, res))
 		return false;
@@ -273,6 +273,7 @@ static int fault_enter(struct uring_loop *l)
 static bool u_fault_session_start(struct loop *lb_)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
+
 	if (!fault_roll(l, LOOP_FAULT_SESSION_START))
 		return false;
 	l->base.st.faults[LOOP_FAULT_SESSION_START]++;
@@ -561,6 +562,7 @@ int loop_uring_new(unsigned int sq_entries, unsigned int cq_entries, struct loop
 static void u_free(struct loop *lb_)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
+
 	if (l == NULL)
 		return;
 	fault_exit(l);
@@ -582,6 +584,7 @@ static void u_free(struct loop *lb_)
 static void u_describe(const struct loop *lb_, char *buf, size_t len)
 {
 	const struct uring_loop *l = (const struct uring_loop *)lb_;
+
 	snprintf(buf, len, "ring sq=%u cq=%u flags=0x%x ring_fd_registered=%d",
 		 l->ring.sq.ring_entries, l->ring.cq.ring_entries, l->setup_flags,
 		 l->ring_fd_registered);
@@ -625,6 +628,7 @@ static int u_pbuf_register(struct loop *lb_, uint16_t bgid, uint32_t entries, ch
 static void u_pbuf_add(struct loop *lb_, void *addr, uint32_t len, uint16_t bid, int offset)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
+
 	io_uring_buf_ring_add(l->pbuf, addr, len, bid, io_uring_buf_ring_mask(l->pbuf_entries),
 			      offset);
 }
@@ -632,6 +636,7 @@ static void u_pbuf_add(struct loop *lb_, void *addr, uint32_t len, uint16_t bid,
 static void u_pbuf_publish(struct loop *lb_, int count)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
+
 	io_uring_buf_ring_advance(l->pbuf, count);
 }
 
@@ -1093,7 +1098,8 @@ static void u_socket(struct loop *lb_, int domain, int type, int protocol, uint6
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-static void u_connect(struct loop *lb_, int fd, const struct sockaddr *sa, socklen_t len, uint64_t tag)
+static void u_connect(struct loop *lb_, int fd, const struct sockaddr *sa, socklen_t len,
+		      uint64_t tag)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;
@@ -1270,7 +1276,8 @@ static void u_cancel(struct loop *lb_, uint64_t target, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-static void u_cancel_fd_then_close(struct loop *lb_, int fd, uint64_t cancel_tag, uint64_t close_tag)
+static void u_cancel_fd_then_close(struct loop *lb_, int fd, uint64_t cancel_tag,
+				   uint64_t close_tag)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;
@@ -1292,6 +1299,7 @@ static void u_cancel_fd_then_close(struct loop *lb_, int fd, uint64_t cancel_tag
 static bool u_has_recv_bundle(const struct loop *lb_)
 {
 	const struct uring_loop *l = (const struct uring_loop *)lb_;
+
 	return l->ring.features & IORING_FEAT_RECVSEND_BUNDLE;
 }
 
