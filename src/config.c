@@ -34,6 +34,7 @@ enum opt_id {
 	OPT_SEND_PROXY,
 	OPT_ACCEPT_PROXY,
 	OPT_USER,
+	OPT_BACKEND,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT__COUNT
@@ -126,6 +127,11 @@ static const struct opt_def opts[] = {
 	{ OPT_USER, "user", 0, "NAME", 0, 0, 0,
 	  "after binding the listeners (so ports below 1024 work), switch to\n"
 	  "this user and its groups; exits if that fails (default: stay)." },
+	{ OPT_BACKEND, "backend", 0, "io_uring|epoll|auto", 0, 0, 0,
+	  "the event backend: auto uses io_uring where it can be set up and falls\n"
+	  "back to epoll where it cannot (a container's seccomp profile, the\n"
+	  "sysctl kernel.io_uring_disabled), saying why at start; io_uring fails\n"
+	  "if it is unavailable; epoll never uses it (default: auto)." },
 	{ OPT_LOG_LEVEL, "log-level", 0, "LEVEL", 0, 0, 0,
 	  "error, warn, info or debug (default: info). Logs go to stderr." },
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
@@ -156,8 +162,8 @@ void config_usage(FILE *out)
 {
 	fputs("Usage: uproxy --listen [HOST]:PORT --upstream HOST:PORT [options]\n"
 	      "\n"
-	      "A TCP (layer 4) proxy on io_uring: accepts clients on --listen and forwards each\n"
-	      "connection, both ways, to one of the --upstream servers.\n"
+	      "A TCP (layer 4) proxy on io_uring (or epoll): accepts clients on --listen and\n"
+	      "forwards each connection, both ways, to one of the --upstream servers.\n"
 	      "\n"
 	      "Options:\n",
 	      out);
@@ -185,7 +191,8 @@ void config_usage(FILE *out)
 	fputs("\nSignals: SIGTERM/SIGINT drain and exit 0; SIGHUP re-reads --config and\n"
 	      "re-resolves the upstreams (listen address, workers and buffers need a restart).\n"
 	      "Exit status: 0 after SIGINT/SIGTERM or --help/--version, 2 for a usage error,\n"
-	      "1 for a run-time failure (unresolvable host, address in use, io_uring unavailable).\n",
+	      "1 for a run-time failure (unresolvable host, address in use, --backend io_uring\n"
+	      "unavailable).\n",
 	      out);
 }
 
@@ -383,6 +390,19 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 			return CONFIG_USAGE;
 		}
 		break;
+	case OPT_BACKEND:
+		if (strcmp(val, "auto") == 0)
+			cfg->backend = LOOP_BACKEND_AUTO;
+		else if (strcmp(val, "io_uring") == 0)
+			cfg->backend = LOOP_BACKEND_IO_URING;
+		else if (strcmp(val, "epoll") == 0)
+			cfg->backend = LOOP_BACKEND_EPOLL;
+		else {
+			snprintf(err, errlen, "%s--backend '%s': expected io_uring, epoll or auto",
+				 org->where, val);
+			return CONFIG_USAGE;
+		}
+		break;
 	case OPT_WORKERS:
 		if (strcmp(val, "auto") == 0) {
 			cfg->workers = 0;
@@ -403,7 +423,8 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 		if (o->id == OPT_HELP)
 			config_usage(out);
 		else
-			fprintf(out, "uproxy %s\n", UPROXY_VERSION);
+			fprintf(out, "uproxy %s\nbackends: %s\n", UPROXY_VERSION,
+				LOOP_BACKENDS_BUILT);
 		return CONFIG_EXIT;
 	default:
 		snprintf(err, errlen, "%s--%s: not handled", org->where, o->name);

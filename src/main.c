@@ -467,6 +467,18 @@ static int app_drop_and_signals(struct app *a)
 	return 0;
 }
 
+/* Picks the event backend once for the process (--backend; auto: io_uring where it can be set
+ * up, else epoll, saying why once); every worker then runs on it. */
+static void app_choose_backend(struct app *a)
+{
+	char why[1024];
+
+	a->cfg.backend = loop_choose_backend(a->cfg.backend, why, sizeof(why));
+	if (why[0] != '\0')
+		log_warn("%s", why);
+	log_info("event backend: %s", loop_backend_str(a->cfg.backend));
+}
+
 /* Starts every worker thread and waits until each has reported its set-up; they run only if
  * all came up (st.go). */
 static void app_start_workers(struct app *a)
@@ -593,6 +605,7 @@ int main(int argc, char **argv)
 	if (status == 0)
 		status = app_drop_and_signals(a);
 	if (status == 0) {
+		app_choose_backend(a);
 		app_start_workers(a);
 		if (a->st.go) {
 			app_announce(a);

@@ -143,8 +143,9 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 
 	if (len > 0)
 		buf[0] = '\0';
-	head(&o, "uproxy_workers", "gauge", "Worker threads.");
-	put(&o, "uproxy_workers %d\n", n);
+	head(&o, "uproxy_workers", "gauge", "Worker threads, by event backend.");
+	put(&o, "uproxy_workers{backend=\"%s\"} %d\n",
+	    n > 0 && snaps[0].ls.backend != NULL ? snaps[0].ls.backend : "none", n);
 	counter(&o, "uproxy_connections_accepted_total", "Client connections accepted.",
 		SUM(st.accepted));
 	head(&o, "uproxy_connections_active", "gauge", "Client connections open now.");

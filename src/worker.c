@@ -116,7 +116,7 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		cq = 2 * WORKER_SQ_ENTRIES;
 	if (cq > WORKER_CQ_MAX)
 		cq = WORKER_CQ_MAX;
-	rc = loop_new(WORKER_SQ_ENTRIES, cq, &w->env.loop, why, whylen);
+	rc = loop_new(cfg->backend, WORKER_SQ_ENTRIES, cq, &w->env.loop, why, whylen);
 	if (rc < 0)
 		return rc;
 	rc = loop_probe(w->env.loop, why, whylen);

@@ -13,6 +13,7 @@
 #include "uproxy/addr.h"
 #include "uproxy/backend.h"
 #include "uproxy/log.h"
+#include "uproxy/loop.h"
 
 /* 16 KiB matches the kernel's typical TSO chunk and HAProxy's bufsize; 2048 of them (32 MiB per
  * worker) keep 1,000 busy connections fed (see bench/RESULTS.md). */
@@ -65,6 +66,7 @@ struct config {
 	uint32_t idle_timeout_ms;
 	uint32_t fin_timeout_ms;
 	uint32_t drain_timeout_ms;
+	enum loop_backend backend; /* --backend; main resolves auto once, before the workers */
 };
 
 enum config_result {

@@ -1,7 +1,8 @@
-/* loop: a worker's event backend. Operations (accept, recv, send, connect, timeouts, cancel,
+/* loop: a worker's event backend, io_uring (src/loop_uring.c) or epoll (src/loop_epoll.c),
+ * chosen at start (src/loop.c). Operations (accept, recv, send, connect, timeouts, cancel,
  * close, ...) are queued with loop_*() and their results come back from loop_run_once as
- * backend-neutral completions (struct loop_cqe). The only module that knows the backend: its
- * types stay in src/loop.c; every other module sees tags, results, flags and milliseconds. */
+ * backend-neutral completions (struct loop_cqe) with the same semantics on either backend. The
+ * only module that knows the backend: every other one sees tags, results, flags and ms. */
 #ifndef UPROXY_LOOP_H
 #define UPROXY_LOOP_H
 
@@ -21,7 +22,6 @@ enum loop_op {
 	OP_ACCEPT,   /* multishot accept on a listener; slot = listener index */
 	OP_SIGNAL,   /* read of the signalfd (worker 0) */
 	OP_NOTIFY,   /* read of the worker's eventfd: another worker passes a stop on */
-	OP_TIMER,    /* worker timers (accept back-off, shutdown deadline); side = timer kind */
 	OP_CANCEL_W, /* cancel of a worker-level request */
 	OP_SOCKET,   /* upstream socket creation */
 	OP_CONNECT,  /* upstream connect */
@@ -98,6 +98,7 @@ struct loop_stats {
 	uint64_t enter_retries; /* transient submit/wait failures backed off and retried */
 	uint64_t sq_backlog;  /* requests that waited in the loop's backlog (queue full, submit failed) */
 	uint64_t faults[LOOP_FAULT__COUNT]; /* injected faults (fault-injection build only) */
+	const char *backend;  /* "io_uring" or "epoll" (a string literal) */
 };
 
 /* A completion, whatever the backend: the tag its request was submitted with, its result (bytes
@@ -112,13 +113,32 @@ struct loop_cqe {
 #define LOOP_CQE_MORE	1u /* a multishot request stays armed: more completions follow */
 #define LOOP_CQE_BUFFER 2u /* the bytes are in pool buffer bid (and, for a bundle, the next) */
 
-/* A worker's loop: opaque outside src/loop.c. */
+/* A worker's loop: opaque outside src/loop*.c. */
 struct loop;
 
-/* Creates a loop with room for sq_entries queued requests and cq_entries completions. On
- * failure returns -errno and writes an explanation for the operator. */
-int loop_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
-	     size_t whylen);
+enum loop_backend {
+	LOOP_BACKEND_AUTO = 0, /* io_uring if it can be set up here, else epoll */
+	LOOP_BACKEND_IO_URING,
+	LOOP_BACKEND_EPOLL,
+};
+
+/* Every backend this binary has, for --version: "io_uring epoll". */
+#define LOOP_BACKENDS_BUILT "io_uring epoll"
+
+/* "auto", "io_uring", "epoll". */
+const char *loop_backend_str(enum loop_backend b);
+
+/* Decides, once per process, the backend every worker then uses. AUTO sets up (and probes) a
+ * small io_uring and falls back to epoll when that fails with EPERM or ENOSYS (a seccomp profile,
+ * kernel.io_uring_disabled, no CONFIG_IO_URING) or the probe fails; why then says why, and how
+ * to enable io_uring; otherwise why is "". An explicit choice is returned as is. */
+enum loop_backend loop_choose_backend(enum loop_backend requested, char *why, size_t whylen);
+
+/* Creates a loop on backend (AUTO: as loop_choose_backend would) with room for sq_entries
+ * queued requests and cq_entries completions. On failure returns -errno and writes an
+ * explanation for the operator. */
+int loop_new(enum loop_backend backend, unsigned int sq_entries, unsigned int cq_entries,
+	     struct loop **out, char *why, size_t whylen);
 /* Ends every request still pending and frees the loop. */
 void loop_free(struct loop *l);
 
@@ -127,10 +147,11 @@ const struct loop_stats *loop_stats(const struct loop *l);
 
 /* One line for a debug log: the features the backend runs with. */
 void loop_describe(const struct loop *l, char *buf, size_t len);
-/* "io_uring". */
+/* "io_uring" or "epoll". */
 const char *loop_backend_name(const struct loop *l);
 
-/* Checks that the running kernel has every operation uproxy needs; -ENOTSUP with why if not. */
+/* Checks that the running kernel has every operation uproxy needs; -ENOTSUP with why if not.
+ * (Always 0 on epoll.) */
 int loop_probe(struct loop *l, char *why, size_t whylen);
 
 /* Explains a set-up failure in words (EPERM, ENOSYS, ENOMEM, ...). */
@@ -179,7 +200,8 @@ void loop_connect(struct loop *l, int fd, const struct sockaddr *sa, socklen_t l
 void loop_connect_timeout(struct loop *l, int fd, const struct sockaddr *sa, socklen_t len,
 			  uint32_t ms, uint64_t tag, uint64_t ttag);
 void loop_recv_multishot(struct loop *l, int fd, uint16_t bgid, uint64_t tag);
-/* Whether the kernel fills several provided buffers per recv completion (6.10). */
+/* Whether one recv completion may fill several provided buffers (io_uring: Linux 6.10; epoll:
+ * always, one readv over consecutive ring entries). */
 bool loop_has_recv_bundle(const struct loop *l);
 /* A multishot recv whose completions are bundles: res bytes in consecutive ring entries
  * starting with the buffer the CQE names (6.10; check loop_has_recv_bundle first). */

@@ -813,9 +813,37 @@ const char *uproxy_bin(void)
 	return p;
 }
 
-int proc_spawn(struct proc *p, char *const argv[], long soft, long hard)
+const char *test_backend(void)
+{
+	const char *b = getenv("UPROXY_TEST_BACKEND");
+
+	return b != NULL && strcmp(b, "epoll") == 0 ? "epoll" : "io_uring";
+}
+
+/* UPROXY_TEST_BACKEND=epoll (or io_uring, auto): every uproxy the tests start, whichever way,
+ * runs with --backend that, placed first so that a test's own arguments still come last. */
+static char *const *with_backend(char *const argv[], char *buf[], size_t cap)
+{
+	const char *b = getenv("UPROXY_TEST_BACKEND"), *base = strrchr(argv[0], '/');
+	size_t n = 0;
+
+	base = base != NULL ? base + 1 : argv[0];
+	if (b == NULL || *b == '\0' || strcmp(base, "uproxy") != 0)
+		return argv;
+	buf[n++] = argv[0];
+	buf[n++] = "--backend";
+	buf[n++] = (char *)b;
+	for (size_t i = 1; argv[i] != NULL && n + 1 < cap; i++)
+		buf[n++] = argv[i];
+	buf[n] = NULL;
+	return buf;
+}
+
+int proc_spawn(struct proc *p, char *const argv_in[], long soft, long hard)
 {
 	pid_t parent = getpid();
+	char *buf[160];
+	char *const *argv = with_backend(argv_in, buf, sizeof(buf) / sizeof(buf[0]));
 	int devnull;
 
 	memset(p, 0, sizeof(*p));

@@ -121,6 +121,10 @@ struct proc {
 };
 
 const char *uproxy_bin(void);
+/* The backend the uproxy under test runs on: "epoll" when UPROXY_TEST_BACKEND=epoll (then every
+ * uproxy spawned gets --backend epoll), else "io_uring". Tests of io_uring-only figures skip
+ * themselves on epoll. */
+const char *test_backend(void);
 /* Spawns argv (argv[0] is the program); hard > 0 sets RLIMIT_NOFILE in the
  * child to {soft, hard} (soft 0 means hard). Returns 0 or -errno. */
 int proc_spawn(struct proc *p, char *const argv[], long soft, long hard);

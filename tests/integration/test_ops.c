@@ -34,6 +34,18 @@
 #define CONNECT_COUNT "uproxy_upstream_connect_duration_seconds_count"
 #define CONNECT_INF "uproxy_upstream_connect_duration_seconds_bucket{le=\"+Inf\"}"
 
+/* The uproxy_workers sample, labelled with the backend under test (and n workers, with n >= 0,
+ * followed by its value and newline, as a substring of the scrape). */
+static const char *workers_key(int n)
+{
+	static char k[96];
+	int len = snprintf(k, sizeof(k), "uproxy_workers{backend=\"%s\"}", test_backend());
+
+	if (n >= 0)
+		snprintf(k + len, sizeof(k) - (size_t)len, " %d\n", n);
+	return k;
+}
+
 static void up_key(char *buf, size_t len, const char *metric, uint16_t port)
 {
 	snprintf(buf, len, "%s{upstream=\"127.0.0.1:%u\"}", metric, port);
@@ -117,7 +129,7 @@ Test(ops, metrics_deltas, .timeout = 30)
 	uint16_t sport = start_with_stats(&b, &px, BK_ECHO, NULL, sarg, sizeof(sarg));
 
 	metrics_scrape(sport, &m0);
-	cr_assert_eq(metrics_val(&m0, "uproxy_workers"), 1);
+	cr_assert_eq(metrics_val(&m0, workers_key(-1)), 1);
 	cr_assert_eq(metrics_val(&m0, ACTIVE), 0);
 	for (int i = 0; i < 7; i++)
 		echo_session(&px, 1000, 0x0b5 + (uint64_t)i);
@@ -290,7 +302,7 @@ Test(ops, metrics_404_405, .timeout = 30)
 	expect_status(sport, METRICS_REQ, 200, "\nuproxy_connections_accepted_total ");
 	expect_status(sport, "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200,
 		      "# TYPE uproxy_bytes_total counter\n");
-	expect_status(sport, "GET /metrics HTTP/1.0\n\n", 200, "uproxy_workers 1\n");
+	expect_status(sport, "GET /metrics HTTP/1.0\n\n", 200, workers_key(1));
 	/* the endpoint serves metrics only: the proxy's own port is untouched by it */
 	int fd = tcp_connect(AF_INET, px.port, 2000);
 
@@ -423,7 +435,7 @@ Test(ops, metrics_workers_summed, .timeout = 30)
 		start_with_stats(&b, &px, BK_ECHO, ARGS("--workers", "2"), sarg, sizeof(sarg));
 
 	metrics_scrape(sport, &m0);
-	cr_assert_eq(metrics_val(&m0, "uproxy_workers"), 2);
+	cr_assert_eq(metrics_val(&m0, workers_key(-1)), 2);
 	for (int i = 0; i < 20; i++)
 		echo_session(&px, 1000, 0x2f0 + (uint64_t)i);
 	sleep_ms(100);

@@ -717,6 +717,7 @@ Test(ops, stats_render_sums_workers)
 	cr_assert_not_null(snaps);
 	fill_worker(&st[0], &ls[0], 100);
 	fill_worker(&st[1], &ls[1], 7000);
+	ls[0].backend = ls[1].backend = "epoll";
 	memset(b0, 0, sizeof(b0));
 	memset(b1, 0, sizeof(b1));
 	b0[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 2, .up = 1 };
@@ -748,7 +749,7 @@ Test(ops, stats_render_sums_workers)
 	text = render(2);
 	parse_metrics(text, &parsed);
 
-	expect_u(&parsed, "uproxy_workers", 2);
+	expect_u(&parsed, "uproxy_workers{backend=\"epoll\"}", 2);
 	expect_u(&parsed, "uproxy_connections_accepted_total", 101 + 7001);
 	expect_u(&parsed, "uproxy_connections_active", 11);
 	static const char *const reasons[] = { "normal", "client_reset", "upstream_reset",
