@@ -11,18 +11,19 @@
 #include <unistd.h>
 
 #define EXIT_USAGE 2
-#define EXIT_EXEC 127 /* as a shell does when the command cannot be run */
+#define EXIT_EXEC  127 /* as a shell does when the command cannot be run */
 
-static const char *const blocked[] = { "io_uring_setup", "io_uring_enter", "io_uring_register" };
+static const char *const blocked[] = {"io_uring_setup", "io_uring_enter", "io_uring_register"};
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: seccomp_launch [--errno EPERM|ENOSYS] -- PROG [ARGS...]\n"
-		   "  runs PROG with no_new_privs and a seccomp filter under which io_uring_setup,\n"
-		   "  io_uring_enter and io_uring_register fail with the errno (default EPERM, as\n"
-		   "  Docker's default profile); every other system call is allowed.\n"
-		   "  exit status: PROG's, 2 for a usage error or a filter that cannot be loaded,\n"
-		   "  127 when PROG cannot be executed.\n");
+	fprintf(f,
+		"usage: seccomp_launch [--errno EPERM|ENOSYS] -- PROG [ARGS...]\n"
+		"  runs PROG with no_new_privs and a seccomp filter under which io_uring_setup,\n"
+		"  io_uring_enter and io_uring_register fail with the errno (default EPERM, as\n"
+		"  Docker's default profile); every other system call is allowed.\n"
+		"  exit status: PROG's, 2 for a usage error or a filter that cannot be loaded,\n"
+		"  127 when PROG cannot be executed.\n");
 }
 
 /* Builds and loads the filter; returns 0 or a negative errno, with what failed in why. */
@@ -87,8 +88,10 @@ int main(int argc, char **argv)
 			} else if (strcmp(v, "ENOSYS") == 0) {
 				err = ENOSYS;
 			} else {
-				fprintf(stderr, "seccomp_launch: --errno '%s': expected EPERM or "
-						"ENOSYS\n", v);
+				fprintf(stderr,
+					"seccomp_launch: --errno '%s': expected EPERM or "
+					"ENOSYS\n",
+					v);
 				return EXIT_USAGE;
 			}
 			continue;
@@ -105,13 +108,14 @@ int main(int argc, char **argv)
 	/* no_new_privs first: a seccomp filter may only be loaded by an unprivileged process
 	 * with it set, and it is what a container's processes run with. */
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-		fprintf(stderr, "seccomp_launch: prctl(PR_SET_NO_NEW_PRIVS): %s\n", strerror(errno));
+		fprintf(stderr, "seccomp_launch: prctl(PR_SET_NO_NEW_PRIVS): %s\n",
+			strerror(errno));
 		return EXIT_USAGE;
 	}
 	rc = block_io_uring(err, &why);
 	if (rc < 0) {
-		fprintf(stderr, "seccomp_launch: cannot install the io_uring filter (%s): %s\n", why,
-			strerror(-rc));
+		fprintf(stderr, "seccomp_launch: cannot install the io_uring filter (%s): %s\n",
+			why, strerror(-rc));
 		return EXIT_USAGE;
 	}
 	execvp(argv[i], &argv[i]);

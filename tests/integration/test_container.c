@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BIG (64 * MIB)
+#define BIG   (64 * MIB)
 #define NCONC 200
 
 /* The launcher's path, from SECCOMP_LAUNCH (set by tests/integration/meson.build). Without
@@ -27,10 +27,11 @@ static const char *launcher(void)
 	const char *p = getenv("SECCOMP_LAUNCH");
 
 	if (p == NULL || *p == '\0')
-		cr_assert_fail("SECCOMP_LAUNCH is not set: meson did not find libseccomp at configure "
-			       "time, so tests/integration/seccomp_launch was not built. Run "
-			       "scripts/setup.sh (it installs libseccomp-dev), then "
-			       "'meson setup --reconfigure BUILD'.");
+		cr_assert_fail(
+		    "SECCOMP_LAUNCH is not set: meson did not find libseccomp at configure "
+		    "time, so tests/integration/seccomp_launch was not built. Run "
+		    "scripts/setup.sh (it installs libseccomp-dev), then "
+		    "'meson setup --reconfigure BUILD'.");
 	if (access(p, X_OK) != 0)
 		cr_assert_fail("no seccomp_launch at '%s': %s", p, strerror(errno));
 	return p;
@@ -170,10 +171,10 @@ static void start_echo(struct backend *b, struct proxy *px, const char *err,
 		/* exit 1 may be a port taken between free_port() and bind: try another */
 		if (!(WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1 &&
 		      strstr(out, "in use") != NULL && attempt < 2))
-			cr_assert_fail("uproxy --listen %s%s%s not ready within 2 s (%s); stderr:\n%s",
-				       listen, err != NULL ? " under seccomp_launch --errno " : "",
-				       err != NULL ? err : "",
-				       status_str(&px->proc, st, sizeof(st)), out);
+			cr_assert_fail(
+			    "uproxy --listen %s%s%s not ready within 2 s (%s); stderr:\n%s", listen,
+			    err != NULL ? " under seccomp_launch --errno " : "",
+			    err != NULL ? err : "", status_str(&px->proc, st, sizeof(st)), out);
 		free(out);
 		proc_release(&px->proc);
 	}
@@ -207,8 +208,8 @@ static void echo_big(const struct proxy *px, uint64_t seed)
 	cr_assert_eq(x.rx.bad_at, -1, "echo: first corrupted byte at offset %lld",
 		     (long long)x.rx.bad_at);
 	cr_assert_eq(x.rx.len, BIG, "echo: received %llu of %llu bytes (ended: %s after %llu ms)",
-		     (unsigned long long)x.rx.len, (unsigned long long)BIG,
-		     io_end_name(x.recv_end), (unsigned long long)x.ms);
+		     (unsigned long long)x.rx.len, (unsigned long long)BIG, io_end_name(x.recv_end),
+		     (unsigned long long)x.ms);
 	cr_assert_eq(x.rx.hash, stream_hash(seed, BIG), "echo: checksum differs");
 	cr_assert_eq(x.recv_end, IO_EOF, "after the echo the client saw %s, want EOF",
 		     io_end_name(x.recv_end));
@@ -224,20 +225,26 @@ static void echo_concurrent(const struct proxy *px, const struct backend *b, int
 
 	multi_echo(&st, n, AF_INET, px->port, 64 * KIB, 1 * KIB, seed, 30000);
 	cr_log_info("%d x 64 KiB echoed in %llu ms", n, (unsigned long long)st.ms);
-	cr_assert_eq(st.ok, n, "%d of %d sessions intact (connect failed %d, corrupt %d, early EOF "
-		     "%d, reset %d, timeout %d); %s", st.ok, n, st.connect_failed, st.corrupt,
-		     st.short_eof, st.reset, st.timeout, st.first_problem);
-	cr_assert_eq(st.warm_ok, n, "only %d of %d sessions made their first round trip while all "
-		     "were open", st.warm_ok, n);
-	cr_assert_geq(atomic_load(&b->peak_open), n, "the upstream saw at most %d connections open "
-		      "at once, want %d", atomic_load(&b->peak_open), n);
+	cr_assert_eq(st.ok, n,
+		     "%d of %d sessions intact (connect failed %d, corrupt %d, early EOF "
+		     "%d, reset %d, timeout %d); %s",
+		     st.ok, n, st.connect_failed, st.corrupt, st.short_eof, st.reset, st.timeout,
+		     st.first_problem);
+	cr_assert_eq(st.warm_ok, n,
+		     "only %d of %d sessions made their first round trip while all "
+		     "were open",
+		     st.warm_ok, n);
+	cr_assert_geq(atomic_load(&b->peak_open), n,
+		      "the upstream saw at most %d connections open "
+		      "at once, want %d",
+		      atomic_load(&b->peak_open), n);
 }
 
 /* uproxy with default options under the filter: on epoll, saying why once, proxying intact. */
 static void falls_back(const char *err, const char *reason, const char *remedy)
 {
-	const char *const line_needles[] = { "epoll", reason, remedy, NULL };
-	const char *const reason_only[] = { reason, NULL };
+	const char *const line_needles[] = {"epoll", reason, remedy, NULL};
+	const char *const reason_only[] = {reason, NULL};
 	char line[1024], first[1024];
 	struct backend b;
 	struct proxy px;
@@ -248,19 +255,25 @@ static void falls_back(const char *err, const char *reason, const char *remedy)
 	start_echo(&b, &px, err, NULL);
 	/* the launcher did its part: uproxy itself runs filtered, with no_new_privs */
 	seccomp_status(px.proc.pid, &mode, &nnp);
-	cr_assert(mode == 2 && nnp == 1, "uproxy runs with Seccomp: %d, NoNewPrivs: %d; want 2 and "
-		  "1 (the filter is not in place)", mode, nnp);
-	cr_assert_eq(io_uring_fds(px.proc.pid), 0, "uproxy holds an io_uring fd under a filter that "
+	cr_assert(mode == 2 && nnp == 1,
+		  "uproxy runs with Seccomp: %d, NoNewPrivs: %d; want 2 and "
+		  "1 (the filter is not in place)",
+		  mode, nnp);
+	cr_assert_eq(io_uring_fds(px.proc.pid), 0,
+		     "uproxy holds an io_uring fd under a filter that "
 		     "blocks io_uring_setup");
 
 	log = proxy_stderr(&px);
 	lines = lines_with(log, line_needles, line, sizeof(line));
 	reasons = lines_with(log, reason_only, first, sizeof(first));
-	cr_assert_eq(lines, 1, "want exactly one line on stderr naming epoll, the reason (%s) and "
-		     "how to enable io_uring (%s); found %d. stderr:\n%s", reason, remedy, lines,
-		     log);
-	cr_assert_eq(reasons, 1, "the reason (%s) is logged %d times, want once (not per worker). "
-		     "stderr:\n%s", reason, reasons, log);
+	cr_assert_eq(lines, 1,
+		     "want exactly one line on stderr naming epoll, the reason (%s) and "
+		     "how to enable io_uring (%s); found %d. stderr:\n%s",
+		     reason, remedy, lines, log);
+	cr_assert_eq(reasons, 1,
+		     "the reason (%s) is logged %d times, want once (not per worker). "
+		     "stderr:\n%s",
+		     reason, reasons, log);
 	cr_log_info("start-up line: %s", line);
 	free(log);
 
@@ -290,20 +303,29 @@ Test(container, io_uring_forced_but_blocked_exits_1, .timeout = 10)
 		const char *err;
 		const char *cause[4]; /* needles of the one line naming the cause */
 	} cases[] = {
-		{ "EPERM", { "EPERM|not permitted", "seccomp", "Docker", NULL } },
-		{ "ENOSYS", { "ENOSYS", "kernel", NULL } },
+	    {"EPERM", {"EPERM|not permitted", "seccomp", "Docker", NULL}},
+	    {"ENOSYS", {"ENOSYS", "kernel", NULL}},
 	};
 
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-		static const char *const epoll_needles[] = { "epoll", NULL };
+		static const char *const epoll_needles[] = {"epoll", NULL};
 		char listen[64], upstream[64], st[64], line[1024], first[1024];
 		struct proc p;
 		uint64_t t0, ms;
 		char *err;
 		int n;
-		char *argv[] = { (char *)launcher(), "--errno", (char *)cases[c].err, "--",
-				 (char *)uproxy_bin(), "--listen", listen, "--upstream", upstream,
-				 "--backend", "io_uring", NULL };
+		char *argv[] = {(char *)launcher(),
+				"--errno",
+				(char *)cases[c].err,
+				"--",
+				(char *)uproxy_bin(),
+				"--listen",
+				listen,
+				"--upstream",
+				upstream,
+				"--backend",
+				"io_uring",
+				NULL};
 
 		snprintf(listen, sizeof(listen), "127.0.0.1:%u", free_port());
 		snprintf(upstream, sizeof(upstream), "127.0.0.1:%u", free_port());
@@ -314,19 +336,23 @@ Test(container, io_uring_forced_but_blocked_exits_1, .timeout = 10)
 		if (!proc_wait(&p, 2000)) {
 			err = proc_stderr(&p);
 			proc_kill(&p);
-			cr_assert_fail("--backend io_uring under seccomp_launch --errno %s still runs "
-				       "after 2 s; stderr:\n%s", cases[c].err, err);
+			cr_assert_fail(
+			    "--backend io_uring under seccomp_launch --errno %s still runs "
+			    "after 2 s; stderr:\n%s",
+			    cases[c].err, err);
 		}
 		ms = now_ms() - t0;
 		err = proc_stderr(&p);
 		cr_assert(WIFEXITED(p.status) && WEXITSTATUS(p.status) == 1,
 			  "--backend io_uring, io_uring blocked (%s): uproxy %s in %llu ms, want "
-			  "exit 1; stderr:\n%s", cases[c].err, status_str(&p, st, sizeof(st)),
-			  (unsigned long long)ms, err);
+			  "exit 1; stderr:\n%s",
+			  cases[c].err, status_str(&p, st, sizeof(st)), (unsigned long long)ms,
+			  err);
 		n = lines_with(err, cases[c].cause, line, sizeof(line));
-		cr_assert_eq(n, 1, "--errno %s: want exactly one stderr line naming the cause (%s, "
-			     "%s); found %d. stderr:\n%s", cases[c].err, cases[c].cause[0],
-			     cases[c].cause[1], n, err);
+		cr_assert_eq(n, 1,
+			     "--errno %s: want exactly one stderr line naming the cause (%s, "
+			     "%s); found %d. stderr:\n%s",
+			     cases[c].err, cases[c].cause[0], cases[c].cause[1], n, err);
 		cr_assert_eq(lines_with(err, epoll_needles, first, sizeof(first)), 0,
 			     "--backend io_uring must not fall back to epoll, yet: %s", first);
 		cr_log_info("--errno %s: exit 1 in %llu ms: %s", cases[c].err,
@@ -339,10 +365,9 @@ Test(container, io_uring_forced_but_blocked_exits_1, .timeout = 10)
 /* --backend epoll where io_uring works: epoll all the same, and no fallback warning. */
 Test(container, backend_epoll_forced_without_filter, .timeout = 60) /* serial */
 {
-	static const char *const extra[] = { "--backend", "epoll", NULL };
-	static const char *const epoll_needles[] = { "epoll", NULL };
-	static const char *const fallback[] = { "EPERM|ENOSYS|not permitted|running on epoll",
-						NULL };
+	static const char *const extra[] = {"--backend", "epoll", NULL};
+	static const char *const epoll_needles[] = {"epoll", NULL};
+	static const char *const fallback[] = {"EPERM|ENOSYS|not permitted|running on epoll", NULL};
 	struct io_uring_params params;
 	char line[1024];
 	struct backend b;
@@ -360,9 +385,12 @@ Test(container, backend_epoll_forced_without_filter, .timeout = 60) /* serial */
 	raise_nofile();
 	start_echo(&b, &px, NULL, extra);
 	seccomp_status(px.proc.pid, &mode, &nnp);
-	cr_assert_eq(mode, 0, "uproxy runs under a seccomp filter (Seccomp: %d) without the "
-		     "launcher", mode);
-	cr_assert_eq(io_uring_fds(px.proc.pid), 0, "--backend epoll, yet uproxy holds an io_uring "
+	cr_assert_eq(mode, 0,
+		     "uproxy runs under a seccomp filter (Seccomp: %d) without the "
+		     "launcher",
+		     mode);
+	cr_assert_eq(io_uring_fds(px.proc.pid), 0,
+		     "--backend epoll, yet uproxy holds an io_uring "
 		     "fd");
 	log = proxy_stderr(&px);
 	cr_assert_geq(lines_with(log, epoll_needles, line, sizeof(line)), 1,
@@ -382,7 +410,7 @@ Test(container, backend_epoll_forced_without_filter, .timeout = 60) /* serial */
 /* The launcher itself: a program it cannot execute is exit 127 with the reason, as a shell. */
 Test(container, launcher_exec_failure_is_127, .timeout = 5)
 {
-	char *argv[] = { (char *)launcher(), "--", "/nonexistent/uproxy", NULL };
+	char *argv[] = {(char *)launcher(), "--", "/nonexistent/uproxy", NULL};
 	char st[64];
 	struct proc p;
 	char *err;
