@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark on loopback: direct nginx vs uproxy vs HAProxy vs nginx stream.
+"""Side-by-side benchmark on loopback: direct nginx vs uproxy (io_uring, and epoll) vs HAProxy vs nginx stream.
 
 Run it through scripts/bench.sh, which installs the tools, builds uproxy and raises the open-file
 limit first. bench/README.md explains every figure and how it is measured.
@@ -35,7 +35,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-ALL_TARGETS = ("direct", "uproxy", "haproxy", "nginx")
+ALL_TARGETS = ("direct", "uproxy", "uproxy-epoll", "haproxy", "nginx")
+# The uproxy targets: the same binary, and the arguments that tell them apart (after
+# --uproxy-args, so the row is what its name says). uproxy-epoll is what runs where io_uring is
+# blocked (a container's default seccomp profile, kernel.io_uring_disabled; README.md, "Running
+# in containers"): it needs the epoll backend and its --backend option (issue 11).
+UPROXY_TARGETS = {"uproxy": [], "uproxy-epoll": ["--backend", "epoll"]}
 
 BODY64 = "0123456789abcdef" * 4  # 64 bytes
 BODY4K = "0123456789abcdef" * 256  # 4096 bytes
@@ -368,7 +373,7 @@ class Bench:
 
     def make(self, kind: str, upstream_port: int | None = None, pin: bool = True,
              cpus: set[int] | None = None) -> Server:
-        """A new (not started) server of one kind on a fresh port: backend, uproxy, haproxy, nginx;
+        """A new (not started) server of one kind on a fresh port: backend, uproxy, uproxy-epoll, haproxy, nginx;
         pinned to cpus if given, else to the server CPUs unless pin=False."""
         self.n += 1
         name = f"{kind}-{self.n}"
@@ -388,10 +393,10 @@ class Bench:
             conf = self.tmp / f"{name}.cfg"
             conf.write_text(fill("haproxy.cfg.in", PORT=port, UPSTREAM_PORT=upstream_port))
             argv = ["haproxy", "-db", "-f", str(conf)]
-        elif kind == "uproxy":
+        elif kind in UPROXY_TARGETS:
             argv = [str(self.args.uproxy_copy), "--listen", f"127.0.0.1:{port}",
                     "--upstream", f"127.0.0.1:{upstream_port}", "--log-level", "warn",
-                    *shlex.split(self.args.uproxy_args)]
+                    *shlex.split(self.args.uproxy_args), *UPROXY_TARGETS[kind]]
         else:
             raise ValueError(kind)
         return Server(name, argv, port, logfile, cpus if cpus is not None else (self.server_cpus if pin else None))
@@ -427,12 +432,43 @@ class Bench:
                 s = self.launch(t, lay.backend.port, cpus=lay.server_cpus)
                 lay.instances[t] = s
                 log(f"{lay.name}: {t} pid {s.pid} on 127.0.0.1:{s.port}")
+                check_uproxy_backend(t, s)
         for t in self.args.targets:
             check_http(lay.instances[t].port, f"{t} ({lay.name})")
         return lay.backend
 
     def url(self, target: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[target]}{path}"
+
+
+def io_uring_fds(pid: int) -> int:
+    """io_uring instances the process holds (fds that are anon_inode:[io_uring])."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    return n
+
+
+def check_uproxy_backend(target: str, srv: "Server") -> None:
+    """A uproxy row must measure the backend its name says: uproxy-epoll holds no ring, and uproxy
+    (--backend auto) one per worker, unless io_uring is blocked here and it fell back to epoll
+    (it then logs a warning, which the Problems section shows)."""
+    if target not in UPROXY_TARGETS:
+        return
+    rings = io_uring_fds(srv.pid)
+    if target == "uproxy-epoll" and rings:
+        raise BenchError(f"{srv.name}: started with --backend epoll but holds {rings} io_uring fd(s)")
+    if target == "uproxy" and not rings:
+        log(f"warning: {srv.name} holds no io_uring fd: it runs on epoll (io_uring blocked here?)")
+
+
+def binary_has_backend_option(binary: Path) -> bool:
+    """True if this uproxy knows --backend (the epoll backend, issue 11)."""
+    cp = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=10)
+    return "--backend" in cp.stdout + cp.stderr
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -856,7 +892,7 @@ def slow_round(b: Bench, rep: int, target: str) -> dict:
         if not srv.alive():
             raise BenchError(f"{srv.name} died holding {n} slow readers:\n{srv.log_tail()}")
         out["ok"] = True
-        if target == "uproxy" and srv.logfile.exists() and srv.logfile.read_text(errors="replace").strip():
+        if target in UPROXY_TARGETS and srv.logfile.exists() and srv.logfile.read_text(errors="replace").strip():
             out["log_tail"] = srv.log_tail(10)  # warnings while holding them (uproxy logs at warn)
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         out.update(ok=False, error=str(e) or type(e).__name__)
@@ -1053,7 +1089,9 @@ def render_md(res: dict) -> str:
          f"- uproxy: commit {meta['uproxy_commit']}"
          f"{' + uncommitted changes to src/, include/ or meson.build' if meta['uproxy_uncommitted_changes'] else ''}"
          f" ({meta['uproxy_buildtype']} build), "
-         f"`{' '.join(['--log-level warn', cfg['uproxy_args']]).strip()}`",
+         f"`{' '.join(['--log-level warn', cfg['uproxy_args']]).strip()}`"
+         + ("; uproxy-epoll: the same with `--backend epoll` (what runs where io_uring is blocked, "
+            "e.g. by a container's default seccomp profile)" if "uproxy-epoll" in targets else ""),
          f"- others: {meta['haproxy']}; {meta['nginx']}; {meta['wrk']}",
          "- method: " + "; ".join(
              [f"{cfg['reps']} interleaved repetitions, medians", f"wrk -t1, {cfg['duration']} s runs, {body} body"]
@@ -1178,8 +1216,9 @@ def parse_args(argv: list[str]):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 repetitions of short runs (about 2 minutes)")
     p.add_argument("--out", default=str(BENCH / "results"), help="output directory (default bench/results)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help=f"comma-separated, in row order (default {','.join(ALL_TARGETS)})")
+    p.add_argument("--targets", default=None,
+                   help=f"comma-separated, in row order (default {','.join(ALL_TARGETS)}; uproxy-epoll is "
+                        "left out, with a warning, when the binary has no --backend option)")
     p.add_argument("--uproxy-args", default="", help='extra uproxy arguments, e.g. "--workers 2" (one word needs the = form: --uproxy-args=--workers=2)')
     p.add_argument("--uproxy-bin", default=None, help="uproxy binary to run (default build-bench/uproxy, built by bench.sh)")
     p.add_argument("--pin", choices=("split", "none"), default="split",
@@ -1211,7 +1250,8 @@ def parse_args(argv: list[str]):
     for k, v in MODES[args.mode].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.targets_given = args.targets is not None
+    args.targets = [t.strip() for t in (args.targets or ",".join(ALL_TARGETS)).split(",") if t.strip()]
     bad = [t for t in args.targets if t not in ALL_TARGETS]
     if bad or not args.targets or len(set(args.targets)) != len(args.targets):
         p.error(f"--targets: each of {','.join(ALL_TARGETS)} at most once (got {bad or args.targets})")
@@ -1270,8 +1310,15 @@ def main(argv: list[str]) -> int:
     for tool in ("wrk", "nginx", "curl", "gnuplot") + (("haproxy",) if "haproxy" in args.targets else ()):
         if not shutil.which(tool):
             raise BenchError(f"{tool} not found: run scripts/setup.sh --bench")
-    if "uproxy" in args.targets and not os.access(args.uproxy_bin, os.X_OK):
+    if set(UPROXY_TARGETS) & set(args.targets) and not os.access(args.uproxy_bin, os.X_OK):
         raise BenchError(f"{args.uproxy_bin} not found: build it (scripts/bench.sh does)")
+    if "uproxy-epoll" in args.targets and not binary_has_backend_option(args.uproxy_bin):
+        msg = (f"{args.uproxy_bin} has no --backend option (no epoll backend): "
+               "the uproxy-epoll row needs it; --uproxy-bin a binary that has it")
+        if args.targets_given:
+            raise BenchError(msg)
+        log(f"warning: {msg}; running without that row")
+        args.targets.remove("uproxy-epoll")
     raise_nofile()
     setup_pinning(args)
     if "syscalls" in args.skip:
@@ -1290,7 +1337,7 @@ def main(argv: list[str]) -> int:
         meta = machine_info(args)
         log(f"{args.mode} run: targets {','.join(args.targets)}, {args.reps} reps, {args.duration} s wrk runs, "
             f"pinning {args.pin_desc}, syscalls via {args.syscall_method}; temp dir {tmp}")
-        if "uproxy" in args.targets:
+        if set(UPROXY_TARGETS) & set(args.targets):
             # Run a private copy, so a rebuild by someone else during the run changes nothing.
             args.uproxy_copy = tmp / "uproxy"
             shutil.copy2(args.uproxy_bin, args.uproxy_copy)
@@ -1386,7 +1433,7 @@ def main(argv: list[str]) -> int:
                 key = t if lay is b.shared else f"{t} ({lay.name})"
                 text = srv.logfile.read_text(errors="replace") if srv.logfile.exists() else ""
                 logs[key] = text[-4000:]
-                if t == "uproxy" and text.strip():
+                if t in UPROXY_TARGETS and text.strip():
                     problems.append(f"{key} wrote {len(text.splitlines())} log line(s) at warn or above; last:\n\n"
                                     f"```\n{srv.log_tail(10)}\n```")
     except BaseException:

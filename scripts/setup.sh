@@ -29,7 +29,10 @@ log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 # Each entry is a package, or alternatives separated by '|' (the first one is installed when
 # none of them is present).
-pkgs=(gcc libc6-dev meson ninja-build pkg-config liburing-dev libcriterion-dev procps iproute2)
+# libseccomp-dev: tests/integration/seccomp_launch blocks io_uring the way Docker's default
+# seccomp profile does (suite `container`).
+pkgs=(gcc libc6-dev meson ninja-build pkg-config liburing-dev libcriterion-dev libseccomp-dev procps
+    iproute2)
 if ((want_bench)); then
     pkgs+=(wrk 'nginx-light|nginx' libnginx-mod-stream haproxy curl gnuplot-nox linux-perf strace python3)
 fi
