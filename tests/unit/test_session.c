@@ -46,15 +46,27 @@ static struct {
 	int nfds;
 	unsigned int released; /* SESSION_OUT_RELEASED outcomes seen */
 	bool check;	       /* assert the in-flight invariant at each event (not in a child) */
+	bool in_child;	       /* in drive_in_child's fork: a failed check exits, never asserts */
 } F;
+
+/* An assertion for the helpers a forked child also runs: criterion's own must not fire there
+ * (its failure path belongs to the test process), so the child exits with 120 instead. */
+#define need(cond)                                                                                 \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			if (F.in_child)                                                            \
+				_exit(120);                                                        \
+			cr_assert(cond, "%s", #cond);                                              \
+		}                                                                                  \
+	} while (0)
 
 /* A socketpair; returns the end the session gets, stores the test's end in *peer. */
 static int new_pair(int *peer)
 {
 	int sv[2];
 
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_lt(F.nfds + 2, (int)(sizeof(F.fds) / sizeof(F.fds[0])));
+	need(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	need(F.nfds + 2 < (int)(sizeof(F.fds) / sizeof(F.fds[0])));
 	F.fds[F.nfds++] = sv[0];
 	F.fds[F.nfds++] = sv[1];
 	if (peer != NULL)
@@ -162,13 +174,13 @@ static unsigned int handle(struct session *s, struct loop_cqe c)
 
 static unsigned int complete(struct session *s, struct fake_req *r, int32_t res, uint16_t flags)
 {
-	cr_assert_not_null(r);
+	need(r != NULL);
 	return handle(s, fake_complete(F.l, r, res, flags));
 }
 
 static unsigned int deliver(struct session *s, struct fake_req *r, const void *b, size_t n)
 {
-	cr_assert_not_null(r);
+	need(r != NULL);
 	return handle(s, fake_deliver(F.l, r, b, n));
 }
 
@@ -214,21 +226,21 @@ static void start_streaming(struct session *s, int *cfd, int *ufd)
 	*cfd = new_pair(NULL);
 	*ufd = new_pair(NULL);
 	session_start(&F.e, s, *cfd);
-	cr_assert_eq(s->state, SS_CONNECTING);
+	need(s->state == SS_CONNECTING);
 	complete(s, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true), *ufd, 0);
 	r = fake_find(F.l, FK_CONNECT_TIMEOUT, OP_CONNECT, SIDE_UPSTREAM, true);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->fd, *ufd);
-	cr_assert_eq(r->ms, F.cfg.connect_timeout_ms);
+	need(r != NULL);
+	need(r->fd == *ufd);
+	need(r->ms == F.cfg.connect_timeout_ms);
 	complete(s, r, 0, 0);
 	/* the linked timeout ends with -ECANCELED once its connect completed */
 	complete(s, fake_find(F.l, FK_LINK_TIMEOUT, OP_LINK_TIMEOUT, SIDE_UPSTREAM, true),
 		 -ECANCELED, 0);
-	cr_assert_eq(s->state, SS_STREAMING);
-	cr_assert_not_null(recv_req(DIR_C2U));
-	cr_assert_not_null(recv_req(DIR_U2C));
-	cr_assert_eq(recv_req(DIR_C2U)->fd, *cfd);
-	cr_assert_eq(recv_req(DIR_U2C)->fd, *ufd);
+	need(s->state == SS_STREAMING);
+	need(recv_req(DIR_C2U) != NULL);
+	need(recv_req(DIR_U2C) != NULL);
+	need(recv_req(DIR_C2U)->fd == *cfd);
+	need(recv_req(DIR_U2C)->fd == *ufd);
 }
 
 /* Completes every pending request of s as the kernel would after a teardown: a cancel first
@@ -862,7 +874,9 @@ static int drive_in_child(enum session_state from, enum session_event ev)
 
 		if (devnull >= 0)
 			dup2(devnull, STDERR_FILENO); /* the abort's log line */
+		alarm(5); /* a child runs microseconds: 5 s means it is stuck */
 		F.check = false;
+		F.in_child = true;
 		drive_into(s, from);
 		if (s->state != from)
 			_exit(100 + s->state);
@@ -876,6 +890,8 @@ static int drive_in_child(enum session_state from, enum session_event ev)
 		return -1; /* refused loudly */
 	}
 	cr_assert(WIFEXITED(status));
+	cr_assert_neq(WEXITSTATUS(status), 120, "%s --%s-->: a step of the drive failed",
+		      session_state_name(from), session_event_name(ev));
 	return WEXITSTATUS(status);
 }
 
