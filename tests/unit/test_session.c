@@ -565,6 +565,8 @@ Test(session, upstream_reset_resets_client_and_waits_for_every_completion)
 		cr_assert_not_null(sd);
 		/* the kernel posted more data before it saw the cancel: dropped, not sent */
 		cr_assert_eq(deliver(s, rv, "late", 4), 0, "released early");
+		cr_assert_eq(bufring_available(&F.bufs), T_BUFFERS - 1,
+			     "a buffer filled while closing is held instead of given back");
 		cr_assert_eq(fake_count_since(F.l, mark, FK_SEND), 0, "sent while closing");
 		cr_assert_eq(complete(s, rv, -ECANCELED, 0), 0, "released early");
 		cr_assert_eq(complete(s, sd, -ECANCELED, 0), SESSION_OUT_RELEASED);
@@ -637,9 +639,11 @@ Test(session, idle_timeout_with_nothing_queued_closes_cleanly)
 	size_t mark;
 
 	start_streaming(s, &cfd, &ufd);
-	/* progress at T0 + 500 (a send completing) pushes the deadline to T0 + 1500 */
-	advance_to(T_T0 + 500);
+	/* a receive at T0 + 200, its send completing at T0 + 500: the send is progress too,
+	 * and pushes the deadline to T0 + 1500 */
+	cr_assert_eq(advance_to(T_T0 + 200), 0);
 	deliver(s, recv_req(DIR_C2U), "ping", 4);
+	cr_assert_eq(advance_to(T_T0 + 500), 0);
 	complete(s, send_req(DIR_C2U), 4, 0);
 	cr_assert_eq(advance_to(T_T0 + 500 + T_IDLE_MS - 1), 0, "idle fired despite progress");
 	mark = fake_nreqs(F.l);
