@@ -26,9 +26,25 @@ struct loop {
 };
 
 static const char *const kind_names[FK__COUNT] = {
-	"accept_multishot", "accept", "read", "timeout", "socket", "connect", "connect_timeout",
-	"link_timeout", "recv_multishot", "recv_bundle", "recv", "recv_buf", "send", "write",
-	"sendmsg", "shutdown", "close", "cancel", "cancel_fd",
+    "accept_multishot",
+    "accept",
+    "read",
+    "timeout",
+    "socket",
+    "connect",
+    "connect_timeout",
+    "link_timeout",
+    "recv_multishot",
+    "recv_bundle",
+    "recv",
+    "recv_buf",
+    "send",
+    "write",
+    "sendmsg",
+    "shutdown",
+    "close",
+    "cancel",
+    "cancel_fd",
 };
 
 const char *fake_kind_name(enum fake_kind k)
@@ -85,7 +101,8 @@ struct fake_req *fake_find(struct loop *l, enum fake_kind k, enum loop_op op, in
 	for (size_t i = l->n; i-- > 0;) {
 		struct fake_req *r = &l->reqs[i];
 
-		if (r->kind == k && tag_op(r->tag) == op && (side < 0 || tag_side(r->tag) == (unsigned)side) &&
+		if (r->kind == k && tag_op(r->tag) == op &&
+		    (side < 0 || tag_side(r->tag) == (unsigned)side) &&
 		    (!pending_only || r->pending))
 			return r;
 	}
@@ -113,7 +130,7 @@ size_t fake_count_since(const struct loop *l, size_t mark, enum fake_kind k)
 
 struct loop_cqe fake_complete(struct loop *l, struct fake_req *r, int32_t res, uint16_t flags)
 {
-	struct loop_cqe c = { .tag = r->tag, .res = res, .flags = flags };
+	struct loop_cqe c = {.tag = r->tag, .res = res, .flags = flags};
 
 	if (!r->pending) {
 		fprintf(stderr, "fake_loop: %s request completed twice\n", fake_kind_name(r->kind));

@@ -24,15 +24,15 @@ enum fake_kind {
 	FK_LINK_TIMEOUT,    /* the timeout half of a linked pair */
 	FK_RECV_MULTISHOT,
 	FK_RECV_BUNDLE,
-	FK_RECV,	    /* single recv into one provided buffer */
-	FK_RECV_BUF,	    /* plain recv into a caller's buffer */
+	FK_RECV,     /* single recv into one provided buffer */
+	FK_RECV_BUF, /* plain recv into a caller's buffer */
 	FK_SEND,
 	FK_WRITE,
 	FK_SENDMSG,
 	FK_SHUTDOWN,
 	FK_CLOSE,
 	FK_CANCEL,
-	FK_CANCEL_FD,	    /* the cancel half of loop_cancel_fd_then_close */
+	FK_CANCEL_FD, /* the cancel half of loop_cancel_fd_then_close */
 	FK__COUNT
 };
 
@@ -42,19 +42,19 @@ struct fake_req {
 	enum fake_kind kind;
 	uint64_t tag;
 	int fd;
-	uint32_t ms;	     /* timeouts, linked timeouts */
-	uint64_t target;     /* FK_CANCEL: the tag cancelled */
-	int how;	     /* FK_SHUTDOWN */
-	int domain;	     /* FK_SOCKET */
-	uint16_t bgid;	     /* buffer-select recvs */
-	void *buf;	     /* FK_RECV_BUF / FK_READ: where bytes go; sends: first byte sent */
-	unsigned int len;    /* bytes asked for (sends: total over the iovec) */
-	unsigned int niov;   /* FK_SENDMSG: iovec entries */
-	uint8_t *data;	     /* sends: a copy of the bytes taken when the request was made */
+	uint32_t ms;	   /* timeouts, linked timeouts */
+	uint64_t target;   /* FK_CANCEL: the tag cancelled */
+	int how;	   /* FK_SHUTDOWN */
+	int domain;	   /* FK_SOCKET */
+	uint16_t bgid;	   /* buffer-select recvs */
+	void *buf;	   /* FK_RECV_BUF / FK_READ: where bytes go; sends: first byte sent */
+	unsigned int len;  /* bytes asked for (sends: total over the iovec) */
+	unsigned int niov; /* FK_SENDMSG: iovec entries */
+	uint8_t *data;	   /* sends: a copy of the bytes taken when the request was made */
 	struct sockaddr_storage sa; /* connects */
 	socklen_t salen;
-	bool multishot;	     /* completes with LOOP_CQE_MORE until it ends */
-	bool pending;	     /* submitted and its last completion not yet delivered */
+	bool multishot; /* completes with LOOP_CQE_MORE until it ends */
+	bool pending;	/* submitted and its last completion not yet delivered */
 };
 
 /* The fake loop: created by fake_loop_new, owned by the test. */

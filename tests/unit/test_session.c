@@ -23,12 +23,12 @@
 
 /* A small pool: 256 x 4 KiB. Above half of it free plus a multishot burst (128 + 32), so
  * directions arm multishot recvs; the ring holds 128 of them (bufring's minimum target). */
-#define T_BUFFERS  256u
-#define T_BUFSIZE  4096u
-#define T_SLOTS	   4u
+#define T_BUFFERS   256u
+#define T_BUFSIZE   4096u
+#define T_SLOTS	    4u
 #define T_UPSTREAMS 3
-#define T_IDLE_MS  1000u
-#define T_T0	   100000u /* the clock at set-up */
+#define T_IDLE_MS   1000u
+#define T_T0	    100000u /* the clock at set-up */
 
 static struct {
 	struct loop *l;
@@ -85,8 +85,9 @@ static void setup(void)
 	log_set_level(LOG_ERROR);
 	F.l = fake_loop_new();
 	cr_assert_not_null(F.l);
-	cr_assert_eq(bufring_init(&F.bufs, F.l, 0, T_BUFFERS, T_BUFSIZE, 2 * T_SLOTS, why,
-				  sizeof(why)), 0, "%s", why);
+	cr_assert_eq(
+	    bufring_init(&F.bufs, F.l, 0, T_BUFFERS, T_BUFSIZE, 2 * T_SLOTS, why, sizeof(why)), 0,
+	    "%s", why);
 	cr_assert_eq(timer_wheel_new(T_T0, &F.wheel), 0);
 	backend_opts_defaults(&bo);
 	cr_assert_eq(backend_pool_new(&bo, &F.pool), 0);
@@ -112,16 +113,16 @@ static void setup(void)
 	for (uint32_t i = 0; i < T_SLOTS; i++)
 		F.slab[i].fd[0] = F.slab[i].fd[1] = -1;
 	F.e = (struct session_env){
-		.loop = F.l,
-		.bufs = &F.bufs,
-		.wheel = F.wheel,
-		.pool = F.pool,
-		.baddr = F.baddr,
-		.cfg = &F.cfg,
-		.st = &F.st,
-		.slab = F.slab,
-		.now_ms = T_T0,
-		.high_water = SESSION_HIGH_WATER,
+	    .loop = F.l,
+	    .bufs = &F.bufs,
+	    .wheel = F.wheel,
+	    .pool = F.pool,
+	    .baddr = F.baddr,
+	    .cfg = &F.cfg,
+	    .st = &F.st,
+	    .slab = F.slab,
+	    .now_ms = T_T0,
+	    .high_water = SESSION_HIGH_WATER,
 	};
 }
 
@@ -187,8 +188,8 @@ static unsigned int deliver(struct session *s, struct fake_req *r, const void *b
 /* The receive armed on direction d (any kind), pending, or NULL. */
 static struct fake_req *recv_req(unsigned int d)
 {
-	static const enum fake_kind kinds[] = { FK_RECV_MULTISHOT, FK_RECV, FK_RECV_BUNDLE,
-						FK_RECV_BUF };
+	static const enum fake_kind kinds[] = {FK_RECV_MULTISHOT, FK_RECV, FK_RECV_BUNDLE,
+					       FK_RECV_BUF};
 
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
 		struct fake_req *r = fake_find(F.l, kinds[i], OP_RECV, (int)d, true);
@@ -301,7 +302,8 @@ Test(session, happy_path_forwards_bytes_and_releases_once)
 
 	/* client -> upstream: one send of exactly those bytes, from the pool buffer itself */
 	{
-		struct loop_cqe c = fake_deliver(F.l, recv_req(DIR_C2U), up_msg, sizeof(up_msg) - 1);
+		struct loop_cqe c =
+		    fake_deliver(F.l, recv_req(DIR_C2U), up_msg, sizeof(up_msg) - 1);
 
 		cr_assert_eq(c.flags, LOOP_CQE_BUFFER | LOOP_CQE_MORE);
 		bid = c.bid;
@@ -421,7 +423,8 @@ Test(session, short_send_resends_the_rest_first_in_order)
 	memcpy(want + 2000, b, sizeof(b));
 	cr_assert_arr_eq(r->data, want, 2500);
 	cr_assert_eq(s->dir[DIR_C2U].queued, 2500);
-	cr_assert_eq(bufring_available(&F.bufs), T_BUFFERS - 2, "a buffer freed before it was sent");
+	cr_assert_eq(bufring_available(&F.bufs), T_BUFFERS - 2,
+		     "a buffer freed before it was sent");
 
 	/* short again, inside the first buffer: 300 of it left, then b */
 	complete(s, r, 1700, 0);
@@ -706,7 +709,8 @@ Test(session, enobufs_rearms_at_once_on_a_fallback_buffer)
 		struct loop_cqe c = fake_deliver(F.l, r, "abc", 3);
 
 		cr_assert_eq(c.res, -ENOBUFS);
-		cr_assert_eq(c.flags & LOOP_CQE_MORE, 0, "the fake kept a multishot through ENOBUFS");
+		cr_assert_eq(c.flags & LOOP_CQE_MORE, 0,
+			     "the fake kept a multishot through ENOBUFS");
 		handle(s, c);
 	}
 	/* in the same event, not after a timer or a send: a plain recv into a private buffer */
@@ -778,7 +782,7 @@ static void drive_into(struct session *s, enum session_state st)
  * to complete. */
 static void synth(struct session *s, unsigned int side, enum loop_op op, int32_t res)
 {
-	struct loop_cqe c = { .tag = tag_of(s, side, op), .res = res };
+	struct loop_cqe c = {.tag = tag_of(s, side, op), .res = res};
 
 	handle(s, c);
 }
@@ -920,7 +924,8 @@ Test(session, table_agrees_with_the_handlers_for_every_pair)
 					  session_state_name(got));
 			} else {
 				allowed++;
-				cr_assert_eq(got, (int)want, "%s --%s--> table says %s, driven to %s",
+				cr_assert_eq(got, (int)want,
+					     "%s --%s--> table says %s, driven to %s",
 					     session_state_name(from), session_event_name(ev),
 					     session_state_name(want),
 					     got < 0 ? "abort" : session_state_name(got));
