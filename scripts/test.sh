@@ -4,7 +4,8 @@
 # Installs missing dependencies (scripts/setup.sh), configures and builds
 #   build/      release build with the criterion suites (its integration suite runs twice: on
 #               the default backend, and as "build-epoll" with UPROXY_TEST_BACKEND=epoll), and
-#   build-san/  debugoptimized build with AddressSanitizer + UndefinedBehaviorSanitizer,
+#   build-san/  debugoptimized build with AddressSanitizer + UndefinedBehaviorSanitizer (its
+#               integration suite also runs twice, the second time as "build-san-epoll"),
 #   build-fault/ ASan+UBSan build with -Dfault_injection=true: only its `faults` suite, once
 #               per seed in FAULT_SEEDS (default "1 2 3", each a different fault sequence),
 #   build-fault-rss/ the same without sanitizers, once (seed FAULT_RSS_SEED, default 4), where
@@ -16,13 +17,13 @@
 #
 #   --no-san      skip the sanitizer build (quick local runs)
 #   --no-fault    skip the fault-injection build
-#   --no-epoll    skip the second integration run on the epoll backend
+#   --no-epoll    skip the second integration runs (release and ASan) on the epoll backend
 #   --no-fuzz     skip the brief libFuzzer run (scripts/fuzz.sh --brief)
 #   other args    passed to both `meson test` runs, e.g. --suite unit, -v, --repeat 3
 set -euo pipefail
 
 usage() {
-    sed -n '2,21s/^# \{0,1\}//p' "$0"
+    sed -n '2,22s/^# \{0,1\}//p' "$0"
 }
 
 root="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." && pwd -P)"
@@ -222,6 +223,13 @@ if ((san)); then
     export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
     suite build-san build-san --timeout-multiplier 3 -- \
         -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false -Dtests=enabled
+    # ... and its integration suite on the epoll backend too, under the sanitizers.
+    if ((epoll)); then
+        UPROXY_TEST_BACKEND=epoll suite build-san-epoll build-san --suite integration \
+            --timeout-multiplier 3 -- \
+            -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
+            -Dtests=enabled
+    fi
 fi
 
 # The faults suite under injected io_uring faults, at several seeds (each a different fault
