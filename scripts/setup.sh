@@ -30,9 +30,9 @@ log() { printf 'setup.sh: %s\n' "$*" >&2; }
 # Each entry is a package, or alternatives separated by '|' (the first one is installed when
 # none of them is present).
 # libseccomp-dev: tests/integration/seccomp_launch blocks io_uring the way Docker's default
-# seccomp profile does (suite `container`).
+# seccomp profile does (suite `container`). clang-format: test.sh checks src/ and include/.
 pkgs=(gcc libc6-dev meson ninja-build pkg-config liburing-dev libcriterion-dev libseccomp-dev procps
-    iproute2)
+    iproute2 clang-format)
 if ((want_bench)); then
     pkgs+=(wrk 'nginx-light|nginx' libnginx-mod-stream haproxy curl gnuplot-nox linux-perf strace python3)
 fi

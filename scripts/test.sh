@@ -253,6 +253,20 @@ if ((fault)); then
         -Dbuildtype=debugoptimized -Dtests=enabled -Dfault_injection=true
 fi
 
+# The sources follow .clang-format (Linux style, 100 columns): a file that clang-format would
+# change fails this check (counted as 1 test). The tests are not checked: their tables are
+# laid out by hand.
+printf '\n======== clang-format ========\n'
+fmt_files=(src/*.c src/*.h include/uproxy/*.h)
+if fmt_out="$(clang-format --dry-run --Werror "${fmt_files[@]}" 2>&1)"; then
+    total_pass=$((total_pass + 1))
+    summary+=("[clang-format] ${#fmt_files[@]} files in src/ and include/: clean (counted as 1 passed)")
+else
+    printf '%s\n' "$fmt_out" | head -40 || true
+    total_fail=$((total_fail + 1))
+    summary+=("[clang-format] src/ or include/ not formatted (counted as 1 failed): run clang-format -i")
+fi
+
 # libFuzzer targets (PROXY parser, config/address parser), a few seconds each: a crash fails.
 if ((fuzz)); then
     printf '\n======== fuzz (brief) ========\n'

@@ -11,8 +11,9 @@
 
 static void accept_cancel(struct worker *w, int i, unsigned int kind)
 {
-	loop_cancel(w->env.loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
-		    tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
+	loop_cancel(
+		w->env.loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
+		tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
 	if (kind == ACC_MULTI)
 		w->listeners[i].cancel_multi = true;
 	else
@@ -44,8 +45,9 @@ void accept_update(struct worker *w)
 		}
 		if (free >= WORKER_MULTISHOT_MIN_FREE) {
 			if (!l->multi_armed && !l->single_armed) {
-				loop_accept_multishot(w->env.loop, l->fd,
-						      tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
+				loop_accept_multishot(
+					w->env.loop, l->fd,
+					tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
 				l->multi_armed = true;
 				w->misc_inflight++;
 			}
@@ -57,7 +59,8 @@ void accept_update(struct worker *w)
 			continue;
 		}
 		if (!l->single_armed && free > 0) {
-			loop_accept(w->env.loop, l->fd, tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
+			loop_accept(w->env.loop, l->fd,
+				    tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
 			l->single_armed = true;
 			w->singles++;
 			w->misc_inflight++;

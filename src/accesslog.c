@@ -42,12 +42,13 @@ size_t accesslog_format(char *buf, size_t len, bool json, const struct accesslog
 			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
 			     e->reason, accesslog_truncated_name(e->truncated));
 	else
-		n = snprintf(buf, len,
-			     "%s client=%s upstream=%s bytes_in=%llu bytes_out=%llu duration_ms=%llu "
-			     "reason=%s truncated=%s\n",
-			     when, client, up, (unsigned long long)e->bytes_in,
-			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
-			     e->reason, accesslog_truncated_name(e->truncated));
+		n = snprintf(
+			buf, len,
+			"%s client=%s upstream=%s bytes_in=%llu bytes_out=%llu duration_ms=%llu "
+			"reason=%s truncated=%s\n",
+			when, client, up, (unsigned long long)e->bytes_in,
+			(unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
+			e->reason, accesslog_truncated_name(e->truncated));
 	if (n < 0 || (size_t)n >= len)
 		return 0;
 	return (size_t)n;

@@ -13,7 +13,7 @@
 /* Buffers kept in the ring at least (or the whole pool if smaller): 128 x 16 KiB covers four
  * full multishot bursts (32 buffers each) between two commits; a ring that runs dry doubles
  * its target at once, and the target halves back toward this after each calm second. */
-#define BUFRING_TARGET_MIN   128u
+#define BUFRING_TARGET_MIN	128u
 #define BUFRING_TARGET_DECAY_MS 1000u
 
 int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t count, uint32_t size,
@@ -31,8 +31,8 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	/* Buffer memory is touched lazily by the kernel: an idle proxy keeps it unmapped. The
 	 * per-id arrays are calloc'd: pages of fallback ids are touched only when used. */
 	b->base_bytes = (size_t)count * size;
-	b->base = mmap(NULL, b->base_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
+	b->base = mmap(NULL, b->base_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		       0);
 	b->next = calloc(ids, sizeof(*b->next));
 	b->len = calloc(ids, sizeof(*b->len));
 	b->fb = calloc(fb_cap ? fb_cap : 1, sizeof(*b->fb));
@@ -44,7 +44,8 @@ int bufring_init(struct bufring *b, struct loop *l, uint16_t bgid, uint32_t coun
 	    b->fb_free == NULL || b->stack == NULL || b->ring_bid == NULL || b->pos_of == NULL) {
 		if (b->base == MAP_FAILED)
 			b->base = NULL;
-		snprintf(why, whylen, "cannot allocate %u receive buffers of %u bytes", count, size);
+		snprintf(why, whylen, "cannot allocate %u receive buffers of %u bytes", count,
+			 size);
 		bufring_destroy(b);
 		return -ENOMEM;
 	}

@@ -56,6 +56,8 @@ struct opt_def {
 /* A session keeps the ids it tried in a small array (session.h: SESSION_MAX_TRIES = 17). */
 #define SESSION_MAX_RETRIES 16
 
+/* One entry per option, laid out for reading. */
+/* clang-format off */
 static const struct opt_def opts[] = {
 	{ OPT_CONFIG, "config", 'c', "FILE", 0, 0, 0,
 	  "read options from FILE: the long options without '--', one per line\n"
@@ -137,6 +139,7 @@ static const struct opt_def opts[] = {
 	{ OPT_HELP, "help", 'h', NULL, 0, 0, 0, "print this help and exit." },
 	{ OPT_VERSION, "version", 'V', NULL, 0, 0, 0, "print the version and exit." },
 };
+/* clang-format on */
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -329,8 +332,8 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 		break;
 	case OPT_LOG_FORMAT:
 		if (strcmp(val, "text") != 0 && strcmp(val, "json") != 0) {
-			snprintf(err, errlen, "%s--log-format '%s': expected text or json", org->where,
-				 val);
+			snprintf(err, errlen, "%s--log-format '%s': expected text or json",
+				 org->where, val);
 			return CONFIG_USAGE;
 		}
 		cfg->log_json = strcmp(val, "json") == 0;
@@ -377,15 +380,17 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 		break;
 	case OPT_BALANCE:
 		if (backend_balance_parse(val, &cfg->balance) < 0) {
-			snprintf(err, errlen,
-				 "%s--balance '%s': expected roundrobin, leastconn, random2 or hash",
-				 org->where, val);
+			snprintf(
+				err, errlen,
+				"%s--balance '%s': expected roundrobin, leastconn, random2 or hash",
+				org->where, val);
 			return CONFIG_USAGE;
 		}
 		break;
 	case OPT_LOG_LEVEL:
 		if (log_level_parse(val, &cfg->log_level) < 0) {
-			snprintf(err, errlen, "%s--log-level '%s': expected error, warn, info or debug",
+			snprintf(err, errlen,
+				 "%s--log-level '%s': expected error, warn, info or debug",
 				 org->where, val);
 			return CONFIG_USAGE;
 		}
@@ -409,7 +414,8 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 			break;
 		}
 		if (parse_u32(val, 1, CONFIG_MAX_WORKERS, &cfg->workers) < 0) {
-			snprintf(err, errlen, "%s--workers '%s': expected auto or a number from 1 to %u",
+			snprintf(err, errlen,
+				 "%s--workers '%s': expected auto or a number from 1 to %u",
 				 org->where, val, CONFIG_MAX_WORKERS);
 			return CONFIG_USAGE;
 		}
@@ -417,7 +423,8 @@ static enum config_result apply(struct config *cfg, const struct opt_def *o, con
 	case OPT_HELP:
 	case OPT_VERSION:
 		if (org->in_file) {
-			snprintf(err, errlen, "%s'%s' belongs on the command line", org->where, o->name);
+			snprintf(err, errlen, "%s'%s' belongs on the command line", org->where,
+				 o->name);
 			return CONFIG_USAGE;
 		}
 		if (o->id == OPT_HELP)
@@ -504,8 +511,7 @@ enum config_result config_parse_text(struct config *cfg, const char *text, size_
 	return CONFIG_OK;
 }
 
-static enum config_result read_file(struct config *cfg, const char *path, char *err,
-				    size_t errlen)
+static enum config_result read_file(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	/* A config file is a few dozen lines; 1 MiB is a generous bound against mistakes. */
 	enum { MAX_FILE = 1 << 20 };
@@ -587,8 +593,9 @@ enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE 
 				size_t errlen)
 {
 	bool seen[OPT__COUNT] = { false }, reset = false;
-	struct origin org = { .where = "", .in_file = false, .seen = seen,
-			      .upstreams_reset = &reset };
+	struct origin org = {
+		.where = "", .in_file = false, .seen = seen, .upstreams_reset = &reset
+	};
 	const struct opt_def *o;
 	const char *val;
 	enum config_result r;

@@ -48,7 +48,8 @@ void health_done(struct worker *w, const struct loop_cqe *c)
 			return;
 		}
 		p->fd = res;
-		if (w->stopping || !current || backend_info(w->env.pool, id, &bi) < 0 || bi.removed) {
+		if (w->stopping || !current || backend_info(w->env.pool, id, &bi) < 0 ||
+		    bi.removed) {
 			loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 			p->fd = -1;
 			return;
@@ -64,7 +65,8 @@ void health_done(struct worker *w, const struct loop_cqe *c)
 		    backend_set_up(w->env.pool, id, res == 0))
 			log_warn("worker %d: health check: upstream %s is %s%s%s", w->id,
 				 addr_format(&w->baddr[id], buf, sizeof(buf)),
-				 res == 0 ? "up" : "down (", res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
+				 res == 0 ? "up" : "down (",
+				 res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
 				 res == 0 ? "" : ")");
 		loop_close(w->env.loop, p->fd, tag_make(id, gen, PROBE_CLOSE, OP_PROBE));
 		p->fd = -1;

@@ -119,8 +119,10 @@ static char *render_all(struct httpstats *hs, size_t *body_len)
 
 static void respond(struct httpstats *hs, uint32_t idx, int code)
 {
-	static const char *const reasons[] = { [200] = "OK", [400] = "Bad Request",
-					       [404] = "Not Found", [405] = "Method Not Allowed",
+	static const char *const reasons[] = { [200] = "OK",
+					       [400] = "Bad Request",
+					       [404] = "Not Found",
+					       [405] = "Method Not Allowed",
 					       [500] = "Internal Server Error" };
 	struct httpstats_conn *c = &hs->conns[idx];
 	char *body = NULL, head[256];

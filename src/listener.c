@@ -43,7 +43,7 @@ static int listen_one(const struct addr *a, bool dual_stack, struct listener *l,
 		snprintf(why, whylen, "cannot listen on %s: %s%s", addr_format(a, buf, sizeof(buf)),
 			 strerror(err),
 			 err == EADDRINUSE ? " (another process is using that port)"
-			 : err == EACCES	 ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+			 : err == EACCES   ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
 			 : err == EADDRNOTAVAIL ? " (no local interface has that address)"
 						: "");
 		close(fd);
@@ -81,8 +81,7 @@ int listener_open(const struct hostport *hp, struct listener *out, int max, char
 		a.len = sizeof(a.u.in4);
 		return listen_one(&a, false, &out[0], why, whylen) == 0 ? 1 : -1;
 	}
-	n = addr_resolve(hp, addrs, max < ADDR_MAX_RESOLVED ? max : ADDR_MAX_RESOLVED, why,
-			 whylen);
+	n = addr_resolve(hp, addrs, max < ADDR_MAX_RESOLVED ? max : ADDR_MAX_RESOLVED, why, whylen);
 	if (n < 0)
 		return -1;
 	for (int i = 0; i < n; i++) {

@@ -150,7 +150,7 @@ static void *xrealloc(void *p, size_t n)
 	void *q;
 
 	while ((q = realloc(p, n)) == NULL) {
-		struct timespec nap = {.tv_sec = 0, .tv_nsec = 1000000};
+		struct timespec nap = { .tv_sec = 0, .tv_nsec = 1000000 };
 
 		log_error("epoll loop: out of memory; waiting");
 		nanosleep(&nap, NULL);
@@ -169,7 +169,7 @@ static void post(struct ep_loop *l, uint64_t tag, int res, uint16_t flags, uint1
 		l->q[i] = xrealloc(l->q[i], l->qcap[i] * sizeof(*l->q[i]));
 	}
 	l->q[i][l->qlen[i]++] =
-	    (struct loop_cqe){.tag = tag, .res = res, .flags = flags, .bid = bid};
+		(struct loop_cqe){ .tag = tag, .res = res, .flags = flags, .bid = bid };
 }
 
 /* ---- operations: allocation, tag hash, fd lists ---- */
@@ -289,7 +289,7 @@ static void fd_fresh(struct ep_loop *l, int fd)
 
 	if (f->registered)
 		l->nregistered--;
-	*f = (struct ep_fd){.nonblock = 1};
+	*f = (struct ep_fd){ .nonblock = 1 };
 }
 
 static void fd_list_add(struct ep_loop *l, struct ep_op *op)
@@ -700,8 +700,8 @@ static int op_try(struct ep_loop *l, struct ep_op *op)
 static int fd_register(struct ep_loop *l, int fd)
 {
 	struct ep_fd *f = &l->fds[fd];
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-				 .data.fd = fd};
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+				  .data.fd = fd };
 
 	if (f->registered)
 		return 0;
@@ -791,7 +791,7 @@ static int fd_close(struct ep_loop *l, int fd)
 			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
 		if (f->registered)
 			l->nregistered--;
-		*f = (struct ep_fd){0};
+		*f = (struct ep_fd){ 0 };
 	}
 	return close(fd) == 0 ? 0 : -errno;
 }
@@ -1266,34 +1266,34 @@ int loop_epoll_new(unsigned int sq_entries, unsigned int cq_entries, struct loop
 }
 
 static const struct loop_ops epoll_ops = {
-    .name = "epoll",
-    .free = e_free,
-    .describe = e_describe,
-    .probe = e_probe,
-    .run_once = e_run_once,
-    .fault_session_start = NULL,
-    .pbuf_register = e_pbuf_register,
-    .pbuf_add = e_pbuf_add,
-    .pbuf_publish = e_pbuf_publish,
-    .accept_multishot = e_accept_multishot,
-    .accept = e_accept,
-    .read = e_read,
-    .timeout = e_timeout,
-    .socket = e_socket,
-    .connect = e_connect,
-    .connect_timeout = e_connect_timeout,
-    .recv_multishot = e_recv_multishot,
-    .has_recv_bundle = e_has_recv_bundle,
-    .recv_bundle = e_recv_bundle,
-    .recv = e_recv,
-    .send = e_send,
-    .recv_buf = e_recv_buf,
-    .recv_buf_timeout = e_recv_buf_timeout,
-    .send_timeout = e_send_timeout,
-    .write = e_write,
-    .sendmsg = e_sendmsg,
-    .shutdown = e_shutdown,
-    .close = e_close,
-    .cancel = e_cancel,
-    .cancel_fd_then_close = e_cancel_fd_then_close,
+	.name = "epoll",
+	.free = e_free,
+	.describe = e_describe,
+	.probe = e_probe,
+	.run_once = e_run_once,
+	.fault_session_start = NULL,
+	.pbuf_register = e_pbuf_register,
+	.pbuf_add = e_pbuf_add,
+	.pbuf_publish = e_pbuf_publish,
+	.accept_multishot = e_accept_multishot,
+	.accept = e_accept,
+	.read = e_read,
+	.timeout = e_timeout,
+	.socket = e_socket,
+	.connect = e_connect,
+	.connect_timeout = e_connect_timeout,
+	.recv_multishot = e_recv_multishot,
+	.has_recv_bundle = e_has_recv_bundle,
+	.recv_bundle = e_recv_bundle,
+	.recv = e_recv,
+	.send = e_send,
+	.recv_buf = e_recv_buf,
+	.recv_buf_timeout = e_recv_buf_timeout,
+	.send_timeout = e_send_timeout,
+	.write = e_write,
+	.sendmsg = e_sendmsg,
+	.shutdown = e_shutdown,
+	.close = e_close,
+	.cancel = e_cancel,
+	.cancel_fd_then_close = e_cancel_fd_then_close,
 };

@@ -20,11 +20,16 @@
 /* ---- fault injection (meson -Dfault_injection=true; never in a release build) ---- */
 
 static const char *const fault_names[LOOP_FAULT__COUNT] = {
-	[LOOP_FAULT_SHORT_SEND] = "short_send",	  [LOOP_FAULT_ENOBUFS] = "enobufs",
-	[LOOP_FAULT_RECV_RESET] = "recv_reset",	  [LOOP_FAULT_SEND_RESET] = "send_reset",
-	[LOOP_FAULT_SOCKET] = "socket",		  [LOOP_FAULT_CONNECT] = "connect",
-	[LOOP_FAULT_ENTER] = "enter",		  [LOOP_FAULT_SQ_FULL] = "sq_full",
-	[LOOP_FAULT_CQ_OVERFLOW] = "cq_overflow", [LOOP_FAULT_SESSION_START] = "session_start",
+	[LOOP_FAULT_SHORT_SEND] = "short_send",
+	[LOOP_FAULT_ENOBUFS] = "enobufs",
+	[LOOP_FAULT_RECV_RESET] = "recv_reset",
+	[LOOP_FAULT_SEND_RESET] = "send_reset",
+	[LOOP_FAULT_SOCKET] = "socket",
+	[LOOP_FAULT_CONNECT] = "connect",
+	[LOOP_FAULT_ENTER] = "enter",
+	[LOOP_FAULT_SQ_FULL] = "sq_full",
+	[LOOP_FAULT_CQ_OVERFLOW] = "cq_overflow",
+	[LOOP_FAULT_SESSION_START] = "session_start",
 	[LOOP_FAULT_FATAL] = "fatal",
 };
 
@@ -58,7 +63,7 @@ struct uring_loop {
 	unsigned int backoff_ms; /* current back-off after a transient enter error, 0 if none */
 	unsigned int koverflow_seen;
 	struct log_ratelimit rl_overflow;
-	struct loop_fault_state *fault; /* NULL unless injecting */
+	struct loop_fault_state *fault;	   /* NULL unless injecting */
 	struct ts_chunk *ts_head, *ts_cur; /* timespec chunks; the one handing out now */
 	unsigned int ts_used;		   /* entries of ts_cur handed out */
 	struct io_uring_buf_ring *pbuf;	   /* the provided-buffer ring (5.19) */
@@ -212,7 +217,8 @@ static void fault_exit(struct uring_loop *l)
 				      (unsigned long long)l->base.st.faults[k]);
 	/* The tests read this line to prove the faults really happened. */
 	log_warn("injected faults:%s enter_retries=%llu sq_backlog=%llu cq_overflow=%llu", buf,
-		 (unsigned long long)l->base.st.enter_retries, (unsigned long long)l->base.st.sq_backlog,
+		 (unsigned long long)l->base.st.enter_retries,
+		 (unsigned long long)l->base.st.sq_backlog,
 		 (unsigned long long)l->base.st.cq_overflow);
 	free(l->fault);
 	l->fault = NULL;
@@ -482,8 +488,10 @@ const char *loop_setup_error(int err)
 	switch (err) {
 	case EPERM:
 		return "io_uring is not permitted here (EPERM): either the sysctl "
-		       "kernel.io_uring_disabled is set (run 'sysctl kernel.io_uring_disabled=0' as "
-		       "root, or add this user to kernel.io_uring_group when it is 1), or a seccomp "
+		       "kernel.io_uring_disabled is set (run 'sysctl kernel.io_uring_disabled=0' "
+		       "as "
+		       "root, or add this user to kernel.io_uring_group when it is 1), or a "
+		       "seccomp "
 		       "profile blocks io_uring_setup (Docker's default profile does: run the "
 		       "container with --security-opt seccomp=unconfined or a profile allowing "
 		       "io_uring_setup, io_uring_enter and io_uring_register)";
@@ -505,8 +513,8 @@ const char *loop_setup_error(int err)
 
 static const struct loop_ops uring_ops;
 
-int loop_uring_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out,
-		   char *why, size_t whylen)
+int loop_uring_new(unsigned int sq_entries, unsigned int cq_entries, struct loop **out, char *why,
+		   size_t whylen)
 {
 	/* Most capable first. DEFER_TASKRUN (6.1) runs completions only when we ask, in our own
 	 * thread, which batches them; each fallback drops what an older kernel refuses. */
@@ -593,15 +601,15 @@ static void u_describe(const struct loop *lb_, char *buf, size_t len)
 /* ---- provided buffers ---- */
 
 static int u_pbuf_register(struct loop *lb_, uint16_t bgid, uint32_t entries, char *why,
-		       size_t whylen)
+			   size_t whylen)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_buf_reg reg;
 	int rc;
 
 	l->pbuf_bytes = (size_t)entries * sizeof(struct io_uring_buf);
-	l->pbuf = mmap(NULL, l->pbuf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
+	l->pbuf = mmap(NULL, l->pbuf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		       0);
 	if (l->pbuf == MAP_FAILED) {
 		l->pbuf = NULL;
 		snprintf(why, whylen, "cannot allocate the buffer ring: %s", strerror(errno));
@@ -614,8 +622,10 @@ static int u_pbuf_register(struct loop *lb_, uint16_t bgid, uint32_t entries, ch
 	reg.bgid = bgid;
 	rc = io_uring_register_buf_ring(&l->ring, &reg, 0);
 	if (rc < 0) {
-		snprintf(why, whylen, "cannot register the provided-buffer ring: %s "
-			 "(needs Linux 5.19 or newer)", strerror(-rc));
+		snprintf(why, whylen,
+			 "cannot register the provided-buffer ring: %s "
+			 "(needs Linux 5.19 or newer)",
+			 strerror(-rc));
 		munmap(l->pbuf, l->pbuf_bytes);
 		l->pbuf = NULL;
 		return rc;
@@ -650,7 +660,8 @@ static struct __kernel_timespec *ts_get(struct uring_loop *l, uint32_t ms)
 		struct ts_chunk *next = l->ts_cur != NULL ? l->ts_cur->next : l->ts_head;
 
 		if (next == NULL) {
-			/* Never fails for good: a timeout the caller counts in flight must go in. */
+			/* Never fails for good: a timeout the caller counts in flight must go in.
+			 */
 			while ((next = calloc(1, sizeof(*next))) == NULL) {
 				struct timespec nap = { .tv_sec = 0, .tv_nsec = 1000000 };
 
@@ -688,11 +699,11 @@ static int u_probe(struct loop *lb_, char *why, size_t whylen)
 		int op;
 		const char *name;
 	} needed[] = {
-		{ IORING_OP_ACCEPT, "ACCEPT" },	      { IORING_OP_CONNECT, "CONNECT" },
-		{ IORING_OP_RECV, "RECV" },	      { IORING_OP_SEND, "SEND" },
-		{ IORING_OP_SENDMSG, "SENDMSG" },     { IORING_OP_SHUTDOWN, "SHUTDOWN" },
-		{ IORING_OP_CLOSE, "CLOSE" },	      { IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL" },
-		{ IORING_OP_SOCKET, "SOCKET" },	      { IORING_OP_READ, "READ" },
+		{ IORING_OP_ACCEPT, "ACCEPT" },	  { IORING_OP_CONNECT, "CONNECT" },
+		{ IORING_OP_RECV, "RECV" },	  { IORING_OP_SEND, "SEND" },
+		{ IORING_OP_SENDMSG, "SENDMSG" }, { IORING_OP_SHUTDOWN, "SHUTDOWN" },
+		{ IORING_OP_CLOSE, "CLOSE" },	  { IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL" },
+		{ IORING_OP_SOCKET, "SOCKET" },	  { IORING_OP_READ, "READ" },
 		{ IORING_OP_TIMEOUT, "TIMEOUT" },
 	};
 	struct io_uring_probe *probe = io_uring_get_probe_ring(&l->ring);
@@ -705,10 +716,11 @@ static int u_probe(struct loop *lb_, char *why, size_t whylen)
 	}
 	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
 		if (!io_uring_opcode_supported(probe, needed[i].op)) {
-			snprintf(why, whylen,
-				 "this kernel's io_uring lacks IORING_OP_%s; uproxy needs Linux 6.1 "
-				 "or newer",
-				 needed[i].name);
+			snprintf(
+				why, whylen,
+				"this kernel's io_uring lacks IORING_OP_%s; uproxy needs Linux 6.1 "
+				"or newer",
+				needed[i].name);
 			io_uring_free_probe(probe);
 			return -ENOTSUP;
 		}
@@ -937,9 +949,11 @@ static int reap(struct uring_loop *l, loop_cqe_fn fn, void *ctx)
 			struct loop_cqe c = {
 				.tag = k->user_data,
 				.res = k->res,
-				.flags = (uint16_t)(((k->flags & IORING_CQE_F_MORE) ? LOOP_CQE_MORE : 0) |
-						    ((k->flags & IORING_CQE_F_BUFFER) ? LOOP_CQE_BUFFER
-										     : 0)),
+				.flags = (uint16_t)(((k->flags & IORING_CQE_F_MORE) ? LOOP_CQE_MORE
+										    : 0) |
+						    ((k->flags & IORING_CQE_F_BUFFER)
+							     ? LOOP_CQE_BUFFER
+							     : 0)),
 				.bid = (uint16_t)(k->flags >> IORING_CQE_BUFFER_SHIFT),
 			};
 
@@ -979,7 +993,8 @@ static int reap_all(struct uring_loop *l, loop_cqe_fn fn, void *ctx, bool fake)
 			l->base.st.cq_overflow++;
 			l->base.st.cq_lost += kov - l->koverflow_seen;
 			if (log_ratelimit_ok(&l->rl_overflow, &suppressed))
-				log_error("io_uring completion queue overflowed (%u completions lost, "
+				log_error("io_uring completion queue overflowed (%u completions "
+					  "lost, "
 					  "the rest flushed from the kernel's backlog): the CQ is "
 					  "undersized (%lu similar messages suppressed)",
 					  kov - l->koverflow_seen, suppressed);
@@ -1122,7 +1137,7 @@ static void link_timeout(struct uring_loop *l, uint32_t ms, uint64_t ttag)
 }
 
 static void u_connect_timeout(struct loop *lb_, int fd, const struct sockaddr *sa, socklen_t len,
-			  uint32_t ms, uint64_t tag, uint64_t ttag)
+			      uint32_t ms, uint64_t tag, uint64_t ttag)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;
@@ -1197,7 +1212,7 @@ static void u_send(struct loop *lb_, int fd, const void *buf, unsigned int len, 
 }
 
 static void u_recv_buf_timeout(struct loop *lb_, int fd, void *buf, unsigned int len, uint32_t ms,
-			   uint64_t tag, uint64_t ttag)
+			       uint64_t tag, uint64_t ttag)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;
@@ -1211,7 +1226,7 @@ static void u_recv_buf_timeout(struct loop *lb_, int fd, void *buf, unsigned int
 }
 
 static void u_send_timeout(struct loop *lb_, int fd, const void *buf, unsigned int len, uint32_t ms,
-		       uint64_t tag, uint64_t ttag)
+			   uint64_t tag, uint64_t ttag)
 {
 	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;

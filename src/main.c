@@ -216,8 +216,7 @@ static int drop_privileges(const char *name, char *err, size_t errlen)
 		snprintf(err, errlen, "--user %s: that is root; name an unprivileged user", name);
 		return -1;
 	}
-	if (initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
-	    setuid(pw->pw_uid) < 0) {
+	if (initgroups(name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
 		snprintf(err, errlen, "--user %s: cannot switch to it: %s%s", name, strerror(errno),
 			 errno == EPERM ? " (only root can change user)" : "");
 		return -1;
@@ -293,7 +292,8 @@ static void control_loop(const struct config *cfg, int argc, char **argv, struct
 		if (reread) {
 			static struct config next;
 
-			if (config_parse(&next, argc, argv, stdout, err, sizeof(err)) != CONFIG_OK) {
+			if (config_parse(&next, argc, argv, stdout, err, sizeof(err)) !=
+			    CONFIG_OK) {
 				log_error("SIGHUP: config not reloaded: %s", err);
 				continue;
 			}
@@ -379,8 +379,10 @@ static int app_bind(struct app *a)
 		/* Kept so that a SIGHUP re-parse still accepts a config without --listen. */
 		setenv("UPROXY_SOCKET_ACTIVATED", "1", 1);
 		if (a->cfg.listen.port != 0)
-			log_info("socket-activated: serving the %d sockets systemd passed; --listen "
-				 "is not bound", nact);
+			log_info(
+				"socket-activated: serving the %d sockets systemd passed; --listen "
+				"is not bound",
+				nact);
 	}
 	/* Before --user drops the rights that may be needed to reach systemd's socket. */
 	if (sdnotify_open(&a->sn) < 0)
@@ -399,8 +401,8 @@ static int app_bind(struct app *a)
 		if (nact > 0)
 			n = listener_adopt(act, nact, i == 0, w->listeners, a->err, sizeof(a->err));
 		else
-			n = listener_open(&a->cfg.listen, w->listeners, WORKER_MAX_LISTENERS, a->err,
-					  sizeof(a->err));
+			n = listener_open(&a->cfg.listen, w->listeners, WORKER_MAX_LISTENERS,
+					  a->err, sizeof(a->err));
 		if (n < 0)
 			return fail(a->err);
 		w->nlisteners = n;
@@ -435,10 +437,10 @@ static int app_open_access_log(struct app *a)
 {
 	if (a->cfg.access_log[0] == '\0')
 		return 0;
-	a->alog_fd = strcmp(a->cfg.access_log, "-") == 0
-			     ? STDOUT_FILENO
-			     : open(a->cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-				    0640);
+	a->alog_fd =
+		strcmp(a->cfg.access_log, "-") == 0
+			? STDOUT_FILENO
+			: open(a->cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	if (a->alog_fd < 0) {
 		snprintf(a->err, sizeof(a->err), "cannot open --access-log '%.300s': %s",
 			 a->cfg.access_log, strerror(errno));
@@ -486,8 +488,11 @@ static void app_start_workers(struct app *a)
 	struct startup *st = &a->st;
 
 	for (uint32_t i = 0; i < a->nworkers; i++) {
-		a->args[i] = (struct thread_arg){ .w = &a->workers[i], .st = st, .cfg = &a->cfg,
-						  .specs = a->pool, .nspecs = a->npool,
+		a->args[i] = (struct thread_arg){ .w = &a->workers[i],
+						  .st = st,
+						  .cfg = &a->cfg,
+						  .specs = a->pool,
+						  .nspecs = a->npool,
 						  .max_sessions = a->per_worker };
 		if (pthread_create(&a->threads[i], NULL, worker_thread, &a->args[i]) != 0) {
 			snprintf(st->why, sizeof(st->why), "cannot start worker thread %u: %s", i,
@@ -595,8 +600,8 @@ int main(int argc, char **argv)
 	log_set_level(a->cfg.log_level);
 	signal(SIGPIPE, SIG_IGN);
 	app_size(a);
-	a->npool = resolve_pool(&a->cfg, a->pool, BACKEND_MAX, NULL, 0, true, a->err,
-				sizeof(a->err));
+	a->npool =
+		resolve_pool(&a->cfg, a->pool, BACKEND_MAX, NULL, 0, true, a->err, sizeof(a->err));
 	if (a->npool < 0)
 		return fail(a->err);
 	status = app_bind(a);
@@ -609,8 +614,8 @@ int main(int argc, char **argv)
 		app_start_workers(a);
 		if (a->st.go) {
 			app_announce(a);
-			control_loop(&a->cfg, argc, argv, a->workers, a->nworkers, a->pool, a->npool,
-				     &a->sn);
+			control_loop(&a->cfg, argc, argv, a->workers, a->nworkers, a->pool,
+				     a->npool, &a->sn);
 		}
 		status = app_join(a);
 	}

@@ -11,14 +11,14 @@
 #include <string.h>
 
 /* v1: "PROXY " then the protocol, which decides what follows (spec 2.1). */
-#define V1_PREFIX	"PROXY "
-#define V1_PREFIX_LEN	6
-#define V1_TCP4		"TCP4 "
-#define V1_TCP6		"TCP6 "
-#define V1_UNKNOWN	"UNKNOWN"
-#define V1_PORT_MAX	65535u
-#define V1_IPV4_MAXTOK	15 /* "255.255.255.255" */
-#define V1_IPV6_MAXTOK	45 /* INET6_ADDRSTRLEN - 1: eight groups, or six and a dotted quad */
+#define V1_PREFIX      "PROXY "
+#define V1_PREFIX_LEN  6
+#define V1_TCP4	       "TCP4 "
+#define V1_TCP6	       "TCP6 "
+#define V1_UNKNOWN     "UNKNOWN"
+#define V1_PORT_MAX    65535u
+#define V1_IPV4_MAXTOK 15 /* "255.255.255.255" */
+#define V1_IPV6_MAXTOK 45 /* INET6_ADDRSTRLEN - 1: eight groups, or six and a dotted quad */
 
 /* v2 (spec 2.2): signature, then version and command in byte 13, family and transport in 14. */
 static const uint8_t v2_sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
@@ -538,8 +538,7 @@ int proxyproto_build_v1(const struct addr *src, const struct addr *dst, char *ou
 	return n;
 }
 
-int proxyproto_build_v2(const struct addr *src, const struct addr *dst, uint8_t *out,
-			size_t outlen)
+int proxyproto_build_v2(const struct addr *src, const struct addr *dst, uint8_t *out, size_t outlen)
 {
 	uint8_t h[PROXYPROTO_V2_BUILD_MAX];
 	uint8_t *p = h + PROXYPROTO_V2_HDR_LEN;

@@ -44,12 +44,12 @@ static const struct {
 };
 
 static const char *const state_names[SS__COUNT] = {
-	"free", "await_header", "connecting", "streaming", "client_done", "upstream_done",
-	"closing",
+	"free",	       "await_header",	"connecting", "streaming",
+	"client_done", "upstream_done", "closing",
 };
 static const char *const event_names[SE__COUNT] = {
-	"start", "start_proxy", "header_done", "connected", "c2u_done", "u2c_done", "abort",
-	"released",
+	"start",    "start_proxy", "header_done", "connected",
+	"c2u_done", "u2c_done",	   "abort",	  "released",
 };
 
 enum session_state session_transition(enum session_state from, enum session_event ev)
@@ -149,8 +149,8 @@ static void recv_arm_from(struct session_env *e, struct session *s, unsigned int
 		e->st->fallback_recvs++;
 		dr->fb = bid;
 		dr->flags |= DIR_RECV_FB;
-		loop_recv_buf(e->loop, s->fd[d], bufring_data(e->bufs, bid),
-			      BUFRING_FALLBACK_SIZE, tag);
+		loop_recv_buf(e->loop, s->fd[d], bufring_data(e->bufs, bid), BUFRING_FALLBACK_SIZE,
+			      tag);
 	}
 	dr->flags |= DIR_RECV_ARMED;
 	s->inflight++;
@@ -230,7 +230,8 @@ static void dir_pump(struct session_env *e, struct session *s, unsigned int d)
 		} else {
 			unsigned int n = 0;
 
-			for (; bid != BUFRING_NIL && n < DIR_IOV_MAX; bid = e->bufs->next[bid], n++) {
+			for (; bid != BUFRING_NIL && n < DIR_IOV_MAX;
+			     bid = e->bufs->next[bid], n++) {
 				uint32_t off = n == 0 ? dr->head_off : 0;
 
 				dr->iov[n].iov_base = bufring_data(e->bufs, bid) + off;
@@ -420,8 +421,8 @@ static void header_recv(struct session_env *e, struct session *s)
 {
 	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	loop_recv_buf(e->loop, s->fd[SIDE_CLIENT], pr->data + pr->len,
-		      PROXYPROTO_MAX_LEN - pr->len, stag(e, s, SIDE_CLIENT, OP_HDR_RECV));
+	loop_recv_buf(e->loop, s->fd[SIDE_CLIENT], pr->data + pr->len, PROXYPROTO_MAX_LEN - pr->len,
+		      stag(e, s, SIDE_CLIENT, OP_HDR_RECV));
 	s->inflight++;
 }
 
@@ -773,8 +774,7 @@ static void on_recv(struct session_env *e, struct session *s, unsigned int d,
 		if (dr->queued >= high_water_now(e) &&
 		    (dr->flags & (DIR_RECV_ARMED | DIR_RECV_CANCEL)) == DIR_RECV_ARMED) {
 			/* Back-pressure: stop reading this peer until the other drains. */
-			loop_cancel(e->loop, stag(e, s, d, OP_RECV),
-				    stag(e, s, d, OP_CANCEL));
+			loop_cancel(e->loop, stag(e, s, d, OP_RECV), stag(e, s, d, OP_CANCEL));
 			s->inflight++;
 			dr->flags |= DIR_RECV_CANCEL;
 			e->st->backpressure++;

@@ -45,20 +45,21 @@ void stats_log_summary(const struct worker_stats *st, const struct loop_stats *l
 {
 	log_info("worker %d: accepted=%" PRIu64 " closed normal=%" PRIu64 " client_reset=%" PRIu64
 		 " upstream_reset=%" PRIu64 " connect_failed=%" PRIu64 " shutdown=%" PRIu64
-		 " resource=%" PRIu64 " timeout=%" PRIu64 " protocol=%" PRIu64
-		 " bytes c2u=%" PRIu64 " u2c=%" PRIu64 " connect_errors=%" PRIu64
-		 " accept_errors=%" PRIu64 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64
-		 " buf_exhausted=%" PRIu64 " fallback_recvs=%" PRIu64 " truncated client=%" PRIu64
-		 " upstream=%" PRIu64 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64
-		 " enters=%" PRIu64 " sqes=%" PRIu64 " cqes=%" PRIu64 " cq_overflow=%" PRIu64
-		 " cq_lost=%" PRIu64 " enter_retries=%" PRIu64 " sq_backlog=%" PRIu64,
+		 " resource=%" PRIu64 " timeout=%" PRIu64 " protocol=%" PRIu64 " bytes c2u=%" PRIu64
+		 " u2c=%" PRIu64 " connect_errors=%" PRIu64 " accept_errors=%" PRIu64
+		 " accept_backoffs=%" PRIu64 " accept_overflow=%" PRIu64 " buf_exhausted=%" PRIu64
+		 " fallback_recvs=%" PRIu64 " truncated client=%" PRIu64 " upstream=%" PRIu64
+		 " backpressure=%" PRIu64 " stale_cqes=%" PRIu64 " enters=%" PRIu64 " sqes=%" PRIu64
+		 " cqes=%" PRIu64 " cq_overflow=%" PRIu64 " cq_lost=%" PRIu64
+		 " enter_retries=%" PRIu64 " sq_backlog=%" PRIu64,
 		 worker, st->accepted, st->closed[CLOSE_NORMAL], st->closed[CLOSE_CLIENT_RESET],
 		 st->closed[CLOSE_UPSTREAM_RESET], st->closed[CLOSE_CONNECT_FAILED],
 		 st->closed[CLOSE_SHUTDOWN], st->closed[CLOSE_RESOURCE], st->closed[CLOSE_TIMEOUT],
 		 st->closed[CLOSE_PROTOCOL], st->bytes[0], st->bytes[1], st->connect_errors,
 		 st->accept_errors, st->accept_backoffs, st->accept_overflow, st->buf_exhausted,
-		 st->fallback_recvs, st->truncated[0], st->truncated[1], st->backpressure, st->stale_cqes, ls->enters, ls->submitted, ls->cqes,
-		 ls->cq_overflow, ls->cq_lost, ls->enter_retries, ls->sq_backlog);
+		 st->fallback_recvs, st->truncated[0], st->truncated[1], st->backpressure,
+		 st->stale_cqes, ls->enters, ls->submitted, ls->cqes, ls->cq_overflow, ls->cq_lost,
+		 ls->enter_retries, ls->sq_backlog);
 }
 
 void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct worker_stats *st,
@@ -110,8 +111,8 @@ static void put(struct out *o, const char *fmt, ...)
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(o->pos < o->len ? o->buf + o->pos : NULL, o->pos < o->len ? o->len - o->pos : 0,
-		      fmt, ap);
+	n = vsnprintf(o->pos < o->len ? o->buf + o->pos : NULL,
+		      o->pos < o->len ? o->len - o->pos : 0, fmt, ap);
 	va_end(ap);
 	if (n > 0)
 		o->pos += (size_t)n;
@@ -171,15 +172,18 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	for (int b = 0; b <= STATS_CONNECT_BUCKETS; b++) {
 		cum += SUM(st.connect_hist[b]);
 		if (b < STATS_CONNECT_BUCKETS)
-			put(&o, "uproxy_upstream_connect_duration_seconds_bucket{le=\"%g\"} %" PRIu64
-				"\n",
+			put(&o,
+			    "uproxy_upstream_connect_duration_seconds_bucket{le=\"%g\"} %" PRIu64
+			    "\n",
 			    stats_connect_bounds_us[b] / 1e6, cum);
 		else
-			put(&o, "uproxy_upstream_connect_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64
-				"\n",
+			put(&o,
+			    "uproxy_upstream_connect_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64
+			    "\n",
 			    cum);
 	}
-	put(&o, "uproxy_upstream_connect_duration_seconds_sum %.6f\n", SUM(st.connect_sum_us) / 1e6);
+	put(&o, "uproxy_upstream_connect_duration_seconds_sum %.6f\n",
+	    SUM(st.connect_sum_us) / 1e6);
 	put(&o, "uproxy_upstream_connect_duration_seconds_count %" PRIu64 "\n", cum);
 
 	/* Per upstream, by address: sessions summed over workers; a worker that sees it down
@@ -199,7 +203,8 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 				if (j == na) {
 					if (na == BACKEND_MAX)
 						continue;
-					agg[na++] = (struct stats_backend){ .addr = b->addr, .up = 1 };
+					agg[na++] =
+						(struct stats_backend){ .addr = b->addr, .up = 1 };
 				}
 				agg[j].active += b->active;
 				agg[j].up &= b->up;
@@ -210,7 +215,8 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 		for (uint32_t j = 0; j < na; j++)
 			put(&o, "uproxy_upstream_up{upstream=\"%s\"} %d\n",
 			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].up ? 1 : 0);
-		head(&o, "uproxy_upstream_active_sessions", "gauge", "Sessions on each upstream now.");
+		head(&o, "uproxy_upstream_active_sessions", "gauge",
+		     "Sessions on each upstream now.");
 		for (uint32_t j = 0; j < na; j++)
 			put(&o, "uproxy_upstream_active_sessions{upstream=\"%s\"} %" PRIu32 "\n",
 			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].active);

@@ -124,8 +124,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 		goto err_loop;
 	w->env.recv_bundle = loop_has_recv_bundle(w->env.loop) && !env_off("UPROXY_RECV_BUNDLE");
 	/* Two fallback ids per session: one per direction at most. */
-	rc = bufring_init(&w->bufs, w->env.loop, 0, cfg->buffers, cfg->buffer_size, 2 * max_sessions,
-			  why, whylen);
+	rc = bufring_init(&w->bufs, w->env.loop, 0, cfg->buffers, cfg->buffer_size,
+			  2 * max_sessions, why, whylen);
 	if (rc < 0)
 		goto err_loop;
 	if (w->alog_fd >= 0) {
@@ -150,7 +150,8 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	if (w->env.alog != NULL || cfg->balance == BALANCE_HASH || w->env.pre != NULL) {
 		w->env.peer_addrs = calloc(max_sessions, sizeof(*w->env.peer_addrs));
 		if (w->env.peer_addrs == NULL) {
-			snprintf(why, whylen, "cannot allocate %u client address slots", max_sessions);
+			snprintf(why, whylen, "cannot allocate %u client address slots",
+				 max_sessions);
 			rc = -ENOMEM;
 			goto err_bufs;
 		}
@@ -168,9 +169,11 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 	}
 	w->free_head = 0;
 	{
-		uint64_t share = (uint64_t)cfg->buffers * cfg->buffer_size / SESSION_POOL_SHARE_DIVISOR;
+		uint64_t share =
+			(uint64_t)cfg->buffers * cfg->buffer_size / SESSION_POOL_SHARE_DIVISOR;
 
-		w->env.high_water = share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
+		w->env.high_water =
+			share < SESSION_HIGH_WATER ? (uint32_t)share : SESSION_HIGH_WATER;
 		if (w->env.high_water < 2 * cfg->buffer_size)
 			w->env.high_water = 2 * cfg->buffer_size;
 	}
@@ -392,7 +395,8 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 
 	if (s->gen != tag_gen(tag) || s->state == SS_FREE) {
 		/* Cannot happen while slots are freed only with nothing in flight; counted and
-		 * dropped, never applied to the slot's new tenant. A buffer it carries goes back. */
+		 * dropped, never applied to the slot's new tenant. A buffer it carries goes back.
+		 */
 		w->st.stale_cqes++;
 		if (c->flags & LOOP_CQE_BUFFER) {
 			uint32_t bid = c->bid;
@@ -457,7 +461,8 @@ static void stats_endpoint_start(struct worker *w)
 	w->hs.loop = w->env.loop;
 	w->hs.snaps = calloc((size_t)w->npeers, sizeof(*w->hs.snaps));
 	if (w->hs.snaps == NULL) {
-		log_error("worker %d: out of memory for the metrics endpoint; not serving it", w->id);
+		log_error("worker %d: out of memory for the metrics endpoint; not serving it",
+			  w->id);
 		return;
 	}
 	for (int i = 0; i < w->npeers; i++)
@@ -534,8 +539,8 @@ int worker_run(struct worker *w)
 		 * changed, at most every STATS_BACKENDS_EVERY_MS (the wait above wakes for it). */
 		if (w->snap != NULL)
 			worker_publish_stats(w, w->env.backends_dirty &&
-						       w->env.now_ms - w->backends_published_ms >=
-							       STATS_BACKENDS_EVERY_MS);
+							w->env.now_ms - w->backends_published_ms >=
+								STATS_BACKENDS_EVERY_MS);
 		if (w->stop_deadline_hit) {
 			if (w->active > 0 || w->misc_inflight > 0)
 				log_warn("exiting with %u connections still closing", w->active);

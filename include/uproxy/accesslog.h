@@ -18,14 +18,14 @@
 #define ACCESSLOG_WRITE_MAX 4096
 
 struct accesslog_entry {
-	uint64_t end_realtime_ms; /* wall clock when the session ended */
-	const struct addr *client; /* may be NULL: unknown */
+	uint64_t end_realtime_ms;    /* wall clock when the session ended */
+	const struct addr *client;   /* may be NULL: unknown */
 	const struct addr *upstream; /* may be NULL: none connected */
-	uint64_t bytes_in;	  /* client -> upstream */
-	uint64_t bytes_out;	  /* upstream -> client */
+	uint64_t bytes_in;	     /* client -> upstream */
+	uint64_t bytes_out;	     /* upstream -> client */
 	uint64_t duration_ms;
 	const char *reason;
-	unsigned int truncated;	  /* SESSION_LOST_* bits: 1 client, 2 upstream */
+	unsigned int truncated; /* SESSION_LOST_* bits: 1 client, 2 upstream */
 };
 
 /* "none", "client", "upstream" or "both" for accesslog_entry.truncated. */

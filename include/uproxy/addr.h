@@ -9,15 +9,15 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define ADDR_HOST_MAX 254		       /* a DNS name is at most 253 characters */
-#define ADDR_STRLEN   (INET6_ADDRSTRLEN + 10) /* "[v6]:65535" */
-#define ADDR_MAX_RESOLVED 16		       /* addresses kept per name */
+#define ADDR_HOST_MAX	  254			  /* a DNS name is at most 253 characters */
+#define ADDR_STRLEN	  (INET6_ADDRSTRLEN + 10) /* "[v6]:65535" */
+#define ADDR_MAX_RESOLVED 16			  /* addresses kept per name */
 
 /* A parsed, unresolved "[HOST]:PORT". */
 struct hostport {
 	char host[ADDR_HOST_MAX]; /* empty when any is set */
 	uint16_t port;
-	bool any;		  /* ":PORT" or "*:PORT": every local address */
+	bool any; /* ":PORT" or "*:PORT": every local address */
 };
 
 struct addr {

@@ -20,13 +20,13 @@
 #define BUFRING_FALLBACK_SIZE 4096u
 
 struct bufring {
-	struct loop *loop;  /* where the pool is registered (loop_pbuf_*) */
+	struct loop *loop; /* where the pool is registered (loop_pbuf_*) */
 	uint8_t *base;	   /* count * size bytes of pool memory */
 	size_t base_bytes;
-	uint32_t size;	   /* bytes per pool buffer */
-	uint32_t count;	   /* pool buffers: ids 0 .. count-1 */
-	uint16_t bgid;	   /* buffer group id */
-	uint32_t in_ring;  /* pool buffers the kernel can fill now */
+	uint32_t size;	  /* bytes per pool buffer */
+	uint32_t count;	  /* pool buffers: ids 0 .. count-1 */
+	uint16_t bgid;	  /* buffer group id */
+	uint32_t in_ring; /* pool buffers the kernel can fill now */
 	/* Free pool buffers not in the ring, most recently used on top: the ring is topped up
 	 * from here to `target` at each commit, so a quiet proxy keeps reusing the same few warm
 	 * buffers instead of cycling (and touching the pages of) the whole pool. */
@@ -39,13 +39,13 @@ struct bufring {
 	uint16_t tail;	    /* positions published so far (the kernel's tail, 16 bits) */
 	uint32_t target;    /* buffers to keep in the ring: doubles on ENOBUFS, decays when calm */
 	uint64_t target_ms; /* when target last changed */
-	uint32_t *next;	   /* per id: next buffer in its session queue */
-	uint32_t *len;	   /* per id: bytes of data it holds */
+	uint32_t *next;	    /* per id: next buffer in its session queue */
+	uint32_t *len;	    /* per id: bytes of data it holds */
 	/* Fallback ids: count .. count+fb_cap-1, memory malloc'd while in use. */
 	uint32_t fb_cap;
 	uint32_t fb_nfree; /* ids on the free stack */
 	uint32_t *fb_free;
-	uint8_t **fb;	   /* per fallback id: its memory, NULL when free */
+	uint8_t **fb;	    /* per fallback id: its memory, NULL when free */
 	uint64_t exhausted; /* ENOBUFS completions seen */
 };
 

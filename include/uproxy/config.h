@@ -25,7 +25,7 @@
 #define CONFIG_MAX_BUFFERS	   32768u /* buffer ids are 16 bits; the ring holds 2^15 */
 #define CONFIG_MAX_CONNS_LIMIT	   1000000u
 #define CONFIG_MAX_WORKERS	   64u
-#define CONFIG_MAX_UPSTREAMS	   64u	   /* --upstream entries; each may resolve to many */
+#define CONFIG_MAX_UPSTREAMS	   64u	     /* --upstream entries; each may resolve to many */
 #define CONFIG_MAX_MS		   86400000u /* one day: the longest timeout accepted */
 
 #define CONFIG_DEFAULT_CONNECT_TIMEOUT_MS 5000u
@@ -43,12 +43,12 @@ struct config_upstream {
 struct config {
 	char config_path[PATH_MAX]; /* empty: no config file */
 	struct hostport listen;
-	struct hostport stats;	    /* --stats; port 0: off */
-	char access_log[PATH_MAX];  /* --access-log; empty: off, "-": stdout */
-	bool log_json;		    /* --log-format json */
-	uint8_t send_proxy;	    /* --send-proxy: 0 off, 1 or 2 */
-	bool accept_proxy;	    /* --accept-proxy */
-	char user[64];		    /* --user; empty: keep the current user */
+	struct hostport stats;	   /* --stats; port 0: off */
+	char access_log[PATH_MAX]; /* --access-log; empty: off, "-": stdout */
+	bool log_json;		   /* --log-format json */
+	uint8_t send_proxy;	   /* --send-proxy: 0 off, 1 or 2 */
+	bool accept_proxy;	   /* --accept-proxy */
+	char user[64];		   /* --user; empty: keep the current user */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;

@@ -29,11 +29,11 @@ struct httpstats_conn {
 };
 
 struct httpstats {
-	struct loop *loop;		/* worker 0's */
-	struct stats_snapshot **snaps;	/* every worker's published counters */
+	struct loop *loop;	       /* worker 0's */
+	struct stats_snapshot **snaps; /* every worker's published counters */
 	int nsnaps;
-	bool stopping;			/* set by httpstats_stop: no more accepts */
-	int fds[8]; /* listening sockets */
+	bool stopping; /* set by httpstats_stop: no more accepts */
+	int fds[8];    /* listening sockets */
 	int nfds;
 	bool armed[8];
 	struct httpstats_conn conns[HTTPSTATS_MAX_CONNS];

@@ -14,9 +14,9 @@
 
 struct listener {
 	int fd;
-	bool multi_armed;   /* multishot accept in flight */
-	bool single_armed;  /* single-shot accept in flight (near --max-conns) */
-	bool cancel_multi;  /* cancels in flight */
+	bool multi_armed;  /* multishot accept in flight */
+	bool single_armed; /* single-shot accept in flight (near --max-conns) */
+	bool cancel_multi; /* cancels in flight */
 	bool cancel_single;
 	struct addr addr;
 };

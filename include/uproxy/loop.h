@@ -19,23 +19,23 @@
  * confused with the old one. */
 enum loop_op {
 	OP_NONE = 0,
-	OP_ACCEPT,   /* multishot accept on a listener; slot = listener index */
-	OP_SIGNAL,   /* read of the signalfd (worker 0) */
-	OP_NOTIFY,   /* read of the worker's eventfd: another worker passes a stop on */
-	OP_CANCEL_W, /* cancel of a worker-level request */
-	OP_SOCKET,   /* upstream socket creation */
-	OP_CONNECT,  /* upstream connect */
+	OP_ACCEPT,	 /* multishot accept on a listener; slot = listener index */
+	OP_SIGNAL,	 /* read of the signalfd (worker 0) */
+	OP_NOTIFY,	 /* read of the worker's eventfd: another worker passes a stop on */
+	OP_CANCEL_W,	 /* cancel of a worker-level request */
+	OP_SOCKET,	 /* upstream socket creation */
+	OP_CONNECT,	 /* upstream connect */
 	OP_LINK_TIMEOUT, /* the connect's linked timeout */
-	OP_RECV,     /* multishot recv; side = direction */
-	OP_SEND,     /* send of a direction's queue; side = direction */
-	OP_HDR_RECV, /* --accept-proxy: recv of the client's header */
-	OP_PRESEND,  /* send of the bytes that go upstream before the client's stream */
-	OP_SHUTDOWN, /* shutdown(SHUT_WR); side = direction whose EOF it forwards */
-	OP_CANCEL,   /* cancel of a session request; side = side or direction */
-	OP_CLOSE,    /* close; side = which fd */
-	OP_PROBE,    /* active health check; slot = backend id, side = stage */
-	OP_STATS,    /* the /metrics endpoint; slot = connection, side = stage */
-	OP_LOG,      /* access-log write */
+	OP_RECV,	 /* multishot recv; side = direction */
+	OP_SEND,	 /* send of a direction's queue; side = direction */
+	OP_HDR_RECV,	 /* --accept-proxy: recv of the client's header */
+	OP_PRESEND,	 /* send of the bytes that go upstream before the client's stream */
+	OP_SHUTDOWN,	 /* shutdown(SHUT_WR); side = direction whose EOF it forwards */
+	OP_CANCEL,	 /* cancel of a session request; side = side or direction */
+	OP_CLOSE,	 /* close; side = which fd */
+	OP_PROBE,	 /* active health check; slot = backend id, side = stage */
+	OP_STATS,	 /* the /metrics endpoint; slot = connection, side = stage */
+	OP_LOG,		 /* access-log write */
 	OP__COUNT
 };
 
@@ -89,16 +89,17 @@ enum loop_fault {
 const char *loop_fault_name(enum loop_fault f);
 
 struct loop_stats {
-	uint64_t enters;     /* system calls that submit or wait */
-	uint64_t submitted;  /* requests submitted */
-	uint64_t cqes;	     /* completions handled (synthetic ones included) */
-	uint64_t sq_full;    /* early submits because the queue was full */
-	uint64_t cq_overflow; /* completion-queue overflows seen (and reaped) */
-	uint64_t cq_lost;     /* completions the kernel dropped (a bug if non-zero) */
+	uint64_t enters;	/* system calls that submit or wait */
+	uint64_t submitted;	/* requests submitted */
+	uint64_t cqes;		/* completions handled (synthetic ones included) */
+	uint64_t sq_full;	/* early submits because the queue was full */
+	uint64_t cq_overflow;	/* completion-queue overflows seen (and reaped) */
+	uint64_t cq_lost;	/* completions the kernel dropped (a bug if non-zero) */
 	uint64_t enter_retries; /* transient submit/wait failures backed off and retried */
-	uint64_t sq_backlog;  /* requests that waited in the loop's backlog (queue full, submit failed) */
+	uint64_t sq_backlog;	/* requests that waited in the loop's backlog (queue full, submit
+				   failed) */
 	uint64_t faults[LOOP_FAULT__COUNT]; /* injected faults (fault-injection build only) */
-	const char *backend;  /* "io_uring" or "epoll" (a string literal) */
+	const char *backend;		    /* "io_uring" or "epoll" (a string literal) */
 };
 
 /* A completion, whatever the backend: the tag its request was submitted with, its result (bytes
@@ -181,8 +182,7 @@ static inline bool loop_fault_session_start(struct loop *l)
 /* The pool of provided buffers the buffer-select receives take from: registered once with
  * room for entries (a power of two) buffers; buffers are added at offsets 0.. and published
  * together by loop_pbuf_publish. -errno with why on failure. */
-int loop_pbuf_register(struct loop *l, uint16_t bgid, uint32_t entries, char *why,
-		       size_t whylen);
+int loop_pbuf_register(struct loop *l, uint16_t bgid, uint32_t entries, char *why, size_t whylen);
 void loop_pbuf_add(struct loop *l, void *addr, uint32_t len, uint16_t bid, int offset);
 void loop_pbuf_publish(struct loop *l, int count);
 

@@ -50,13 +50,13 @@ enum proxyproto_command {
  * zeroed, and the caller uses the connection's real endpoints (what the spec asks of a receiver).
  */
 struct proxyproto_result {
-	uint32_t len;			 /* header bytes, equal to proxyproto_parse's return */
-	uint8_t version;		 /* 1 or 2 */
+	uint32_t len;	 /* header bytes, equal to proxyproto_parse's return */
+	uint8_t version; /* 1 or 2 */
 	enum proxyproto_command command;
-	int family;			 /* AF_INET, AF_INET6, or AF_UNSPEC */
+	int family; /* AF_INET, AF_INET6, or AF_UNSPEC */
 	struct addr src, dst;
-	uint16_t tlv_off, tlv_len;	 /* v2 PROXY, not UNSPEC: the TLVs (checked to fit) */
-	const char *why;		 /* after a negative return: a static explanation */
+	uint16_t tlv_off, tlv_len; /* v2 PROXY, not UNSPEC: the TLVs (checked to fit) */
+	const char *why;	   /* after a negative return: a static explanation */
 };
 
 /*

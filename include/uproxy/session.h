@@ -63,7 +63,7 @@ enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
  * buffer pool the mark shrinks to 1/16 of the pool (at least two buffers), so one reader that
  * never reads can hold only a sixteenth of the pool; and once less than half the pool is free
  * the mark shrinks further (session.c: high_water_now). */
-#define SESSION_HIGH_WATER	    (256u * 1024)
+#define SESSION_HIGH_WATER	   (256u * 1024)
 #define SESSION_POOL_SHARE_DIVISOR 16u
 
 enum dir_flags {
@@ -109,22 +109,22 @@ struct session_pre {
 #define SESSION_NO_BACKEND UINT32_MAX
 
 struct session {
-	struct timer_node timer; /* idle / fin inactivity deadline */
+	struct timer_node timer;   /* idle / fin inactivity deadline */
 	uint64_t connect_start_us; /* when the current upstream attempt began */
-	uint64_t start_ms;	 /* accepted at (monotonic) */
-	uint64_t bytes[2];	 /* forwarded per direction */
-	uint32_t gen;	      /* bumped on release; part of every tag */
-	uint32_t next_free;   /* free-list link */
-	uint8_t state;	      /* enum session_state */
-	uint8_t reason;	      /* enum close_reason, once closing */
-	uint8_t ntried;	      /* upstreams tried so far */
-	uint8_t have_peer;    /* worker's peer_addrs[slot] holds the client's address */
-	uint8_t wait_fd;      /* CONNECTING, waiting (timer) for an fd for the upstream socket */
-	uint8_t truncated;    /* SESSION_LOST_* bits: sides reset because bytes for them were lost */
-	uint32_t backend;     /* backend id held, or SESSION_NO_BACKEND */
+	uint64_t start_ms;	   /* accepted at (monotonic) */
+	uint64_t bytes[2];	   /* forwarded per direction */
+	uint32_t gen;		   /* bumped on release; part of every tag */
+	uint32_t next_free;	   /* free-list link */
+	uint8_t state;		   /* enum session_state */
+	uint8_t reason;		   /* enum close_reason, once closing */
+	uint8_t ntried;		   /* upstreams tried so far */
+	uint8_t have_peer;	   /* worker's peer_addrs[slot] holds the client's address */
+	uint8_t wait_fd;   /* CONNECTING, waiting (timer) for an fd for the upstream socket */
+	uint8_t truncated; /* SESSION_LOST_* bits: sides reset because bytes for them were lost */
+	uint32_t backend;  /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
-	uint32_t inflight;    /* requests submitted and not yet completed */
-	int fd[2];	      /* [SIDE_CLIENT], [SIDE_UPSTREAM]; -1 when closed */
+	uint32_t inflight; /* requests submitted and not yet completed */
+	int fd[2];	   /* [SIDE_CLIENT], [SIDE_UPSTREAM]; -1 when closed */
 	struct session_dir dir[2];
 };
 
@@ -135,19 +135,19 @@ struct session_env {
 	struct bufring *bufs;
 	struct timer_wheel *wheel;
 	struct backend_pool *pool;
-	const struct addr *baddr;   /* per backend id: its address, stable while the id is held */
+	const struct addr *baddr; /* per backend id: its address, stable while the id is held */
 	const struct config *cfg;
 	struct worker_stats *st;
-	struct session *slab;	    /* the slots: a session's slot is s - slab */
-	struct addr *peer_addrs;    /* per slot, when a feature needs client addresses, or NULL */
-	struct session_pre *pre;    /* per slot, with --send-proxy or --accept-proxy, or NULL */
-	struct accesslog *alog;	    /* --access-log, or NULL */
-	uint64_t now_ms;	    /* CLOCK_MONOTONIC, read once per loop iteration */
-	uint32_t high_water;	    /* back-pressure mark per direction with the pool at ease */
-	bool recv_bundle;	    /* arm receive bundles (the backend has them, not forced off) */
-	bool backends_dirty;	    /* set when sessions moved the pool's counts or health */
-	int worker_id;		    /* for log lines */
-	unsigned int out;	    /* SESSION_OUT_* gathered while handling one event */
+	struct session *slab;	 /* the slots: a session's slot is s - slab */
+	struct addr *peer_addrs; /* per slot, when a feature needs client addresses, or NULL */
+	struct session_pre *pre; /* per slot, with --send-proxy or --accept-proxy, or NULL */
+	struct accesslog *alog;	 /* --access-log, or NULL */
+	uint64_t now_ms;	 /* CLOCK_MONOTONIC, read once per loop iteration */
+	uint32_t high_water;	 /* back-pressure mark per direction with the pool at ease */
+	bool recv_bundle;	 /* arm receive bundles (the backend has them, not forced off) */
+	bool backends_dirty;	 /* set when sessions moved the pool's counts or health */
+	int worker_id;		 /* for log lines */
+	unsigned int out;	 /* SESSION_OUT_* gathered while handling one event */
 	struct log_ratelimit rl_connect, rl_socket, rl_proxy;
 };
 

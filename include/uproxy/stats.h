@@ -31,20 +31,21 @@ extern const uint32_t stats_connect_bounds_us[STATS_CONNECT_BUCKETS];
 struct worker_stats {
 	uint64_t accepted;
 	uint64_t accept_errors;
-	uint64_t accept_backoffs;   /* EMFILE/ENFILE/ENOMEM pauses */
-	uint64_t accept_overflow;   /* accepted while stopping or beyond every free slot */
+	uint64_t accept_backoffs; /* EMFILE/ENFILE/ENOMEM pauses */
+	uint64_t accept_overflow; /* accepted while stopping or beyond every free slot */
 	uint64_t closed[CLOSE__COUNT];
-	uint64_t bytes[2];	    /* [0] client->upstream, [1] upstream->client */
+	uint64_t bytes[2]; /* [0] client->upstream, [1] upstream->client */
 	uint64_t connect_attempts;
-	uint64_t connect_errors;    /* failed attempts, including ones a later address saved */
+	uint64_t connect_errors; /* failed attempts, including ones a later address saved */
 	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* successful connects, +Inf last */
 	uint64_t connect_sum_us;
-	uint64_t buf_exhausted;	    /* recvs that found the buffer ring empty */
-	uint64_t fallback_recvs;    /* recvs into a fallback buffer (the pool was low) */
-	uint64_t truncated[2];	    /* sides reset because bytes for them were lost: [client, upstream] */
-	uint64_t backpressure;	    /* recvs paused by the high-water mark */
-	uint64_t stale_cqes;	    /* completions for a slot whose generation moved on */
-	uint64_t log_dropped;	    /* access-log lines dropped because the log could not keep up */
+	uint64_t buf_exhausted;	 /* recvs that found the buffer ring empty */
+	uint64_t fallback_recvs; /* recvs into a fallback buffer (the pool was low) */
+	uint64_t
+		truncated[2]; /* sides reset because bytes for them were lost: [client, upstream] */
+	uint64_t backpressure; /* recvs paused by the high-water mark */
+	uint64_t stale_cqes;   /* completions for a slot whose generation moved on */
+	uint64_t log_dropped;  /* access-log lines dropped because the log could not keep up */
 };
 
 /* Adds one successful connect that took us microseconds. */

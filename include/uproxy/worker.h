@@ -35,8 +35,8 @@
 /* Multishot accept only while at least this many slots are free: one wake-up of a multishot
  * accept can take the whole backlog at once, and every client accepted must get a slot. */
 #define WORKER_MULTISHOT_MIN_FREE (LISTENER_BACKLOG + 64u)
-#define WORKER_CQ_RESERVE	64u
-#define WORKER_SQ_ENTRIES	4096u
+#define WORKER_CQ_RESERVE	  64u
+#define WORKER_SQ_ENTRIES	  4096u
 
 /* How long accept pauses after EMFILE/ENFILE/ENOMEM before trying again: as long as a session
  * waits for an fd before retrying its upstream socket. */
@@ -67,40 +67,39 @@ struct worker_mailbox {
 	struct backend_spec *specs; /* new pool, owned by the mailbox until taken */
 	int nspecs;
 	bool update;
-	bool abort;		    /* another worker died: close everything now, no drain */
+	bool abort; /* another worker died: close everything now, no drain */
 };
-
 
 struct worker {
 	int id;
 	struct session_env env; /* loop, buffers, wheel, pool, config, clock, slab, ... */
 	struct addr *baddr;	/* per backend id (env.baddr): its address */
-	bool clock_stale;   /* set before each wait; the next completion re-reads the clock */
+	bool clock_stale;	/* set before each wait; the next completion re-reads the clock */
 	struct probe *probes;
-	uint32_t *bgen;	    /* per backend id: bumped when the id names a new address */
+	uint32_t *bgen; /* per backend id: bumped when the id names a new address */
 
 	struct bufring bufs;
 
 	struct listener listeners[WORKER_MAX_LISTENERS];
 	int nlisteners;
 
-	int alog_fd;		 /* its file (shared by the workers), -1 when off */
-	bool log_writing;	 /* an access-log write is in flight */
+	int alog_fd;	  /* its file (shared by the workers), -1 when off */
+	bool log_writing; /* an access-log write is in flight */
 	uint32_t max_sessions;
 	uint32_t free_head;
-	uint32_t active; /* sessions not FREE */
+	uint32_t active;  /* sessions not FREE */
 	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
 
-	int sigfd;	/* worker 0 only: SIGINT/SIGTERM, read through the ring */
+	int sigfd; /* worker 0 only: SIGINT/SIGTERM, read through the ring */
 	struct signalfd_siginfo siginfo;
-	int notify_fd;	/* eventfd: the mailbox has something */
+	int notify_fd; /* eventfd: the mailbox has something */
 	uint64_t notify_val;
 	struct worker_mailbox mbox;
 	unsigned int stops_seen;
-	struct worker *peers; /* all workers, for worker 0 to pass a stop on */
+	struct worker *peers;	       /* all workers, for worker 0 to pass a stop on */
 	const struct sdnotify *notify; /* worker 0: tells systemd STOPPING=1 */
 	int npeers;
-	bool stopping;	/* not accepting any more; sessions drain */
+	bool stopping;	  /* not accepting any more; sessions drain */
 	bool closing_all; /* every session told to close */
 	bool stop_deadline_hit;
 	struct timer_node timers[TIMER__COUNT]; /* [enum worker_timer] */
@@ -110,7 +109,7 @@ struct worker {
 	struct worker_stats st;
 	struct stats_snapshot *snap; /* published each iteration when --stats is on */
 	uint64_t backends_published_ms;
-	struct httpstats hs;	     /* worker 0 only, with --stats */
+	struct httpstats hs; /* worker 0 only, with --stats */
 	struct log_ratelimit rl_accept, rl_health;
 };
 
