@@ -282,7 +282,7 @@ static void control_loop(const struct config *cfg, int argc, char **argv, struct
 
 			since_status_ms = 0;
 			for (uint32_t i = 0; i < nworkers; i++)
-				active += __atomic_load_n(&workers[i].active, __ATOMIC_RELAXED);
+				active += worker_active(worker_nth(workers, i));
 			sdnotify_status_sessions(sn, active);
 		}
 		if (!reread && (cur.resolve_interval_s == 0 ||
@@ -311,7 +311,7 @@ static void control_loop(const struct config *cfg, int argc, char **argv, struct
 		memcpy(pool, fresh, (size_t)n * sizeof(*pool));
 		npool = n;
 		for (uint32_t i = 0; i < nworkers; i++) {
-			if (worker_post_pool(&workers[i], pool, npool) < 0)
+			if (worker_post_pool(worker_nth(workers, i), pool, npool) < 0)
 				log_error("out of memory handing worker %u its new pool", i);
 		}
 	}
@@ -363,7 +363,7 @@ static int app_bind(struct app *a)
 {
 	int act[WORKER_MAX_LISTENERS], nact;
 
-	a->workers = calloc(a->nworkers, sizeof(*a->workers));
+	a->workers = workers_new(a->nworkers);
 	a->args = calloc(a->nworkers, sizeof(*a->args));
 	a->threads = calloc(a->nworkers, sizeof(*a->threads));
 	if (a->workers == NULL || a->args == NULL || a->threads == NULL)
@@ -388,30 +388,14 @@ static int app_bind(struct app *a)
 	if (sdnotify_open(&a->sn) < 0)
 		log_warn("NOTIFY_SOCKET is set but unusable; not notifying systemd");
 	for (uint32_t i = 0; i < a->nworkers; i++) {
-		struct worker *w = &a->workers[i];
-		int n;
-
-		w->id = (int)i;
-		w->sigfd = -1;
-		w->notify_fd = -1;
-		w->alog_fd = -1;
-		w->peers = a->workers;
-		w->npeers = (int)a->nworkers;
-		worker_mailbox_init(w);
-		if (nact > 0)
-			n = listener_adopt(act, nact, i == 0, w->listeners, a->err, sizeof(a->err));
-		else
-			n = listener_open(&a->cfg.listen, w->listeners, WORKER_MAX_LISTENERS,
-					  a->err, sizeof(a->err));
-		if (n < 0)
+		if (worker_bind(worker_nth(a->workers, i), &a->cfg.listen, act, nact, a->err,
+				sizeof(a->err)) < 0)
 			return fail(a->err);
-		w->nlisteners = n;
 	}
 	if (a->cfg.stats.port == 0)
 		return 0;
 	for (uint32_t i = 0; i < a->nworkers; i++) {
-		a->workers[i].snap = calloc(1, sizeof(*a->workers[i].snap));
-		if (a->workers[i].snap == NULL)
+		if (worker_enable_stats(worker_nth(a->workers, i)) < 0)
 			return fail("out of memory");
 	}
 	{
@@ -425,9 +409,11 @@ static int app_bind(struct app *a)
 			snprintf(msg, sizeof(msg), "--stats: %s", a->err);
 			return fail(msg);
 		}
+		int fds[WORKER_MAX_LISTENERS];
+
 		for (int i = 0; i < n; i++)
-			a->workers[0].hs.fds[i] = sl[i].fd;
-		a->workers[0].hs.nfds = n;
+			fds[i] = sl[i].fd;
+		worker_serve_stats(worker_nth(a->workers, 0), fds, n);
 	}
 	return 0;
 }
@@ -447,7 +433,7 @@ static int app_open_access_log(struct app *a)
 		return fail(a->err);
 	}
 	for (uint32_t i = 0; i < a->nworkers; i++)
-		a->workers[i].alog_fd = a->alog_fd;
+		worker_set_access_log(worker_nth(a->workers, i), a->alog_fd);
 	return 0;
 }
 
@@ -464,8 +450,7 @@ static int app_drop_and_signals(struct app *a)
 			 strerror(errno));
 		return fail(a->err);
 	}
-	a->workers[0].sigfd = sigfd;
-	a->workers[0].notify = &a->sn;
+	worker_set_signals(worker_nth(a->workers, 0), sigfd, &a->sn);
 	return 0;
 }
 
@@ -488,7 +473,7 @@ static void app_start_workers(struct app *a)
 	struct startup *st = &a->st;
 
 	for (uint32_t i = 0; i < a->nworkers; i++) {
-		a->args[i] = (struct thread_arg){ .w = &a->workers[i],
+		a->args[i] = (struct thread_arg){ .w = worker_nth(a->workers, i),
 						  .st = st,
 						  .cfg = &a->cfg,
 						  .specs = a->pool,
@@ -519,9 +504,10 @@ static void app_announce(struct app *a)
 {
 	char buf[ADDR_STRLEN];
 
-	for (int i = 0; i < a->workers[0].nlisteners; i++)
+	for (int i = 0; i < worker_listener_count(worker_nth(a->workers, 0)); i++)
 		log_info("listening on %s",
-			 addr_format(&a->workers[0].listeners[i].addr, buf, sizeof(buf)));
+			 addr_format(worker_listener_addr(worker_nth(a->workers, 0), i), buf,
+				     sizeof(buf)));
 	if (a->cfg.stats.port) {
 		char hp[ADDR_STRLEN + ADDR_HOST_MAX];
 
@@ -558,24 +544,12 @@ static int app_join(struct app *a)
  * sockets when nothing ran) and frees the rest. */
 static void app_cleanup(struct app *a)
 {
-	for (uint32_t i = 0; a->workers != NULL && i < a->nworkers; i++) {
-		struct worker *w = &a->workers[i];
-
-		if (i >= (uint32_t)a->started || !a->st.go)
-			for (int j = 0; j < w->nlisteners; j++)
-				if (w->listeners[j].fd >= 0)
-					close(w->listeners[j].fd);
-		if (!a->st.go)
-			for (int j = 0; j < w->hs.nfds; j++)
-				close(w->hs.fds[j]);
-		free(w->snap);
-	}
+	workers_free(a->workers, a->nworkers);
 	if (a->alog_fd > STDOUT_FILENO)
 		close(a->alog_fd);
 	sdnotify_close(&a->sn);
 	free(a->threads);
 	free(a->args);
-	free(a->workers);
 }
 
 int main(int argc, char **argv)

@@ -554,3 +554,96 @@ int worker_run(struct worker *w)
 	stats_log_summary(&w->st, loop_stats(w->env.loop), w->id);
 	return status;
 }
+
+/* ---- set-up by main (struct worker is private) ---- */
+
+struct worker *workers_new(uint32_t n)
+{
+	struct worker *ws = calloc(n, sizeof(*ws));
+
+	if (ws == NULL)
+		return NULL;
+	for (uint32_t i = 0; i < n; i++) {
+		struct worker *w = &ws[i];
+
+		w->id = (int)i;
+		w->sigfd = -1;
+		w->notify_fd = -1;
+		w->alog_fd = -1;
+		w->peers = ws;
+		w->npeers = (int)n;
+		worker_mailbox_init(w);
+	}
+	return ws;
+}
+
+struct worker *worker_nth(struct worker *ws, uint32_t i)
+{
+	return &ws[i];
+}
+
+void workers_free(struct worker *ws, uint32_t n)
+{
+	for (uint32_t i = 0; ws != NULL && i < n; i++) {
+		struct worker *w = &ws[i];
+
+		/* A worker that ran closed its own (worker_destroy sets them to -1, nfds to 0). */
+		for (int j = 0; j < w->nlisteners; j++)
+			if (w->listeners[j].fd >= 0)
+				close(w->listeners[j].fd);
+		for (int j = 0; j < w->hs.nfds; j++)
+			close(w->hs.fds[j]);
+		free(w->snap);
+	}
+	free(ws);
+}
+
+int worker_bind(struct worker *w, const struct hostport *hp, const int *act, int nact, char *why,
+		size_t whylen)
+{
+	int n = nact > 0 ? listener_adopt(act, nact, w->id == 0, w->listeners, why, whylen)
+			 : listener_open(hp, w->listeners, WORKER_MAX_LISTENERS, why, whylen);
+
+	if (n >= 0)
+		w->nlisteners = n;
+	return n;
+}
+
+int worker_listener_count(const struct worker *w)
+{
+	return w->nlisteners;
+}
+
+const struct addr *worker_listener_addr(const struct worker *w, int i)
+{
+	return &w->listeners[i].addr;
+}
+
+int worker_enable_stats(struct worker *w)
+{
+	w->snap = calloc(1, sizeof(*w->snap));
+	return w->snap != NULL ? 0 : -ENOMEM;
+}
+
+void worker_serve_stats(struct worker *w, const int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		w->hs.fds[i] = fds[i];
+	w->hs.nfds = n;
+}
+
+void worker_set_access_log(struct worker *w, int fd)
+{
+	w->alog_fd = fd;
+}
+
+void worker_set_signals(struct worker *w, int sigfd, const struct sdnotify *sn)
+{
+	w->sigfd = sigfd;
+	w->notify = sn;
+}
+
+uint32_t worker_active(const struct worker *w)
+{
+	return __atomic_load_n(&w->active, __ATOMIC_RELAXED);
+}

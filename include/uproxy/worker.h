@@ -1,5 +1,6 @@
-/* worker: one thread's ring, buffer ring, listeners, session slab and signal handling.
- * Shares nothing with other workers; everything on its data path goes through its ring. */
+/* worker: one thread's loop, buffers, listeners, session slab and signal handling. Shares
+ * nothing with other workers but a mailbox; everything on its data path goes through its loop.
+ * struct worker is private (src/worker_impl.h): main sets workers up through these calls. */
 #ifndef UPROXY_WORKER_H
 #define UPROXY_WORKER_H
 
@@ -44,74 +45,33 @@
 /* How long SIGINT/SIGTERM waits for in-flight requests to finish before exiting anyway. */
 #define WORKER_STOP_DEADLINE_MS 900
 
-/* The worker's own deadlines, on the same timer wheel as the sessions' (timer_node.kind; the
- * sessions' nodes are kind 0). */
-enum worker_timer {
-	TIMER_ACCEPT_BACKOFF = 1,
-	TIMER_STOP_DEADLINE = 2, /* all sessions were told to close: wait this long at most */
-	TIMER_DRAIN = 3,	 /* --drain-timeout after SIGTERM */
-	TIMER_HEALTH = 4,	 /* --health-interval */
-	TIMER__COUNT
-};
+/* A worker; its fields are private to src/ (worker_impl.h). */
+struct worker;
 
-/* Active health probe of one backend id. */
-struct probe {
-	int fd;
-	bool busy;
-};
+/* The n workers of the process (ids 0..n-1), each knowing the others so that worker 0 can pass
+ * a stop on. NULL when out of memory. */
+struct worker *workers_new(uint32_t n);
+/* Worker i of an array from workers_new. */
+struct worker *worker_nth(struct worker *ws, uint32_t i);
+/* Closes what workers that never ran still hold (listeners, metrics sockets) and frees all n. */
+void workers_free(struct worker *ws, uint32_t n);
 
-/* What the control thread hands a worker: a stop, or a new upstream pool. */
-struct worker_mailbox {
-	pthread_mutex_t mu;
-	unsigned int stops;	    /* stop requests posted */
-	struct backend_spec *specs; /* new pool, owned by the mailbox until taken */
-	int nspecs;
-	bool update;
-	bool abort; /* another worker died: close everything now, no drain */
-};
-
-struct worker {
-	int id;
-	struct session_env env; /* loop, buffers, wheel, pool, config, clock, slab, ... */
-	struct addr *baddr;	/* per backend id (env.baddr): its address */
-	bool clock_stale;	/* set before each wait; the next completion re-reads the clock */
-	struct probe *probes;
-	uint32_t *bgen; /* per backend id: bumped when the id names a new address */
-
-	struct bufring bufs;
-
-	struct listener listeners[WORKER_MAX_LISTENERS];
-	int nlisteners;
-
-	int alog_fd;	  /* its file (shared by the workers), -1 when off */
-	bool log_writing; /* an access-log write is in flight */
-	uint32_t max_sessions;
-	uint32_t free_head;
-	uint32_t active;  /* sessions not FREE */
-	uint32_t singles; /* single-shot accepts in flight, each holding a free slot */
-
-	int sigfd; /* worker 0 only: SIGINT/SIGTERM, read through the ring */
-	struct signalfd_siginfo siginfo;
-	int notify_fd; /* eventfd: the mailbox has something */
-	uint64_t notify_val;
-	struct worker_mailbox mbox;
-	unsigned int stops_seen;
-	struct worker *peers;	       /* all workers, for worker 0 to pass a stop on */
-	const struct sdnotify *notify; /* worker 0: tells systemd STOPPING=1 */
-	int npeers;
-	bool stopping;	  /* not accepting any more; sessions drain */
-	bool closing_all; /* every session told to close */
-	bool stop_deadline_hit;
-	struct timer_node timers[TIMER__COUNT]; /* [enum worker_timer] */
-	bool accept_backoff;
-	unsigned int misc_inflight; /* accepts and their cancels, probes, log writes, ... */
-
-	struct worker_stats st;
-	struct stats_snapshot *snap; /* published each iteration when --stats is on */
-	uint64_t backends_published_ms;
-	struct httpstats hs; /* worker 0 only, with --stats */
-	struct log_ratelimit rl_accept, rl_health;
-};
+/* Opens w's listening sockets for hp, or adopts the nact sockets systemd passed (worker 0 the
+ * originals, the others dup()s). Returns the count or -1 with why. */
+int worker_bind(struct worker *w, const struct hostport *hp, const int *act, int nact, char *why,
+		size_t whylen);
+int worker_listener_count(const struct worker *w);
+const struct addr *worker_listener_addr(const struct worker *w, int i);
+/* --stats: every worker publishes a snapshot (-ENOMEM if it cannot have one); worker 0 serves
+ * /metrics on the n listening sockets fds. */
+int worker_enable_stats(struct worker *w);
+void worker_serve_stats(struct worker *w, const int *fds, int n);
+/* --access-log: the file every worker writes its lines to. */
+void worker_set_access_log(struct worker *w, int fd);
+/* Worker 0: SIGINT/SIGTERM arrive on sigfd; sn is told STOPPING=1. */
+void worker_set_signals(struct worker *w, int sigfd, const struct sdnotify *sn);
+/* Sessions open now (read by the control thread, relaxed). */
+uint32_t worker_active(const struct worker *w);
 
 /* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
  * thread (the ring is single-issuer). Listeners and sigfd are handed in. */
@@ -123,9 +83,6 @@ void worker_post_stop(struct worker *w);
 /* Another worker failed: w closes every session now (no drain) and exits. */
 void worker_post_abort(struct worker *w);
 int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n);
-
-/* Sets up the mailbox; call once before the thread starts. */
-void worker_mailbox_init(struct worker *w);
 
 /* Runs until a stop signal has been handled. Returns the process exit status. */
 int worker_run(struct worker *w);
