@@ -102,10 +102,15 @@ void accept_done(struct worker *w, const struct loop_cqe *c)
 			w->st.accept_overflow++;
 			return;
 		}
-		s = w->stopping ? NULL : slab_alloc(w);
+		/* A client accepted while the listeners are being closed for a drain is served
+		 * like the others (it drains with them): dropping it would reset a connection the
+		 * kernel already handed over, which a zero-downtime restart must never do. Only
+		 * once every session is being closed (drain deadline, second signal) is it
+		 * refused. */
+		s = w->closing_all ? NULL : slab_alloc(w);
 
 		if (s == NULL) {
-			/* While stopping; or a multishot burst larger than the listen backlog,
+			/* Closing everything; or a multishot burst larger than the listen backlog,
 			 * which accept_update's margin makes impossible in practice. */
 			close(res);
 			w->st.accept_overflow++;

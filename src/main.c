@@ -191,6 +191,8 @@ static void *worker_thread(void *p)
 		pthread_cond_wait(&st->cv, &st->mu);
 	pthread_mutex_unlock(&st->mu);
 	if (rc < 0) {
+		/* What worker_init had set up before it failed is freed here too. */
+		worker_destroy(a->w);
 		a->status = 1;
 		atomic_fetch_sub(&running_workers, 1);
 		return NULL;

@@ -87,6 +87,7 @@ int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n);
 /* Runs until a stop signal has been handled. Returns the process exit status. */
 int worker_run(struct worker *w);
 
+/* Frees everything the worker holds; safe on one whose worker_init failed part-way. */
 void worker_destroy(struct worker *w);
 
 /* Publishes the counters (and, with backends, the per-upstream table) for the metrics

@@ -821,7 +821,8 @@ const char *test_backend(void)
 }
 
 /* UPROXY_TEST_BACKEND=epoll (or io_uring, auto): every uproxy the tests start, whichever way,
- * runs with --backend that, placed first so that a test's own arguments still come last. */
+ * runs with --backend that, placed first so that a test's own arguments still come last. A
+ * test that names its backend itself (--backend in its arguments) keeps it. */
 static char *const *with_backend(char *const argv[], char *buf[], size_t cap)
 {
 	const char *b = getenv("UPROXY_TEST_BACKEND"), *base = strrchr(argv[0], '/');
@@ -830,6 +831,9 @@ static char *const *with_backend(char *const argv[], char *buf[], size_t cap)
 	base = base != NULL ? base + 1 : argv[0];
 	if (b == NULL || *b == '\0' || strcmp(base, "uproxy") != 0)
 		return argv;
+	for (size_t i = 1; argv[i] != NULL; i++)
+		if (strcmp(argv[i], "--backend") == 0 || strncmp(argv[i], "--backend=", 10) == 0)
+			return argv;
 	buf[n++] = argv[0];
 	buf[n++] = "--backend";
 	buf[n++] = (char *)b;
