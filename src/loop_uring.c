@@ -1160,33 +1160,36 @@ static bool recv_fault(struct uring_loop *l, uint64_t tag)
 	       fault_post(l, LOOP_FAULT_RECV_RESET, tag, -ECONNRESET);
 }
 
-static void u_recv_multishot(struct loop *lb_, int fd, uint16_t bgid, uint64_t tag)
+/* A buffer-select recv: single-shot, multishot (6.0), or multishot with bundles (6.10: each
+ * completion may fill several consecutive buffers of the ring); provided-buffer rings: 5.19.
+ * The one place these are prepared, so every kind goes through the fault hooks alike. */
+static void prep_select_recv(struct uring_loop *l, int fd, uint16_t bgid, uint64_t tag,
+			     bool multishot, bool bundle)
 {
-	struct uring_loop *l = (struct uring_loop *)lb_;
 	struct io_uring_sqe *sqe;
 
-	/* Multishot recv: 6.0; provided-buffer rings: 5.19. */
 	if (recv_fault(l, tag))
 		return;
 	sqe = get_sqe(l);
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	if (multishot)
+		io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	else
+		io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+	if (bundle)
+		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = bgid;
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+static void u_recv_multishot(struct loop *lb_, int fd, uint16_t bgid, uint64_t tag)
+{
+	prep_select_recv((struct uring_loop *)lb_, fd, bgid, tag, true, false);
+}
+
 static void u_recv(struct loop *lb_, int fd, uint16_t bgid, uint64_t tag)
 {
-	struct uring_loop *l = (struct uring_loop *)lb_;
-	struct io_uring_sqe *sqe;
-
-	if (recv_fault(l, tag))
-		return;
-	sqe = get_sqe(l);
-	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = bgid;
-	io_uring_sqe_set_data64(sqe, tag);
+	prep_select_recv((struct uring_loop *)lb_, fd, bgid, tag, false, false);
 }
 
 static void u_recv_buf(struct loop *lb_, int fd, void *buf, unsigned int len, uint64_t tag)
@@ -1320,18 +1323,7 @@ static bool u_has_recv_bundle(const struct loop *lb_)
 
 static void u_recv_bundle(struct loop *lb_, int fd, uint16_t bgid, uint64_t tag)
 {
-	struct uring_loop *l = (struct uring_loop *)lb_;
-	struct io_uring_sqe *sqe;
-
-	if (recv_fault(l, tag))
-		return;
-	sqe = get_sqe(l);
-	/* Multishot, and each completion may fill several consecutive buffers of the ring. */
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-	sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = bgid;
-	io_uring_sqe_set_data64(sqe, tag);
+	prep_select_recv((struct uring_loop *)lb_, fd, bgid, tag, true, true);
 }
 
 static const struct loop_ops uring_ops = {
