@@ -38,35 +38,100 @@
 struct config_upstream {
 	struct hostport hp;
 	uint32_t weight; /* 1..BACKEND_WEIGHT_MAX */
+	bool backup;	 /* ",backup": used only while every primary is down */
 };
 
-struct config {
-	char config_path[PATH_MAX]; /* empty: no config file */
-	struct hostport listen;
-	struct hostport stats;	   /* --stats; port 0: off */
-	char access_log[PATH_MAX]; /* --access-log; empty: off, "-": stdout */
-	bool log_json;		   /* --log-format json */
-	uint8_t send_proxy;	   /* --send-proxy: 0 off, 1 or 2 */
-	bool accept_proxy;	   /* --accept-proxy */
-	char user[64];		   /* --user; empty: keep the current user */
+#define CONFIG_NAME_MAX	       33 /* listener and pool names: [A-Za-z0-9_.-]{1,32} */
+#define CONFIG_MAX_LISTENERS   16
+#define CONFIG_MAX_POOLS       32 /* named pools plus one implicit pool per listener */
+#define CONFIG_MAX_ACL	       64 /* allow/deny lines per listener */
+#define CONFIG_MAX_SNI_ROUTES  64 /* sni-route lines per listener */
+#define CONFIG_SNI_PATTERN_MAX 256
+#define CONFIG_WHERE_MAX       (PATH_MAX + 16) /* "FILE:LINE" */
+
+#define CONFIG_DEFAULT_SNI_TIMEOUT_MS	5000u
+#define CONFIG_DEFAULT_CLIENT_TABLE	16384u
+#define CONFIG_MAX_CLIENT_TABLE		(1u << 22)
+#define CONFIG_DEFAULT_UNIX_MODE	0666u
+#define CONFIG_NO_POOL			UINT16_MAX
+
+/* One upstream pool: a [pool NAME] section, or a listener's own upstream lines. */
+struct config_pool {
+	char name[CONFIG_NAME_MAX];
+	char where[CONFIG_WHERE_MAX]; /* "FILE:LINE" of its section, or "command line" */
 	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
 	uint32_t nupstreams;
 	enum backend_balance balance;
-	enum log_level log_level;
-	uint32_t buffer_size;
-	uint32_t buffers;
-	uint32_t max_conns; /* 0: derive from RLIMIT_NOFILE at start-up */
-	uint32_t workers;   /* 0: one per CPU this process may run on ("auto") */
 	uint32_t connect_timeout_ms;
 	uint32_t retries;
 	uint32_t fail_threshold;
 	uint32_t fail_timeout_s;
 	uint32_t health_interval_ms; /* 0: no active health checks */
-	uint32_t resolve_interval_s; /* 0: resolve only at start-up (and on SIGHUP) */
+};
+
+/* One allow/deny line: family AF_INET or AF_INET6, or AF_UNSPEC for "all". */
+struct config_cidr {
+	uint8_t addr[16]; /* network byte order; IPv4 in the first 4 bytes */
+	uint8_t family;
+	uint8_t prefix; /* 0..32 or 0..128 */
+	bool allow;
+};
+
+struct config_sni_route {
+	char pattern[CONFIG_SNI_PATTERN_MAX]; /* lower case; "*.example.com" or an exact name */
+	uint16_t pool;			      /* index into config.pools */
+};
+
+/* TCP keepalive on one side's sockets (keepalive-client, keepalive-upstream). */
+struct config_keepalive {
+	bool on;
+	uint32_t idle_s, interval_s, count;
+};
+
+/* One listener: a [listener NAME] section, or the command line's --listen (named "default"). */
+struct config_listener {
+	char name[CONFIG_NAME_MAX];
+	char where[CONFIG_WHERE_MAX]; /* "FILE:LINE" of its section or listen line */
+	struct hostport listen;	      /* unix: hp.unix_path set */
+	uint32_t unix_mode;	      /* permissions of a unix: socket file */
+	uint16_t pool;		      /* default pool (config.pools index), or CONFIG_NO_POOL */
 	uint32_t idle_timeout_ms;
 	uint32_t fin_timeout_ms;
 	uint32_t drain_timeout_ms;
-	enum loop_backend backend; /* --backend; main resolves auto once, before the workers */
+	char access_log[PATH_MAX]; /* empty: off, "-": stdout */
+	bool log_json;
+	uint8_t send_proxy; /* 0 off, 1 or 2 */
+	bool accept_proxy;
+	struct config_cidr acl[CONFIG_MAX_ACL];
+	uint32_t nacl;
+	uint32_t max_conns_per_client; /* 0: off */
+	uint32_t rate_per_client;      /* new connections per second; 0: off */
+	uint32_t rate_burst;	       /* 0: = rate_per_client */
+	uint32_t client_table_size;
+	bool client_table_fail_open;
+	struct config_sni_route sni_routes[CONFIG_MAX_SNI_ROUTES];
+	uint32_t nsni_routes; /* > 0: the pool is chosen from the ClientHello's server name */
+	bool sni_missing_close; /* no TLS or no SNI: close (else the default pool) */
+	uint32_t sni_timeout_ms;
+	struct config_keepalive keepalive[2]; /* [SIDE_CLIENT], [SIDE_UPSTREAM] */
+};
+
+struct config {
+	char config_path[PATH_MAX]; /* empty: no config file */
+	bool check;		    /* --check: validate and exit */
+	struct hostport stats;	    /* --stats; port 0: off */
+	char user[64];		    /* --user; empty: keep the current user */
+	enum log_level log_level;
+	uint32_t buffer_size;
+	uint32_t buffers;
+	uint32_t max_conns; /* 0: derive from RLIMIT_NOFILE at start-up */
+	uint32_t workers;   /* 0: one per CPU this process may run on ("auto") */
+	uint32_t resolve_interval_s; /* 0: resolve only at start-up (and on SIGHUP) */
+	enum loop_backend backend;   /* --backend; main resolves auto once, before the workers */
+	struct config_pool pools[CONFIG_MAX_POOLS];
+	uint32_t npools;
+	struct config_listener listeners[CONFIG_MAX_LISTENERS];
+	uint32_t nlisteners;
 };
 
 enum config_result {

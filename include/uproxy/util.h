@@ -50,4 +50,19 @@ static inline void sock_set_forwarding(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
+/* TCP keepalive (keepalive-client, keepalive-upstream): a peer that vanished without a FIN or
+ * RST is found after idle + interval x count seconds instead of lingering until the idle
+ * timeout. Returns 0 or -errno (the first setsockopt that failed). */
+static inline int sock_set_keepalive(int fd, uint32_t idle_s, uint32_t interval_s, uint32_t count)
+{
+	const int one = 1, idle = (int)idle_s, intvl = (int)interval_s, cnt = (int)count;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
+		return -1;
+	return 0;
+}
+
 #endif
