@@ -132,6 +132,23 @@ struct config {
 	uint32_t npools;
 	struct config_listener listeners[CONFIG_MAX_LISTENERS];
 	uint32_t nlisteners;
+	/* TRANSITION: the one-listener fields, removed once config.c fills the above. */
+	struct hostport listen;
+	char access_log[PATH_MAX];
+	bool log_json;
+	uint8_t send_proxy;
+	bool accept_proxy;
+	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
+	uint32_t nupstreams;
+	enum backend_balance balance;
+	uint32_t connect_timeout_ms;
+	uint32_t retries;
+	uint32_t fail_threshold;
+	uint32_t fail_timeout_s;
+	uint32_t health_interval_ms;
+	uint32_t idle_timeout_ms;
+	uint32_t fin_timeout_ms;
+	uint32_t drain_timeout_ms;
 };
 
 enum config_result {
