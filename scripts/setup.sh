@@ -31,8 +31,9 @@ log() { printf 'setup.sh: %s\n' "$*" >&2; }
 # none of them is present).
 # libseccomp-dev: tests/integration/seccomp_launch blocks io_uring the way Docker's default
 # seccomp profile does (suite `container`). clang-format: test.sh checks src/ and include/.
+# openssl, curl: the TLS SNI routing tests run real s_server backends and s_client/curl clients.
 pkgs=(gcc libc6-dev meson ninja-build pkg-config liburing-dev libcriterion-dev libseccomp-dev procps
-    iproute2 clang-format)
+    iproute2 clang-format openssl curl)
 if ((want_bench)); then
     pkgs+=(wrk 'nginx-light|nginx' libnginx-mod-stream haproxy curl gnuplot-nox linux-perf strace python3)
 fi
