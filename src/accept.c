@@ -9,15 +9,23 @@
 
 #include "uproxy/util.h"
 
-static void accept_cancel(struct worker *w, int i, unsigned int kind)
+/* A listening socket's tag slot: its listener and its index there. */
+static inline uint32_t sock_slot(uint32_t v, int i)
 {
-	loop_cancel(
-		w->env.loop, tag_make((uint32_t)i, 0, kind, OP_ACCEPT),
-		tag_make((uint32_t)i, 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE, OP_CANCEL_W));
+	return (v << TAG_SVC_SHIFT) | (uint32_t)i;
+}
+
+static void accept_cancel(struct worker *w, uint32_t v, int i, unsigned int kind)
+{
+	struct listener *l = &w->svcs[v].socks[i];
+
+	loop_cancel(w->env.loop, tag_make(sock_slot(v, i), 0, kind, OP_ACCEPT),
+		    tag_make(sock_slot(v, i), 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE,
+			     OP_CANCEL_W));
 	if (kind == ACC_MULTI)
-		w->listeners[i].cancel_multi = true;
+		l->cancel_multi = true;
 	else
-		w->listeners[i].cancel_single = true;
+		l->cancel_single = true;
 	w->misc_inflight++;
 }
 
@@ -31,40 +39,48 @@ void accept_update(struct worker *w)
 	uint32_t used = w->active + w->singles;
 	uint32_t free = w->max_sessions > used ? w->max_sessions - used : 0;
 
-	for (int i = 0; i < w->nlisteners; i++) {
-		struct listener *l = &w->listeners[i];
+	for (uint32_t v = 0; v < SVC_MAX; v++) {
+		struct svc *sv = &w->svcs[v];
 
-		if (!want) {
-			if (w->stopping)
-				continue; /* stop() cancels everything on the fd */
-			if (l->multi_armed && !l->cancel_multi)
-				accept_cancel(w, i, ACC_MULTI);
-			if (l->single_armed && !l->cancel_single)
-				accept_cancel(w, i, ACC_SINGLE);
+		if (!sv->used || sv->removing)
 			continue;
-		}
-		if (free >= WORKER_MULTISHOT_MIN_FREE) {
-			if (!l->multi_armed && !l->single_armed) {
-				loop_accept_multishot(
-					w->env.loop, l->fd,
-					tag_make((uint32_t)i, 0, ACC_MULTI, OP_ACCEPT));
-				l->multi_armed = true;
-				w->misc_inflight++;
+		for (int i = 0; i < sv->nsocks; i++) {
+			struct listener *l = &sv->socks[i];
+
+			if (l->fd < 0)
+				continue;
+			if (!want) {
+				if (w->stopping)
+					continue; /* stop() cancels everything on the fd */
+				if (l->multi_armed && !l->cancel_multi)
+					accept_cancel(w, v, i, ACC_MULTI);
+				if (l->single_armed && !l->cancel_single)
+					accept_cancel(w, v, i, ACC_SINGLE);
+				continue;
 			}
-			continue;
-		}
-		if (l->multi_armed) {
-			if (!l->cancel_multi)
-				accept_cancel(w, i, ACC_MULTI);
-			continue;
-		}
-		if (!l->single_armed && free > 0) {
-			loop_accept(w->env.loop, l->fd,
-				    tag_make((uint32_t)i, 0, ACC_SINGLE, OP_ACCEPT));
-			l->single_armed = true;
-			w->singles++;
-			w->misc_inflight++;
-			free--;
+			if (free >= WORKER_MULTISHOT_MIN_FREE) {
+				if (!l->multi_armed && !l->single_armed) {
+					loop_accept_multishot(
+						w->env.loop, l->fd,
+						tag_make(sock_slot(v, i), 0, ACC_MULTI, OP_ACCEPT));
+					l->multi_armed = true;
+					w->misc_inflight++;
+				}
+				continue;
+			}
+			if (l->multi_armed) {
+				if (!l->cancel_multi)
+					accept_cancel(w, v, i, ACC_MULTI);
+				continue;
+			}
+			if (!l->single_armed && free > 0) {
+				loop_accept(w->env.loop, l->fd,
+					    tag_make(sock_slot(v, i), 0, ACC_SINGLE, OP_ACCEPT));
+				l->single_armed = true;
+				w->singles++;
+				w->misc_inflight++;
+				free--;
+			}
 		}
 	}
 }
@@ -80,7 +96,8 @@ void accept_backoff(struct worker *w)
 
 void accept_done(struct worker *w, const struct loop_cqe *c)
 {
-	struct listener *l = &w->listeners[tag_slot(c->tag)];
+	uint32_t v = tag_slot(c->tag) >> TAG_SVC_SHIFT;
+	struct listener *l = &w->svcs[v].socks[tag_slot(c->tag) & ((1u << TAG_SVC_SHIFT) - 1)];
 	unsigned long suppressed;
 	int res = c->res;
 
@@ -107,7 +124,7 @@ void accept_done(struct worker *w, const struct loop_cqe *c)
 		 * kernel already handed over, which a zero-downtime restart must never do. Only
 		 * once every session is being closed (drain deadline, second signal) is it
 		 * refused. */
-		s = w->closing_all ? NULL : slab_alloc(w);
+		s = w->closing_all || !w->svcs[v].used ? NULL : slab_alloc(w);
 
 		if (s == NULL) {
 			/* Closing everything; or a multishot burst larger than the listen backlog,
@@ -117,7 +134,7 @@ void accept_done(struct worker *w, const struct loop_cqe *c)
 			return;
 		}
 		w->st.accepted++;
-		session_start(&w->env, s, res);
+		session_start(&w->env, s, res, v);
 		return;
 	}
 	if (res == -ECANCELED)

@@ -21,6 +21,7 @@ const char *accesslog_truncated_name(unsigned int truncated)
 size_t accesslog_format(char *buf, size_t len, bool json, const struct accesslog_entry *e)
 {
 	char when[40], client[ADDR_STRLEN] = "-", up[ADDR_STRLEN] = "-";
+	const char *lname = e->listener != NULL ? e->listener : "-";
 	time_t secs = (time_t)(e->end_realtime_ms / 1000);
 	struct tm tm;
 	int n;
@@ -35,20 +36,20 @@ size_t accesslog_format(char *buf, size_t len, bool json, const struct accesslog
 		addr_format(e->upstream, up, sizeof(up));
 	if (json)
 		n = snprintf(buf, len,
-			     "{\"time\":\"%s\",\"client\":\"%s\",\"upstream\":\"%s\","
+			     "{\"time\":\"%s\",\"listener\":\"%s\",\"client\":\"%s\","
+			     "\"upstream\":\"%s\","
 			     "\"bytes_client_to_upstream\":%llu,\"bytes_upstream_to_client\":%llu,"
 			     "\"duration_ms\":%llu,\"reason\":\"%s\",\"truncated\":\"%s\"}\n",
-			     when, client, up, (unsigned long long)e->bytes_in,
+			     when, lname, client, up, (unsigned long long)e->bytes_in,
 			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
 			     e->reason, accesslog_truncated_name(e->truncated));
 	else
-		n = snprintf(
-			buf, len,
-			"%s client=%s upstream=%s bytes_in=%llu bytes_out=%llu duration_ms=%llu "
-			"reason=%s truncated=%s\n",
-			when, client, up, (unsigned long long)e->bytes_in,
-			(unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
-			e->reason, accesslog_truncated_name(e->truncated));
+		n = snprintf(buf, len,
+			     "%s listener=%s client=%s upstream=%s bytes_in=%llu bytes_out=%llu "
+			     "duration_ms=%llu reason=%s truncated=%s\n",
+			     when, lname, client, up, (unsigned long long)e->bytes_in,
+			     (unsigned long long)e->bytes_out, (unsigned long long)e->duration_ms,
+			     e->reason, accesslog_truncated_name(e->truncated));
 	if (n < 0 || (size_t)n >= len)
 		return 0;
 	return (size_t)n;

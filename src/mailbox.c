@@ -1,6 +1,6 @@
-/* mailbox: how the control thread talks to a worker: a mutex-guarded box (stops, a new upstream
- * pool, an abort) and an eventfd the worker reads through its loop. The only state two threads
- * share; the worker never blocks on it for longer than a copy. */
+/* mailbox: how the control thread talks to a worker: a mutex-guarded box (stops, a new plan of
+ * listeners and pools, an abort) and an eventfd the worker reads through its loop. The only state
+ * two threads share; the worker never blocks on it for longer than a copy. */
 #include "worker_impl.h"
 
 #include <errno.h>
@@ -39,52 +39,45 @@ void worker_post_abort(struct worker *w)
 	mailbox_ring(w);
 }
 
-int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n)
+void worker_post_plan(struct worker *w, struct worker_plan *plan)
 {
-	struct backend_spec *copy = malloc((size_t)(n > 0 ? n : 1) * sizeof(*copy));
+	struct worker_plan *old;
 
-	if (copy == NULL)
-		return -ENOMEM;
-	memcpy(copy, specs, (size_t)n * sizeof(*copy));
 	pthread_mutex_lock(&w->mbox.mu);
-	free(w->mbox.specs);
-	w->mbox.specs = copy;
-	w->mbox.nspecs = n;
-	w->mbox.update = true;
+	old = w->mbox.plan;
+	w->mbox.plan = plan;
 	pthread_mutex_unlock(&w->mbox.mu);
+	worker_plan_free(old);
 	mailbox_ring(w);
-	return 0;
+}
+
+bool worker_plan_taken(struct worker *w)
+{
+	bool taken;
+
+	pthread_mutex_lock(&w->mbox.mu);
+	taken = w->mbox.plan == NULL;
+	pthread_mutex_unlock(&w->mbox.mu);
+	return taken;
 }
 
 void mailbox_take(struct worker *w)
 {
-	struct backend_spec *specs = NULL;
+	struct worker_plan *plan;
 	unsigned int stops;
-	int n = 0;
-	bool update, abort_now;
+	bool abort_now;
 
 	pthread_mutex_lock(&w->mbox.mu);
 	stops = w->mbox.stops;
 	abort_now = w->mbox.abort;
-	update = w->mbox.update;
-	if (update) {
-		specs = w->mbox.specs;
-		n = w->mbox.nspecs;
-		w->mbox.specs = NULL;
-		w->mbox.update = false;
-	}
+	plan = w->mbox.plan;
+	w->mbox.plan = NULL;
 	pthread_mutex_unlock(&w->mbox.mu);
-	if (update) {
-		int rc = worker_pool_apply(w, specs, n);
-
-		w->env.backends_dirty = true;
-		if (rc < 0)
-			log_error("worker %d: upstream pool update refused: %s", w->id,
-				  strerror(-rc));
+	if (plan != NULL) {
+		if (w->stopping)
+			worker_plan_free(plan); /* too late: listeners are closed for good */
 		else
-			log_debug("worker %d: upstream pool now has %u members", w->id,
-				  backend_count(w->env.pool));
-		free(specs);
+			worker_apply_plan(w, plan);
 	}
 	while (w->stops_seen < stops) {
 		w->stops_seen++;

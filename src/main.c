@@ -21,6 +21,8 @@
 #include "uproxy/addr.h"
 #include "uproxy/config.h"
 #include "uproxy/log.h"
+#include "uproxy/listener.h"
+#include "uproxy/steer.h"
 #include "uproxy/worker.h"
 
 /* fds kept aside from the per-session budget: rings, signalfd, eventfds, listeners, stdio;
@@ -43,8 +45,6 @@ struct thread_arg {
 	struct worker *w;
 	struct startup *st;
 	const struct config *cfg;
-	const struct backend_spec *specs;
-	int nspecs;
 	uint32_t max_sessions;
 	int status;
 };
@@ -66,38 +66,42 @@ static void pool_add(struct backend_spec *out, int *n, int max, const struct bac
 		out[(*n)++] = *spec;
 }
 
-/* Every address every --upstream names, without duplicates (first weight wins). Returns the
- * count, or -1 with why when a name does not resolve and strict is set; when not strict, an
- * entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky DNS from
- * emptying the pool). */
-static int resolve_pool(const struct config *cfg, struct backend_spec *out, int max,
+/* Every address every upstream of pool cp names, without duplicates (first weight wins).
+ * Returns the count, or -1 with why when a name does not resolve and strict is set; when not
+ * strict, an entry that fails keeps the addresses it had in prev (re-resolution keeps a flaky
+ * DNS from emptying the pool). */
+static int resolve_pool(const struct config_pool *cp, struct backend_spec *out, int max,
 			const struct backend_spec *prev, int nprev, bool strict, char *why,
 			size_t whylen)
 {
 	int n = 0;
 
-	for (uint32_t u = 0; u < cfg->nupstreams; u++) {
-		const struct config_upstream *cu = &cfg->upstreams[u];
+	for (uint32_t u = 0; u < cp->nupstreams; u++) {
+		const struct config_upstream *cu = &cp->upstreams[u];
 		struct addr addrs[ADDR_MAX_RESOLVED];
 		int k = addr_resolve(&cu->hp, addrs, ADDR_MAX_RESOLVED, why, whylen);
 
 		if (k < 0) {
 			if (strict)
 				return -1;
-			log_warn("re-resolving upstream '%s' failed (%s); keeping its addresses",
-				 cu->hp.host, why);
+			log_warn("pool %s: re-resolving upstream '%s' failed (%s); keeping its "
+				 "addresses",
+				 cp->name, cu->hp.host, why);
 			/* The previous pool does not say which entry an address came from: every
 			 * previous address on this port is kept (sin_port and sin6_port share
 			 * their offset). */
 			for (int i = 0; i < nprev; i++) {
-				if (ntohs(prev[i].addr.u.in4.sin_port) == cu->hp.port)
+				if (prev[i].addr.u.sa.sa_family != AF_UNIX &&
+				    ntohs(prev[i].addr.u.in4.sin_port) == cu->hp.port)
 					pool_add(out, &n, max, &prev[i]);
 			}
 			continue;
 		}
 		for (int i = 0; i < k; i++)
 			pool_add(out, &n, max,
-				 &(struct backend_spec){ .addr = addrs[i], .weight = cu->weight });
+				 &(struct backend_spec){ .addr = addrs[i],
+							 .weight = cu->weight,
+							 .backup = cu->backup });
 	}
 	return n;
 }
@@ -107,19 +111,21 @@ static bool same_pool(const struct backend_spec *a, int na, const struct backend
 	if (na != nb)
 		return false;
 	for (int i = 0; i < na; i++) {
-		if (a[i].weight != b[i].weight || !addr_equal(&a[i].addr, &b[i].addr))
+		if (a[i].weight != b[i].weight || a[i].backup != b[i].backup ||
+		    !addr_equal(&a[i].addr, &b[i].addr))
 			return false;
 	}
 	return true;
 }
 
-static void log_pool(const struct backend_spec *specs, int n)
+static void log_pool(const char *name, const struct backend_spec *specs, int n)
 {
 	char buf[ADDR_STRLEN];
 
 	for (int i = 0; i < n; i++)
-		log_info("upstream %s weight %u", addr_format(&specs[i].addr, buf, sizeof(buf)),
-			 specs[i].weight);
+		log_info("pool %s: upstream %s weight %u%s", name,
+			 addr_format(&specs[i].addr, buf, sizeof(buf)), specs[i].weight,
+			 specs[i].backup ? " (backup)" : "");
 }
 
 static int fail(const char *why)
@@ -181,7 +187,7 @@ static void *worker_thread(void *p)
 	char why[512];
 	int rc;
 
-	rc = worker_init(a->w, a->cfg, a->specs, a->nspecs, a->max_sessions, why, sizeof(why));
+	rc = worker_init(a->w, a->cfg, a->max_sessions, why, sizeof(why));
 	pthread_mutex_lock(&st->mu);
 	st->reported++;
 	if (rc < 0 && st->failed++ == 0)
@@ -233,113 +239,390 @@ static int drop_privileges(const char *name, char *err, size_t errlen)
 	return 0;
 }
 
-/* Options SIGHUP cannot change: they shape the listeners, threads and memory. */
+/* Global options SIGHUP cannot change: they shape the threads and memory. */
 static void warn_restart_only(const struct config *old, const struct config *new)
 {
-	char a[ADDR_STRLEN + ADDR_HOST_MAX], b[ADDR_STRLEN + ADDR_HOST_MAX];
-
-	if (strcmp(addr_format_hostport(&old->listen, a, sizeof(a)),
-		   addr_format_hostport(&new->listen, b, sizeof(b))) != 0)
-		log_warn("SIGHUP: --listen changed (%s -> %s); that needs a restart", a, b);
 	if (old->workers != new->workers || old->buffers != new->buffers ||
 	    old->buffer_size != new->buffer_size || old->max_conns != new->max_conns ||
-	    old->balance != new->balance || old->connect_timeout_ms != new->connect_timeout_ms ||
-	    old->retries != new->retries || old->idle_timeout_ms != new->idle_timeout_ms ||
-	    old->fin_timeout_ms != new->fin_timeout_ms ||
-	    old->drain_timeout_ms != new->drain_timeout_ms ||
-	    old->fail_threshold != new->fail_threshold ||
-	    old->fail_timeout_s != new->fail_timeout_s ||
-	    old->health_interval_ms != new->health_interval_ms ||
-	    old->resolve_interval_s != new->resolve_interval_s || old->log_level != new->log_level)
-		log_warn("SIGHUP: options other than the upstream list changed; only the upstreams "
-			 "are applied now, the rest needs a restart");
+	    old->log_level != new->log_level || old->backend != new->backend ||
+	    strcmp(old->user, new->user) != 0 || old->stats.port != new->stats.port ||
+	    strcmp(old->stats.host, new->stats.host) != 0 ||
+	    old->resolve_interval_s != new->resolve_interval_s)
+		log_warn(
+			"SIGHUP: global options changed (workers, buffers, buffer-size, max-conns, "
+			"log-level, backend, user, stats, resolve-interval); they need a restart, "
+			"the listeners and pools are applied now");
 }
 
-/* The control thread's loop: until every worker has exited, wait for SIGHUP (re-read the
- * config, then re-resolve) or for the resolve interval (re-resolve), and hand a changed pool
- * to every worker. */
-static void control_loop(const struct config *cfg, int argc, char **argv, struct worker *workers,
-			 uint32_t nworkers, struct backend_spec *pool, int npool,
-			 const struct sdnotify *sn)
-{
-	uint64_t since_status_ms = 0;
-	static struct config cur;
-	static struct backend_spec fresh[BACKEND_MAX];
-	struct timespec tick = { .tv_sec = 0, .tv_nsec = CONTROL_POLL_MS * 1000000L };
-	uint64_t since_resolve_ms = 0;
-	sigset_t hup;
-	char err[512];
+/* A log file kept open for the life of the process (listeners name them by path). */
+struct logfile {
+	char path[PATH_MAX];
+	int fd;
+};
 
-	cur = *cfg;
-	sigemptyset(&hup);
-	sigaddset(&hup, SIGHUP);
-	while (atomic_load(&running_workers) > 0) {
-		bool reread = sigtimedwait(&hup, NULL, &tick) == SIGHUP;
-		int n;
+#define MAX_LOGFILES 64
 
-		since_resolve_ms += CONTROL_POLL_MS;
-		since_status_ms += CONTROL_POLL_MS;
-		if (sn->fd >= 0 && since_status_ms >= 1000) {
-			unsigned int active = 0;
-
-			since_status_ms = 0;
-			for (uint32_t i = 0; i < nworkers; i++)
-				active += worker_active(worker_nth(workers, i));
-			sdnotify_status_sessions(sn, active);
-		}
-		if (!reread && (cur.resolve_interval_s == 0 ||
-				since_resolve_ms < (uint64_t)cur.resolve_interval_s * 1000))
-			continue;
-		since_resolve_ms = 0;
-		if (reread) {
-			static struct config next;
-
-			if (config_parse(&next, argc, argv, stdout, err, sizeof(err)) !=
-			    CONFIG_OK) {
-				log_error("SIGHUP: config not reloaded: %s", err);
-				continue;
-			}
-			warn_restart_only(&cur, &next);
-			memcpy(cur.upstreams, next.upstreams, sizeof(cur.upstreams));
-			cur.nupstreams = next.nupstreams;
-			log_info("SIGHUP: config re-read%s%s", cfg->config_path[0] ? " from " : "",
-				 cfg->config_path);
-		}
-		n = resolve_pool(&cur, fresh, BACKEND_MAX, pool, npool, false, err, sizeof(err));
-		if (n <= 0 || same_pool(fresh, n, pool, npool))
-			continue;
-		log_info("upstream pool changed: %d address(es) now", n);
-		log_pool(fresh, n);
-		memcpy(pool, fresh, (size_t)n * sizeof(*pool));
-		npool = n;
-		for (uint32_t i = 0; i < nworkers; i++) {
-			if (worker_post_pool(worker_nth(workers, i), pool, npool) < 0)
-				log_error("out of memory handing worker %u its new pool", i);
-		}
-	}
-}
+/* What the process runs: its configuration and each pool's resolved addresses (by the
+ * config's pool index). */
+struct running {
+	struct config *cfg;
+	struct backend_spec *specs[CONFIG_MAX_POOLS];
+	int nspecs[CONFIG_MAX_POOLS];
+};
 
 /* Everything main sets up, so that each step below is one named function. */
 struct app {
-	struct config cfg;
-	struct backend_spec pool[BACKEND_MAX];
-	int npool;
+	struct config *cfg; /* the start-up configuration: its global options hold for good */
+	enum loop_backend backend_asked; /* --backend as given (cfg's is the one chosen) */
+	struct running run;
 	uint32_t nworkers, per_worker;
 	rlim_t nofile;
 	struct worker *workers;
 	struct thread_arg *args;
 	pthread_t *threads;
 	int started;
-	int alog_fd;
+	struct logfile logs[MAX_LOGFILES];
+	int nlogs;
+	int act[WORKER_MAX_LISTENERS], nact; /* sockets systemd passed */
 	struct sdnotify sn;
 	struct startup st;
-	char err[512];
+	char err[1024];
 };
+
+/* Frees what r holds; its config too unless it is keep (the start-up one). */
+static void running_free(struct running *r, const struct config *keep)
+{
+	for (int i = 0; i < CONFIG_MAX_POOLS; i++) {
+		free(r->specs[i]);
+		r->specs[i] = NULL;
+		r->nspecs[i] = 0;
+	}
+	if (r->cfg != keep)
+		free(r->cfg);
+	r->cfg = NULL;
+}
+
+/* The fd of an access-log path ("-": stdout), opened on first use. -1 with err. */
+static int logfile_fd(struct app *a, const char *path)
+{
+	int fd;
+
+	if (path[0] == '\0')
+		return -1;
+	if (strcmp(path, "-") == 0)
+		return STDOUT_FILENO;
+	for (int i = 0; i < a->nlogs; i++)
+		if (strcmp(a->logs[i].path, path) == 0)
+			return a->logs[i].fd;
+	if (a->nlogs == MAX_LOGFILES) {
+		snprintf(a->err, sizeof(a->err), "more than %d access-log files", MAX_LOGFILES);
+		return -2;
+	}
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		snprintf(a->err, sizeof(a->err), "cannot open access log '%.300s': %s", path,
+			 strerror(errno));
+		return -2;
+	}
+	snprintf(a->logs[a->nlogs].path, PATH_MAX, "%s", path);
+	a->logs[a->nlogs++].fd = fd;
+	return fd;
+}
+
+/* Opens listener l's sockets for every worker into plans (nsocks set). Socket-activated
+ * sockets go to the first listener. Returns 0 or -1 with a->err. */
+static int bind_listener(struct app *a, const struct config_listener *l, bool activated,
+			 struct worker_plan **plans, uint32_t li)
+{
+	char why[512];
+
+	for (uint32_t w = 0; w < a->nworkers; w++) {
+		struct plan_svc *ps = &plans[w]->svcs[li];
+		int n;
+
+		if (activated)
+			n = listener_adopt(a->act, a->nact, w == 0, ps->socks, why, sizeof(why));
+		else if (l->listen.unix_sock && w > 0)
+			/* One unix socket (no SO_REUSEPORT): every worker accepts on a dup. */
+			n = listener_adopt(&plans[0]->svcs[li].socks[0].fd, 1, false, ps->socks,
+					   why, sizeof(why));
+		else
+			n = listener_open_mode(&l->listen, l->unix_mode, ps->socks, SVC_MAX_SOCKS,
+					       why, sizeof(why));
+		if (n < 0) {
+			snprintf(a->err, sizeof(a->err), "%s: listener '%s': %s", l->where, l->name,
+				 why);
+			return -1;
+		}
+		ps->nsocks = n;
+		if (a->nworkers > 1 && !l->listen.unix_sock && !activated &&
+		    (l->max_conns_per_client > 0 || l->rate_per_client > 0)) {
+			for (int k = 0; k < n; k++)
+				if (steer_attach(ps->socks[k].fd, a->nworkers,
+						 ps->socks[k].addr.u.sa.sa_family, why,
+						 sizeof(why)) < 0 &&
+				    w == 0)
+					log_warn("listener %s: cannot steer clients to workers by "
+						 "address (%s); per-client limits apply per worker",
+						 l->name, why);
+		}
+	}
+	return 0;
+}
+
+static bool same_hostport(const struct hostport *x, const struct hostport *y)
+{
+	return x->port == y->port && x->any == y->any && x->unix_sock == y->unix_sock &&
+	       strcmp(x->host, y->host) == 0;
+}
+
+/* Builds one plan per worker for next: resolves its pools (strictly for a pool that is new;
+ * an old one keeps addresses that fail to re-resolve), binds the listeners that are new or
+ * moved, opens new access logs. prev is what runs now (NULL at start). On success plans[]
+ * and nr are filled; on failure everything new is closed and a->err says why. */
+static int build_plans(struct app *a, const struct config *next, const struct running *prev,
+		       struct worker_plan **plans, struct running *nr)
+{
+	static struct backend_spec buf[BACKEND_MAX];
+	char why[512];
+
+	memset(plans, 0, a->nworkers * sizeof(*plans));
+	for (uint32_t w = 0; w < a->nworkers; w++) {
+		plans[w] = calloc(1, sizeof(*plans[w]));
+		if (plans[w] == NULL) {
+			snprintf(a->err, sizeof(a->err), "out of memory");
+			goto fail;
+		}
+	}
+	for (uint32_t i = 0; i < next->npools; i++) {
+		const struct config_pool *cp = &next->pools[i];
+		int pi = prev ? config_find_pool(prev->cfg, cp->name) : -1;
+		int n = resolve_pool(cp, buf, BACKEND_MAX, pi >= 0 ? prev->specs[pi] : NULL,
+				     pi >= 0 ? prev->nspecs[pi] : 0, pi < 0, why, sizeof(why));
+
+		if (n <= 0) {
+			snprintf(a->err, sizeof(a->err), "%s: pool '%s': %s", cp->where, cp->name,
+				 n < 0 ? why : "no upstream address");
+			goto fail;
+		}
+		nr->specs[i] = malloc((size_t)n * sizeof(*buf));
+		if (nr->specs[i] == NULL) {
+			snprintf(a->err, sizeof(a->err), "out of memory");
+			goto fail;
+		}
+		memcpy(nr->specs[i], buf, (size_t)n * sizeof(*buf));
+		nr->nspecs[i] = n;
+		for (uint32_t w = 0; w < a->nworkers; w++) {
+			struct plan_pool *pp = &plans[w]->pools[i];
+
+			pp->cfg = *cp;
+			pp->specs = malloc((size_t)n * sizeof(*buf));
+			if (pp->specs == NULL) {
+				snprintf(a->err, sizeof(a->err), "out of memory");
+				goto fail;
+			}
+			memcpy(pp->specs, buf, (size_t)n * sizeof(*buf));
+			pp->nspecs = n;
+		}
+		for (uint32_t w = 0; w < a->nworkers; w++)
+			plans[w]->npools = i + 1;
+	}
+	for (uint32_t i = 0; i < next->nlisteners; i++) {
+		const struct config_listener *l = &next->listeners[i];
+		int old = prev ? config_find_listener(prev->cfg, l->name) : -1;
+		bool keep = old >= 0 &&
+			    same_hostport(&prev->cfg->listeners[old].listen, &l->listen) &&
+			    prev->cfg->listeners[old].unix_mode == l->unix_mode;
+		int fd = logfile_fd(a, l->access_log);
+
+		if (fd == -2)
+			goto fail;
+		for (uint32_t w = 0; w < a->nworkers; w++) {
+			plans[w]->svcs[i].cfg = *l;
+			plans[w]->svcs[i].alog_fd = fd;
+			plans[w]->svcs[i].nsocks = keep ? -1 : 0;
+			plans[w]->nsvcs = i + 1;
+		}
+		if (!keep &&
+		    bind_listener(a, l, prev == NULL && i == 0 && a->nact > 0, plans, i) < 0)
+			goto fail;
+	}
+	return 0;
+fail:
+	for (uint32_t w = 0; w < a->nworkers; w++) {
+		worker_plan_free(plans[w]);
+		plans[w] = NULL;
+	}
+	for (int i = 0; i < CONFIG_MAX_POOLS; i++) {
+		free(nr->specs[i]);
+		nr->specs[i] = NULL;
+	}
+	return -1;
+}
+
+/* A unix listener's socket file goes with the listener (SIGHUP removal, exit). */
+static void unlink_unix(const struct config_listener *l)
+{
+	if (l->listen.unix_sock)
+		listener_unlink(&l->listen);
+}
+
+/* SIGHUP: re-reads the config and applies it, or keeps the running one and says why. */
+static void reload(struct app *a, int argc, char **argv)
+{
+	struct config *next = malloc(sizeof(*next));
+	struct worker_plan **plans = calloc(a->nworkers, sizeof(*plans));
+	struct running nr = { 0 };
+	char err[1024];
+
+	if (next == NULL || plans == NULL) {
+		log_error("SIGHUP: config not reloaded: out of memory");
+		goto failed;
+	}
+	if (config_parse(next, argc, argv, stdout, err, sizeof(err)) != CONFIG_OK) {
+		log_error("SIGHUP: config not reloaded: %s", err);
+		goto failed;
+	}
+	/* The previous plan must be in before the next one is built against it. */
+	for (int tries = 0; tries < 100; tries++) {
+		bool all = true;
+
+		for (uint32_t i = 0; i < a->nworkers; i++)
+			all = all && worker_plan_taken(worker_nth(a->workers, i));
+		if (all)
+			break;
+		usleep(10000);
+	}
+	if (build_plans(a, next, &a->run, plans, &nr) < 0) {
+		log_error("SIGHUP: config not reloaded: %s", a->err);
+		goto failed;
+	}
+	next->backend = next->backend == a->backend_asked ? a->cfg->backend : next->backend;
+	warn_restart_only(a->run.cfg, next);
+	for (uint32_t i = 0; i < a->run.cfg->nlisteners; i++) {
+		const struct config_listener *l = &a->run.cfg->listeners[i];
+		int ni = config_find_listener(next, l->name);
+
+		if (ni < 0)
+			log_info("SIGHUP: listener %s removed: draining its connections for up to "
+				 "%u ms",
+				 l->name, l->drain_timeout_ms);
+		if (ni < 0 || !same_hostport(&next->listeners[ni].listen, &l->listen))
+			unlink_unix(l);
+	}
+	for (uint32_t i = 0; i < next->nlisteners; i++) {
+		const struct config_listener *l = &next->listeners[i];
+		int oi = config_find_listener(a->run.cfg, l->name);
+		char hp[ADDR_HOST_MAX + 16];
+
+		addr_format_hostport(&l->listen, hp, sizeof(hp));
+		if (oi < 0)
+			log_info("SIGHUP: listener %s added on %s", l->name, hp);
+		else if (!config_listener_equal(&a->run.cfg->listeners[oi], l))
+			log_info("SIGHUP: listener %s changed (%s)", l->name, hp);
+	}
+	for (uint32_t i = 0; i < a->nworkers; i++) {
+		worker_post_plan(worker_nth(a->workers, i), plans[i]);
+		plans[i] = NULL;
+	}
+	running_free(&a->run, a->cfg);
+	nr.cfg = next;
+	a->run = nr;
+	__atomic_fetch_add(&stats_reloads[0], 1, __ATOMIC_RELAXED);
+	log_info("SIGHUP: config re-read%s%s: %u listener(s), %u pool(s)",
+		 next->config_path[0] ? " from " : "", next->config_path, next->nlisteners,
+		 next->npools);
+	free(plans);
+	return;
+failed:
+	__atomic_fetch_add(&stats_reloads[1], 1, __ATOMIC_RELAXED);
+	free(next);
+	free(plans);
+}
+
+/* --resolve-interval: re-resolves every pool; hands the workers a plan if any pool changed. */
+static void reresolve(struct app *a)
+{
+	static struct backend_spec buf[BACKEND_MAX];
+	const struct config *cfg = a->run.cfg;
+	struct worker_plan **plans;
+	struct running nr = { 0 };
+	bool changed = false;
+	char why[512];
+
+	for (uint32_t i = 0; i < cfg->npools && !changed; i++) {
+		int n = resolve_pool(&cfg->pools[i], buf, BACKEND_MAX, a->run.specs[i],
+				     a->run.nspecs[i], false, why, sizeof(why));
+
+		changed = n > 0 && !same_pool(buf, n, a->run.specs[i], a->run.nspecs[i]);
+	}
+	if (!changed)
+		return;
+	for (uint32_t i = 0; i < a->nworkers; i++)
+		if (!worker_plan_taken(worker_nth(a->workers, i)))
+			return; /* next time */
+	plans = calloc(a->nworkers, sizeof(*plans));
+	if (plans == NULL || build_plans(a, cfg, &a->run, plans, &nr) < 0) {
+		log_error("re-resolving the upstreams: %s", plans ? a->err : "out of memory");
+		free(plans);
+		return;
+	}
+	for (uint32_t i = 0; i < cfg->npools; i++)
+		if (!same_pool(nr.specs[i], nr.nspecs[i], a->run.specs[i], a->run.nspecs[i])) {
+			log_info("pool %s changed: %d address(es) now", cfg->pools[i].name,
+				 nr.nspecs[i]);
+			log_pool(cfg->pools[i].name, nr.specs[i], nr.nspecs[i]);
+		}
+	for (uint32_t i = 0; i < a->nworkers; i++)
+		worker_post_plan(worker_nth(a->workers, i), plans[i]);
+	free(plans);
+	for (int i = 0; i < CONFIG_MAX_POOLS; i++) {
+		free(a->run.specs[i]);
+		a->run.specs[i] = nr.specs[i];
+		a->run.nspecs[i] = nr.nspecs[i];
+	}
+}
+
+/* The control thread's loop: until every worker has exited, wait for SIGHUP (re-read the
+ * config) or for the resolve interval (re-resolve), and hand the workers their new plans. */
+static void control_loop(struct app *a, int argc, char **argv)
+{
+	uint64_t since_status_ms = 0, since_resolve_ms = 0;
+	struct timespec tick = { .tv_sec = 0, .tv_nsec = CONTROL_POLL_MS * 1000000L };
+	sigset_t hup;
+
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
+	while (atomic_load(&running_workers) > 0) {
+		bool reread = sigtimedwait(&hup, NULL, &tick) == SIGHUP;
+
+		since_resolve_ms += CONTROL_POLL_MS;
+		since_status_ms += CONTROL_POLL_MS;
+		if (a->sn.fd >= 0 && since_status_ms >= 1000) {
+			unsigned int active = 0;
+
+			since_status_ms = 0;
+			for (uint32_t i = 0; i < a->nworkers; i++)
+				active += worker_active(worker_nth(a->workers, i));
+			sdnotify_status_sessions(&a->sn, active);
+		}
+		if (reread) {
+			since_resolve_ms = 0;
+			reload(a, argc, argv);
+			continue;
+		}
+		if (a->cfg->resolve_interval_s == 0 ||
+		    since_resolve_ms < (uint64_t)a->cfg->resolve_interval_s * 1000)
+			continue;
+		since_resolve_ms = 0;
+		reresolve(a);
+	}
+}
 
 /* How many workers, and how many sessions each may hold (from the open-file limit). */
 static void app_size(struct app *a)
 {
-	const struct config *cfg = &a->cfg;
+	const struct config *cfg = a->cfg;
 	uint32_t total;
 
 	a->nworkers = cfg->workers != 0 ? cfg->workers : cpu_count();
@@ -358,43 +641,50 @@ static void app_size(struct app *a)
 	a->per_worker = (total + a->nworkers - 1) / a->nworkers;
 }
 
-/* Every worker's listeners (bound here, or adopted from systemd), before any thread starts,
- * so that a port in use or a bad address is reported once, synchronously, with exit 1; and
- * the metrics listener with the workers' snapshots. */
+/* Every listener's sockets for every worker (bound here, or adopted from systemd) and every
+ * pool resolved, before any thread starts, so that a port in use, a bad address or a name
+ * that does not resolve is reported once, synchronously, with exit 1; and the metrics
+ * listener with the workers' snapshots. */
 static int app_bind(struct app *a)
 {
-	int act[WORKER_MAX_LISTENERS], nact;
+	struct worker_plan **plans;
 
 	a->workers = workers_new(a->nworkers);
 	a->args = calloc(a->nworkers, sizeof(*a->args));
 	a->threads = calloc(a->nworkers, sizeof(*a->threads));
-	if (a->workers == NULL || a->args == NULL || a->threads == NULL)
+	plans = calloc(a->nworkers, sizeof(*plans));
+	if (a->workers == NULL || a->args == NULL || a->threads == NULL || plans == NULL) {
+		free(plans);
 		return fail("out of memory");
-	nact = sdnotify_listen_fds(act, WORKER_MAX_LISTENERS, a->err, sizeof(a->err));
-	if (nact < 0) {
-		char msg[600];
+	}
+	a->nact = sdnotify_listen_fds(a->act, WORKER_MAX_LISTENERS, a->err, sizeof(a->err));
+	if (a->nact < 0) {
+		char msg[1100];
 
+		free(plans);
 		snprintf(msg, sizeof(msg), "socket activation: %s", a->err);
 		return fail(msg);
 	}
-	if (nact > 0) {
+	if (a->nact > 0) {
 		/* Kept so that a SIGHUP re-parse still accepts a config without --listen. */
 		setenv("UPROXY_SOCKET_ACTIVATED", "1", 1);
-		if (a->cfg.listen.port != 0)
-			log_info(
-				"socket-activated: serving the %d sockets systemd passed; --listen "
-				"is not bound",
-				nact);
+		log_info("socket-activated: listener %s serves the %d sockets systemd passed%s",
+			 a->cfg->listeners[0].name, a->nact,
+			 a->cfg->listeners[0].listen.port != 0 ? "; its listen address is not bound"
+							       : "");
 	}
 	/* Before --user drops the rights that may be needed to reach systemd's socket. */
 	if (sdnotify_open(&a->sn) < 0)
 		log_warn("NOTIFY_SOCKET is set but unusable; not notifying systemd");
-	for (uint32_t i = 0; i < a->nworkers; i++) {
-		if (worker_bind(worker_nth(a->workers, i), &a->cfg.listen, act, nact, a->err,
-				sizeof(a->err)) < 0)
-			return fail(a->err);
+	if (build_plans(a, a->cfg, NULL, plans, &a->run) < 0) {
+		free(plans);
+		return fail(a->err);
 	}
-	if (a->cfg.stats.port == 0)
+	a->run.cfg = a->cfg;
+	for (uint32_t i = 0; i < a->nworkers; i++)
+		worker_set_plan(worker_nth(a->workers, i), plans[i]);
+	free(plans);
+	if (a->cfg->stats.port == 0)
 		return 0;
 	for (uint32_t i = 0; i < a->nworkers; i++) {
 		if (worker_enable_stats(worker_nth(a->workers, i)) < 0)
@@ -402,40 +692,20 @@ static int app_bind(struct app *a)
 	}
 	{
 		struct listener sl[WORKER_MAX_LISTENERS];
-		int n = listener_open(&a->cfg.stats, sl, WORKER_MAX_LISTENERS, a->err,
+		int n = listener_open(&a->cfg->stats, sl, WORKER_MAX_LISTENERS, a->err,
 				      sizeof(a->err));
+		int fds[WORKER_MAX_LISTENERS];
 
 		if (n < 0) {
-			char msg[600];
+			char msg[1100];
 
 			snprintf(msg, sizeof(msg), "--stats: %s", a->err);
 			return fail(msg);
 		}
-		int fds[WORKER_MAX_LISTENERS];
-
 		for (int i = 0; i < n; i++)
 			fds[i] = sl[i].fd;
 		worker_serve_stats(worker_nth(a->workers, 0), fds, n);
 	}
-	return 0;
-}
-
-/* --access-log: one file (or stdout) shared by every worker's writes. */
-static int app_open_access_log(struct app *a)
-{
-	if (a->cfg.access_log[0] == '\0')
-		return 0;
-	a->alog_fd =
-		strcmp(a->cfg.access_log, "-") == 0
-			? STDOUT_FILENO
-			: open(a->cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-	if (a->alog_fd < 0) {
-		snprintf(a->err, sizeof(a->err), "cannot open --access-log '%.300s': %s",
-			 a->cfg.access_log, strerror(errno));
-		return fail(a->err);
-	}
-	for (uint32_t i = 0; i < a->nworkers; i++)
-		worker_set_access_log(worker_nth(a->workers, i), a->alog_fd);
 	return 0;
 }
 
@@ -444,7 +714,7 @@ static int app_drop_and_signals(struct app *a)
 {
 	int sigfd;
 
-	if (a->cfg.user[0] != '\0' && drop_privileges(a->cfg.user, a->err, sizeof(a->err)) < 0)
+	if (a->cfg->user[0] != '\0' && drop_privileges(a->cfg->user, a->err, sizeof(a->err)) < 0)
 		return fail(a->err);
 	sigfd = open_signalfd();
 	if (sigfd < 0) {
@@ -462,10 +732,11 @@ static void app_choose_backend(struct app *a)
 {
 	char why[1024];
 
-	a->cfg.backend = loop_choose_backend(a->cfg.backend, why, sizeof(why));
+	a->backend_asked = a->cfg->backend;
+	a->cfg->backend = loop_choose_backend(a->cfg->backend, why, sizeof(why));
 	if (why[0] != '\0')
 		log_warn("%s", why);
-	log_info("event backend: %s", loop_backend_str(a->cfg.backend));
+	log_info("event backend: %s", loop_backend_str(a->cfg->backend));
 }
 
 /* Starts every worker thread and waits until each has reported its set-up; they run only if
@@ -477,9 +748,7 @@ static void app_start_workers(struct app *a)
 	for (uint32_t i = 0; i < a->nworkers; i++) {
 		a->args[i] = (struct thread_arg){ .w = worker_nth(a->workers, i),
 						  .st = st,
-						  .cfg = &a->cfg,
-						  .specs = a->pool,
-						  .nspecs = a->npool,
+						  .cfg = a->cfg,
 						  .max_sessions = a->per_worker };
 		if (pthread_create(&a->threads[i], NULL, worker_thread, &a->args[i]) != 0) {
 			snprintf(st->why, sizeof(st->why), "cannot start worker thread %u: %s", i,
@@ -504,23 +773,30 @@ static void app_start_workers(struct app *a)
 /* The start-up lines, and READY=1 to systemd. */
 static void app_announce(struct app *a)
 {
-	char buf[ADDR_STRLEN];
+	const struct config *cfg = a->cfg;
 
-	for (int i = 0; i < worker_listener_count(worker_nth(a->workers, 0)); i++)
-		log_info("listening on %s",
-			 addr_format(worker_listener_addr(worker_nth(a->workers, 0), i), buf,
-				     sizeof(buf)));
-	if (a->cfg.stats.port) {
+	for (uint32_t i = 0; i < cfg->nlisteners; i++) {
+		const struct config_listener *l = &cfg->listeners[i];
+		char hp[ADDR_HOST_MAX + 16];
+
+		if (i == 0 && a->nact > 0)
+			log_info("listener %s: %d socket-activated socket(s)", l->name, a->nact);
+		else
+			log_info("listening on %s (listener %s)",
+				 addr_format_hostport(&l->listen, hp, sizeof(hp)), l->name);
+	}
+	if (cfg->stats.port) {
 		char hp[ADDR_STRLEN + ADDR_HOST_MAX];
 
 		log_info("metrics at http://%s/metrics",
-			 addr_format_hostport(&a->cfg.stats, hp, sizeof(hp)));
+			 addr_format_hostport(&cfg->stats, hp, sizeof(hp)));
 	}
-	log_pool(a->pool, a->npool);
+	for (uint32_t i = 0; i < cfg->npools; i++)
+		log_pool(cfg->pools[i].name, a->run.specs[i], a->run.nspecs[i]);
 	log_info("%u worker(s), max %u connections each, %u buffers of %u bytes each, "
-		 "balance %s, open-file limit %llu",
-		 a->nworkers, a->per_worker, a->cfg.buffers, a->cfg.buffer_size,
-		 backend_balance_name(a->cfg.balance), (unsigned long long)a->nofile);
+		 "%u listener(s), %u pool(s), open-file limit %llu",
+		 a->nworkers, a->per_worker, cfg->buffers, cfg->buffer_size, cfg->nlisteners,
+		 cfg->npools, (unsigned long long)a->nofile);
 	sdnotify_ready(&a->sn);
 	sdnotify_status_sessions(&a->sn, 0);
 }
@@ -542,47 +818,101 @@ static int app_join(struct app *a)
 	return status;
 }
 
-/* Closes what the workers did not (listeners of workers that never ran or failed, metrics
- * sockets when nothing ran) and frees the rest. */
+/* Closes what the workers did not (plans of workers that never ran, metrics sockets when
+ * nothing ran), removes the unix sockets' files, and frees the rest. */
 static void app_cleanup(struct app *a)
 {
 	workers_free(a->workers, a->nworkers);
-	if (a->alog_fd > STDOUT_FILENO)
-		close(a->alog_fd);
+	if (a->run.cfg != NULL)
+		for (uint32_t i = 0; i < a->run.cfg->nlisteners; i++)
+			if (!(i == 0 && a->nact > 0))
+				unlink_unix(&a->run.cfg->listeners[i]);
+	for (int i = 0; i < a->nlogs; i++)
+		close(a->logs[i].fd);
 	sdnotify_close(&a->sn);
 	free(a->threads);
 	free(a->args);
+	running_free(&a->run, a->cfg);
+	free(a->cfg);
+}
+
+/* --check: everything but binding: the names resolve, the user exists. One line per problem
+ * on stderr; "configuration OK" on stdout. Returns the exit status, 0 or 2. */
+static int check_config(const struct config *cfg)
+{
+	static struct backend_spec buf[BACKEND_MAX];
+	int problems = 0;
+	char why[512];
+
+	for (uint32_t i = 0; i < cfg->npools; i++) {
+		const struct config_pool *cp = &cfg->pools[i];
+
+		for (uint32_t u = 0; u < cp->nupstreams; u++) {
+			struct config_pool one = *cp;
+
+			one.upstreams[0] = cp->upstreams[u];
+			one.nupstreams = 1;
+			if (resolve_pool(&one, buf, BACKEND_MAX, NULL, 0, true, why, sizeof(why)) <
+			    0) {
+				fprintf(stderr, "uproxy: %s: pool '%s': %s\n", cp->where, cp->name,
+					why);
+				problems++;
+			}
+		}
+	}
+	for (uint32_t i = 0; i < cfg->nlisteners; i++) {
+		const struct config_listener *l = &cfg->listeners[i];
+		struct addr addrs[ADDR_MAX_RESOLVED];
+
+		if (l->listen.any || l->listen.unix_sock || l->listen.port == 0)
+			continue;
+		if (addr_resolve(&l->listen, addrs, ADDR_MAX_RESOLVED, why, sizeof(why)) < 0) {
+			fprintf(stderr, "uproxy: %s: listener '%s': %s\n", l->where, l->name, why);
+			problems++;
+		}
+	}
+	if (cfg->user[0] != '\0' && getpwnam(cfg->user) == NULL) {
+		fprintf(stderr, "uproxy: --user %s: no such user\n", cfg->user);
+		problems++;
+	}
+	if (problems > 0)
+		return 2;
+	printf("configuration OK\n");
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	static struct app app = {
-		.alog_fd = -1,
 		.sn = { .fd = -1 },
 		.st = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER },
 	};
 	struct app *a = &app;
 	int status;
 
-	switch (config_parse(&a->cfg, argc, argv, stdout, a->err, sizeof(a->err))) {
+	a->cfg = calloc(1, sizeof(*a->cfg));
+	if (a->cfg == NULL)
+		return fail("out of memory");
+	switch (config_parse(a->cfg, argc, argv, stdout, a->err, sizeof(a->err))) {
 	case CONFIG_OK:
 		break;
 	case CONFIG_EXIT:
+		free(a->cfg);
 		return 0;
 	case CONFIG_USAGE:
 		fprintf(stderr, "uproxy: %s\n", a->err);
+		free(a->cfg);
 		return 2;
 	}
-	log_set_level(a->cfg.log_level);
+	if (a->cfg->check) {
+		status = check_config(a->cfg);
+		free(a->cfg);
+		return status;
+	}
+	log_set_level(a->cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	app_size(a);
-	a->npool =
-		resolve_pool(&a->cfg, a->pool, BACKEND_MAX, NULL, 0, true, a->err, sizeof(a->err));
-	if (a->npool < 0)
-		return fail(a->err);
 	status = app_bind(a);
-	if (status == 0)
-		status = app_open_access_log(a);
 	if (status == 0)
 		status = app_drop_and_signals(a);
 	if (status == 0) {
@@ -590,8 +920,7 @@ int main(int argc, char **argv)
 		app_start_workers(a);
 		if (a->st.go) {
 			app_announce(a);
-			control_loop(&a->cfg, argc, argv, a->workers, a->nworkers, a->pool,
-				     a->npool, &a->sn);
+			control_loop(a, argc, argv);
 		}
 		status = app_join(a);
 	}

@@ -21,6 +21,10 @@
 #include "uproxy/bufring.h"
 #include "uproxy/config.h"
 #include "uproxy/loop.h"
+#include "uproxy/acl.h"
+#include "uproxy/climit.h"
+#include "uproxy/service.h"
+#include "uproxy/sni.h"
 
 /* ---- the transition table: the only place that says which state follows which ---- */
 
@@ -90,6 +94,17 @@ static inline uint64_t stag(const struct session_env *e, const struct session *s
 			    enum loop_op op)
 {
 	return tag_make(session_slot(e, s), s->gen, side, op);
+}
+
+/* The listener the session came in on, and the pool it forwards to (once chosen). */
+static inline struct svc *sv(const struct session_env *e, const struct session *s)
+{
+	return &e->svcs[s->svc];
+}
+
+static inline struct upool *up(const struct session_env *e, const struct session *s)
+{
+	return &e->pools[s->pool];
 }
 
 static void dir_reset(struct session_dir *dr)
@@ -330,7 +345,8 @@ static unsigned int lost_sides(struct session_env *e, const struct session *s)
 	if (s->dir[DIR_U2C].queued > 0 || unread_bytes(s->fd[SIDE_UPSTREAM]) > 0)
 		lost |= SESSION_LOST_CLIENT;
 	if (s->dir[DIR_C2U].queued > 0 || unread_bytes(s->fd[SIDE_CLIENT]) > 0 ||
-	    (e->pre != NULL && e->pre[session_slot(e, s)].len > e->pre[session_slot(e, s)].off))
+	    e->pre[session_slot(e, s)].len > e->pre[session_slot(e, s)].off ||
+	    e->pre[session_slot(e, s)].hello_len > e->pre[session_slot(e, s)].hello_off)
 		lost |= SESSION_LOST_UPSTREAM;
 	return lost;
 }
@@ -348,10 +364,14 @@ static void teardown(struct session_env *e, struct session *s, enum close_reason
 	lost = lost_sides(e, s);
 	if (lost != 0) {
 		s->truncated = (uint8_t)lost;
-		if (lost & SESSION_LOST_CLIENT)
+		if (lost & SESSION_LOST_CLIENT) {
 			e->st->truncated[SIDE_CLIENT]++;
-		if (lost & SESSION_LOST_UPSTREAM)
+			sv(e, s)->st.truncated[SIDE_CLIENT]++;
+		}
+		if (lost & SESSION_LOST_UPSTREAM) {
 			e->st->truncated[SIDE_UPSTREAM]++;
+			sv(e, s)->st.truncated[SIDE_UPSTREAM]++;
+		}
 		rst = true;
 	}
 	fire(e, s, SE_ABORT);
@@ -369,15 +389,18 @@ void session_abort(struct session_env *e, struct session *s, enum close_reason r
 
 /* A connect to backend id succeeded or failed: passive health (--fail-threshold), logged when
  * the upstream changes state. */
-static void backend_outcome(struct session_env *e, uint32_t id, bool ok)
+static void backend_outcome(struct session_env *e, struct session *s, bool ok)
 {
+	struct upool *p = up(e, s);
+	uint32_t id = s->backend;
 	char buf[ADDR_STRLEN];
 
 	e->backends_dirty = true;
-	if (backend_report(e->pool, id, ok, e->now_ms))
-		log_warn("worker %d: upstream %s is %s", e->worker_id,
-			 addr_format(&e->baddr[id], buf, sizeof(buf)),
+	if (backend_report(p->bp, id, ok, e->now_ms))
+		log_warn("worker %d: pool %s: upstream %s is %s", e->worker_id, p->cfg.name,
+			 addr_format(&p->baddr[id], buf, sizeof(buf)),
 			 ok ? "up again" : "down (connects keep failing)");
+	upool_watch_backup(p, e->worker_id);
 }
 
 /* Picks the next upstream for s (skipping the ones it already failed on) and starts the
@@ -393,26 +416,32 @@ static bool connect_next(struct session_env *e, struct session *s)
 		client = &e->peer_addrs[session_slot(e, s)].u.sa;
 	for (unsigned int i = 0; i < s->ntried; i++)
 		tried[i] = s->tried[i];
-	id = backend_pick(e->pool, client, e->now_ms, tried, s->ntried);
+	id = backend_pick(up(e, s)->bp, client, e->now_ms, tried, s->ntried);
 	if (id < 0)
 		return false;
-	backend_acquire(e->pool, (uint32_t)id);
+	backend_acquire(up(e, s)->bp, (uint32_t)id);
 	e->backends_dirty = true;
 	s->backend = (uint32_t)id;
 	s->tried[s->ntried++] = (uint16_t)id;
-	a = &e->baddr[id];
+	a = &up(e, s)->baddr[id];
 	e->st->connect_attempts++;
 	s->connect_start_us = monotonic_us();
-	loop_socket(e->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP,
+	loop_socket(e->loop, a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC,
+		    a->u.sa.sa_family == AF_UNIX ? 0 : IPPROTO_TCP,
 		    stag(e, s, SIDE_UPSTREAM, OP_SOCKET));
 	s->inflight++;
 	return true;
 }
 
-static void connect_first(struct session_env *e, struct session *s)
+/* Forwards to pool (an upool index): the session holds it until released. */
+static void connect_first(struct session_env *e, struct session *s, uint16_t pool)
 {
+	s->pool = (uint8_t)pool;
+	e->pools[pool].refs++;
 	if (!connect_next(e, s)) {
-		log_warn("no upstream available (every one is removed): client closed");
+		log_warn("listener %s: no upstream available in pool %s (every one is removed): "
+			 "client closed",
+			 sv(e, s)->cfg.name, up(e, s)->cfg.name);
 		teardown(e, s, CLOSE_CONNECT_FAILED, false);
 	}
 }
@@ -426,11 +455,120 @@ static void header_recv(struct session_env *e, struct session *s)
 	s->inflight++;
 }
 
-void session_start(struct session_env *e, struct session *s, int client_fd)
+static bool sni_decide(struct session_env *e, struct session *s);
+
+static void hello_recv(struct session_env *e, struct session *s)
+{
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
+
+	loop_recv_buf(e->loop, s->fd[SIDE_CLIENT], pr->hello + pr->hello_len,
+		      SESSION_HELLO_MAX - pr->hello_len, stag(e, s, SIDE_CLIENT, OP_HDR_RECV));
+	s->inflight++;
+}
+
+/* The client as the listener's access list and limits see it: the PROXY header's source
+ * when one was accepted, else the socket's peer. NULL when unknown. */
+static const struct sockaddr *client_sa(const struct session_env *e, const struct session *s)
+{
+	return s->have_peer ? &e->peer_addrs[session_slot(e, s)].u.sa : NULL;
+}
+
+/* The listener's access list and per-client limits. Returns false after closing a refused
+ * client (at once, with an RST: nothing of it was forwarded, and no TIME_WAIT is left behind
+ * however many an attacker opens). */
+static bool admit(struct session_env *e, struct session *s)
+{
+	struct svc *v = sv(e, s);
+	const struct sockaddr *sa = client_sa(e, s);
+	unsigned long suppressed;
+	char buf[ADDR_STRLEN];
+
+	if (sa == NULL)
+		return true;
+	if (v->cfg.nacl > 0 && !acl_allows(v->cfg.acl, v->cfg.nacl, sa)) {
+		v->st.denied++;
+		if (log_enabled(LOG_INFO) && log_ratelimit_ok(&v->rl_deny, &suppressed))
+			log_info("listener %s: client %s denied by the access list (%lu similar "
+				 "messages suppressed)",
+				 v->cfg.name,
+				 addr_format(&e->peer_addrs[session_slot(e, s)], buf, sizeof(buf)),
+				 suppressed);
+		teardown(e, s, CLOSE_DENIED, true);
+		return false;
+	}
+	if (v->climit != NULL) {
+		enum climit_verdict vd = climit_admit(v->climit, sa, e->now_ms, &s->climit_slot);
+		static const char *const what[] = { "too many connections",
+						    "too many new "
+						    "connections per second",
+						    "the client table is full" };
+		int k = vd == CLIMIT_OVER_CONNS ? 0 : vd == CLIMIT_OVER_RATE ? 1 : 2;
+
+		if (vd == CLIMIT_OK) {
+			s->climit_held = s->climit_slot != CLIMIT_NO_SLOT;
+			return true;
+		}
+		v->st.limited[k]++;
+		if (log_enabled(LOG_INFO) && log_ratelimit_ok(&v->rl_limit, &suppressed))
+			log_info("listener %s: client %s refused: %s (%lu similar messages "
+				 "suppressed)",
+				 v->cfg.name,
+				 addr_format(&e->peer_addrs[session_slot(e, s)], buf, sizeof(buf)),
+				 what[k], suppressed);
+		teardown(e, s, CLOSE_LIMITED, true);
+		return false;
+	}
+	return true;
+}
+
+/* The client is admitted and its PROXY header (if any) read: choose the pool from the
+ * ClientHello (sni-route) or go to the listener's pool. */
+static void route(struct session_env *e, struct session *s)
+{
+	struct svc *v = sv(e, s);
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
+
+	if (v->cfg.nsni_routes > 0) {
+		pr->hello = malloc(SESSION_HELLO_MAX);
+		if (pr->hello == NULL) {
+			teardown(e, s, CLOSE_RESOURCE, true);
+			return;
+		}
+		/* Bytes that came behind a PROXY header are the start of the ClientHello. */
+		memcpy(pr->hello, pr->data, pr->len);
+		pr->hello_len = pr->len;
+		pr->hello_off = 0;
+		s->bytes[DIR_C2U] -= pr->len; /* counted again when the hello is forwarded */
+		e->st->bytes[DIR_C2U] -= pr->len;
+		v->st.bytes[DIR_C2U] -= pr->len;
+		pr->len = 0;
+		s->sni_wait = 1;
+		timer_arm(e->wheel, &s->timer, e->now_ms + v->cfg.sni_timeout_ms);
+		if (pr->hello_len == 0 || !sni_decide(e, s))
+			hello_recv(e, s);
+		return;
+	}
+	if (v->pool == UPOOL_NONE) {
+		teardown(e, s, CLOSE_CONNECT_FAILED, false);
+		return;
+	}
+	fire(e, s, SE_HEADER_DONE);
+	connect_first(e, s, v->pool);
+}
+
+void session_start(struct session_env *e, struct session *s, int client_fd, unsigned int svc)
 {
 	uint32_t slot = session_slot(e, s);
+	struct session_pre *pr = &e->pre[slot];
+	struct svc *v = &e->svcs[svc];
 
-	fire(e, s, e->cfg->accept_proxy ? SE_START_PROXY : SE_START);
+	s->svc = (uint8_t)svc;
+	s->pool = UINT8_MAX;
+	s->sni_wait = 0;
+	s->climit_held = 0;
+	v->sessions++;
+	v->st.accepted++;
+	fire(e, s, v->cfg.accept_proxy || v->cfg.nsni_routes > 0 ? SE_START_PROXY : SE_START);
 	s->fd[SIDE_CLIENT] = client_fd;
 	s->fd[SIDE_UPSTREAM] = -1;
 	s->backend = SESSION_NO_BACKEND;
@@ -442,20 +580,21 @@ void session_start(struct session_env *e, struct session *s, int client_fd)
 	s->bytes[0] = s->bytes[1] = 0;
 	s->have_peer = 0;
 	s->wait_fd = 0;
-	if (e->peer_addrs != NULL) {
+	if (v->needs_peer) {
 		struct addr *pa = &e->peer_addrs[slot];
 
 		/* One syscall per session, only for features that need the client's address
-		 * (hash balancing, access log, PROXY protocol): a multishot accept shares one
-		 * address buffer between its completions, so it is asked for here. */
+		 * (access list, limits, hash balancing, access log, PROXY protocol): a multishot
+		 * accept shares one address buffer between its completions, so it is asked for
+		 * here. */
 		pa->len = sizeof(pa->u);
 		if (getpeername(client_fd, &pa->u.sa, &pa->len) == 0)
 			s->have_peer = 1;
 	}
-	if (e->pre != NULL) {
-		struct session_pre *pr = &e->pre[slot];
-
-		pr->len = pr->off = 0;
+	pr->len = pr->off = 0;
+	pr->hello = NULL;
+	pr->hello_len = pr->hello_off = 0;
+	if (v->cfg.send_proxy || v->cfg.accept_proxy) {
 		memset(&pr->src, 0, sizeof(pr->src));
 		memset(&pr->dst, 0, sizeof(pr->dst));
 		if (s->have_peer)
@@ -464,15 +603,89 @@ void session_start(struct session_env *e, struct session *s, int client_fd)
 		if (getsockname(client_fd, &pr->dst.u.sa, &pr->dst.len) < 0)
 			memset(&pr->dst, 0, sizeof(pr->dst));
 	}
+	if (v->cfg.keepalive[SIDE_CLIENT].on)
+		sock_set_keepalive(client_fd, v->cfg.keepalive[SIDE_CLIENT].idle_s,
+				   v->cfg.keepalive[SIDE_CLIENT].interval_s,
+				   v->cfg.keepalive[SIDE_CLIENT].count);
 	timer_node_init(&s->timer, 0, slot);
 	dir_reset(&s->dir[DIR_C2U]);
 	dir_reset(&s->dir[DIR_U2C]);
-	if (s->state == SS_AWAIT_HEADER) {
+	if (v->cfg.accept_proxy) {
 		timer_arm(e->wheel, &s->timer, e->now_ms + SESSION_HEADER_TIMEOUT_MS);
 		header_recv(e, s);
 		return;
 	}
-	connect_first(e, s);
+	if (!admit(e, s))
+		return;
+	if (s->state == SS_AWAIT_HEADER) {
+		route(e, s);
+		return;
+	}
+	connect_first(e, s, v->pool);
+}
+
+/* sni-route: decides on the ClientHello bytes so far. Returns false to read more. */
+static bool sni_decide(struct session_env *e, struct session *s)
+{
+	struct svc *v = sv(e, s);
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
+	char name[256];
+	enum sni_result r = sni_parse(pr->hello, pr->hello_len, name, sizeof(name));
+	uint16_t pool = v->pool;
+	unsigned long suppressed;
+
+	if (r == SNI_NEED_MORE && pr->hello_len < SESSION_HELLO_MAX)
+		return false;
+	if (r == SNI_NEED_MORE)
+		r = SNI_TOO_BIG;
+	s->sni_wait = 0;
+	timer_cancel(e->wheel, &s->timer);
+	if (r == SNI_FOUND) {
+		int i = sni_route_match(v->cfg.sni_routes, v->cfg.nsni_routes, name);
+
+		if (i >= 0)
+			pool = v->route_pool[i];
+		v->st.sni_routed++;
+		log_debug("listener %s: server name '%s' -> pool %s", v->cfg.name, name,
+			  pool == UPOOL_NONE ? "(none)" : e->pools[pool].cfg.name);
+	} else if (r == SNI_NO_SNI || r == SNI_NOT_TLS) {
+		if (v->cfg.sni_missing_close)
+			pool = UPOOL_NONE;
+	} else {
+		/* Too big or malformed: nothing sensible to route; the client learns by a reset. */
+		if (log_enabled(LOG_INFO) && log_ratelimit_ok(&e->rl_proxy, &suppressed))
+			log_info("listener %s: client closed: ClientHello %s (%lu similar "
+				 "messages suppressed)",
+				 v->cfg.name, sni_result_name(r), suppressed);
+		teardown(e, s, CLOSE_PROTOCOL, true);
+		return true;
+	}
+	if (pool == UPOOL_NONE) {
+		teardown(e, s, CLOSE_PROTOCOL, true);
+		return true;
+	}
+	s->bytes[DIR_C2U] += pr->hello_len;
+	e->st->bytes[DIR_C2U] += pr->hello_len;
+	v->st.bytes[DIR_C2U] += pr->hello_len;
+	fire(e, s, SE_HEADER_DONE);
+	connect_first(e, s, pool);
+	return true;
+}
+
+/* More of the client's ClientHello arrived (or the client went away). */
+static void on_hello(struct session_env *e, struct session *s, int res)
+{
+	struct session_pre *pr = &e->pre[session_slot(e, s)];
+
+	if (closing(s))
+		return;
+	if (res <= 0) {
+		teardown(e, s, res == 0 ? CLOSE_PROTOCOL : CLOSE_CLIENT_RESET, res < 0);
+		return;
+	}
+	pr->hello_len += (uint32_t)res;
+	if (!sni_decide(e, s))
+		hello_recv(e, s);
 }
 
 /* --accept-proxy: more of the client's header arrived (or the client went away). */
@@ -486,6 +699,10 @@ static void on_header(struct session_env *e, struct session *s, int res)
 
 	if (closing(s))
 		return;
+	if (s->sni_wait) {
+		on_hello(e, s, res);
+		return;
+	}
 	if (res <= 0) {
 		teardown(e, s, res == 0 ? CLOSE_PROTOCOL : CLOSE_CLIENT_RESET, false);
 		return;
@@ -512,27 +729,38 @@ static void on_header(struct session_env *e, struct session *s, int res)
 		/* The address the header carries is the client from now on. */
 		pr->src = r.src;
 		pr->dst = r.dst;
-		if (e->peer_addrs != NULL) {
-			e->peer_addrs[slot] = r.src;
-			s->have_peer = 1;
-		}
+		e->peer_addrs[slot] = r.src;
+		s->have_peer = 1;
 	}
 	/* Client bytes that came behind the header go upstream first. */
 	memmove(pr->data, pr->data + n, pr->len - (uint32_t)n);
 	pr->len = (uint16_t)(pr->len - (uint32_t)n);
 	s->bytes[DIR_C2U] += pr->len;
 	e->st->bytes[DIR_C2U] += pr->len;
+	sv(e, s)->st.bytes[DIR_C2U] += pr->len;
 	timer_cancel(e->wheel, &s->timer);
+	if (!admit(e, s))
+		return;
+	if (sv(e, s)->cfg.nsni_routes > 0) {
+		route(e, s);
+		return;
+	}
 	fire(e, s, SE_HEADER_DONE);
-	connect_first(e, s);
+	connect_first(e, s, sv(e, s)->pool);
 }
 
+/* Sends the next piece of what goes upstream before the client's stream: pr->data (the PROXY
+ * header, early bytes), then the ClientHello kept for sni-route. */
 static void presend(struct session_env *e, struct session *s)
 {
 	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	loop_send(e->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
-		  stag(e, s, DIR_C2U, OP_PRESEND));
+	if (pr->off < pr->len)
+		loop_send(e->loop, s->fd[SIDE_UPSTREAM], pr->data + pr->off, pr->len - pr->off,
+			  stag(e, s, DIR_C2U, OP_PRESEND));
+	else
+		loop_send(e->loop, s->fd[SIDE_UPSTREAM], pr->hello + pr->hello_off,
+			  pr->hello_len - pr->hello_off, stag(e, s, DIR_C2U, OP_PRESEND));
 	/* Holds the client->upstream queue back until these bytes are out. */
 	s->dir[DIR_C2U].send_n = 1;
 	s->inflight++;
@@ -543,11 +771,11 @@ static void presend_start(struct session_env *e, struct session *s)
 {
 	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	if (e->cfg->send_proxy) {
+	if (sv(e, s)->cfg.send_proxy) {
 		uint8_t hdr[PROXYPROTO_V1_BUILD_MAX];
 		const struct addr *src = pr->src.len ? &pr->src : NULL;
 		const struct addr *dst = pr->dst.len ? &pr->dst : NULL;
-		int h = e->cfg->send_proxy == 1
+		int h = sv(e, s)->cfg.send_proxy == 1
 				? proxyproto_build_v1(src, dst, (char *)hdr, sizeof(hdr))
 				: proxyproto_build_v2(src, dst, hdr, sizeof(hdr));
 
@@ -558,7 +786,7 @@ static void presend_start(struct session_env *e, struct session *s)
 		}
 	}
 	pr->off = 0;
-	if (pr->len > 0)
+	if (pr->len > 0 || pr->hello_len > pr->hello_off)
 		presend(e, s);
 }
 
@@ -574,12 +802,18 @@ static void on_presend(struct session_env *e, struct session *s, int res)
 		teardown(e, s, CLOSE_UPSTREAM_RESET, true);
 		return;
 	}
-	pr->off = (uint16_t)(pr->off + res);
-	if (pr->off < pr->len) {
+	if (pr->off < pr->len)
+		pr->off = (uint16_t)(pr->off + res);
+	else
+		pr->hello_off += (uint32_t)res;
+	if (pr->off < pr->len || pr->hello_off < pr->hello_len) {
 		presend(e, s);
 		return;
 	}
 	pr->len = pr->off = 0;
+	free(pr->hello);
+	pr->hello = NULL;
+	pr->hello_len = pr->hello_off = 0;
 	dir_pump(e, s, DIR_C2U);
 }
 
@@ -587,7 +821,7 @@ static void on_presend(struct session_env *e, struct session *s, int res)
 static void backend_drop(struct session_env *e, struct session *s)
 {
 	if (s->backend != SESSION_NO_BACKEND) {
-		backend_release(e->pool, s->backend);
+		backend_release(up(e, s)->bp, s->backend);
 		e->backends_dirty = true;
 		s->backend = SESSION_NO_BACKEND;
 	}
@@ -616,7 +850,7 @@ static void on_socket(struct session_env *e, struct session *s, int res)
 			e->out |= SESSION_OUT_NEED_FD;
 			backend_drop(e, s);
 			s->ntried--;
-			if (e->now_ms - s->start_ms < e->cfg->connect_timeout_ms) {
+			if (e->now_ms - s->start_ms < up(e, s)->cfg.connect_timeout_ms) {
 				s->wait_fd = 1;
 				timer_arm(e->wheel, &s->timer, e->now_ms + SESSION_FD_WAIT_MS);
 				return;
@@ -629,9 +863,14 @@ static void on_socket(struct session_env *e, struct session *s, int res)
 	/* Two setsockopts per upstream connection (a ring-side setsockopt needs Linux 6.7);
 	 * accepted client sockets inherit the same from the listener. */
 	sock_set_forwarding(res);
-	const struct addr *a = &e->baddr[s->backend];
+	const struct addr *a = &up(e, s)->baddr[s->backend];
+
+	if (sv(e, s)->cfg.keepalive[SIDE_UPSTREAM].on && a->u.sa.sa_family != AF_UNIX)
+		sock_set_keepalive(res, sv(e, s)->cfg.keepalive[SIDE_UPSTREAM].idle_s,
+				   sv(e, s)->cfg.keepalive[SIDE_UPSTREAM].interval_s,
+				   sv(e, s)->cfg.keepalive[SIDE_UPSTREAM].count);
 	/* The connect and its timeout are one linked pair: two CQEs, both counted in flight. */
-	loop_connect_timeout(e->loop, res, &a->u.sa, a->len, e->cfg->connect_timeout_ms,
+	loop_connect_timeout(e->loop, res, &a->u.sa, a->len, up(e, s)->cfg.connect_timeout_ms,
 			     stag(e, s, SIDE_UPSTREAM, OP_CONNECT),
 			     stag(e, s, SIDE_UPSTREAM, OP_LINK_TIMEOUT));
 	s->inflight += 2;
@@ -645,7 +884,7 @@ static void on_connect(struct session_env *e, struct session *s, int res)
 	if (closing(s))
 		return;
 	if (res < 0) {
-		const struct addr *a = &e->baddr[s->backend];
+		const struct addr *a = &up(e, s)->baddr[s->backend];
 
 		/* -ECANCELED here means the linked timeout fired (an abort would be closing). */
 		if (res == -ECANCELED)
@@ -653,12 +892,12 @@ static void on_connect(struct session_env *e, struct session *s, int res)
 		e->st->connect_errors++;
 		log_debug("connect to %s failed: %s", addr_format(a, buf, sizeof(buf)),
 			  strerror(-res));
-		backend_outcome(e, s->backend, false);
+		backend_outcome(e, s, false);
 		backend_drop(e, s);
 		loop_close(e->loop, s->fd[SIDE_UPSTREAM], stag(e, s, SIDE_UPSTREAM, OP_CLOSE));
 		s->inflight++;
 		s->fd[SIDE_UPSTREAM] = -1;
-		if (s->ntried <= e->cfg->retries && connect_next(e, s))
+		if (s->ntried <= up(e, s)->cfg.retries && connect_next(e, s))
 			return;
 		if (log_enabled(LOG_WARN) && log_ratelimit_ok(&e->rl_connect, &suppressed))
 			log_warn("cannot connect to upstream %s: %s (after %u attempt(s); client "
@@ -668,12 +907,11 @@ static void on_connect(struct session_env *e, struct session *s, int res)
 		teardown(e, s, CLOSE_CONNECT_FAILED, false);
 		return;
 	}
-	backend_outcome(e, s->backend, true);
+	backend_outcome(e, s, true);
 	stats_connect_observe(e->st, monotonic_us() - s->connect_start_us);
 	fire(e, s, SE_CONNECTED);
-	timer_arm(e->wheel, &s->timer, e->now_ms + e->cfg->idle_timeout_ms);
-	if (e->pre != NULL)
-		presend_start(e, s);
+	timer_arm(e->wheel, &s->timer, e->now_ms + sv(e, s)->cfg.idle_timeout_ms);
+	presend_start(e, s);
 	recv_arm(e, s, DIR_C2U);
 	recv_arm(e, s, DIR_U2C);
 }
@@ -690,15 +928,21 @@ static bool half_closed(const struct session *s)
 static void timer_touch(struct session_env *e, struct session *s)
 {
 	timer_arm(e->wheel, &s->timer,
-		  e->now_ms + (half_closed(s) ? e->cfg->fin_timeout_ms : e->cfg->idle_timeout_ms));
+		  e->now_ms + (half_closed(s) ? sv(e, s)->cfg.fin_timeout_ms
+					      : sv(e, s)->cfg.idle_timeout_ms));
 }
 
 void session_timeout(struct session_env *e, struct session *s)
 {
 	if (s->state == SS_AWAIT_HEADER) {
-		log_debug("session %u: no PROXY protocol header within %d ms", session_slot(e, s),
-			  SESSION_HEADER_TIMEOUT_MS);
-		teardown(e, s, CLOSE_PROTOCOL, false);
+		if (s->sni_wait)
+			log_debug("session %u: no complete ClientHello within %u ms",
+				  session_slot(e, s), sv(e, s)->cfg.sni_timeout_ms);
+		else
+			log_debug("session %u: no PROXY protocol header within %d ms",
+				  session_slot(e, s), SESSION_HEADER_TIMEOUT_MS);
+		/* A ClientHello cut short: the client sent bytes we drop, so it gets an RST. */
+		teardown(e, s, CLOSE_PROTOCOL, s->sni_wait);
 		return;
 	}
 	if (s->state == SS_CONNECTING && s->wait_fd) {
@@ -768,6 +1012,7 @@ static void on_recv(struct session_env *e, struct session *s, unsigned int d,
 		queue_push(e, dr, bid);
 	if (res > 0 && !closing(s)) {
 		e->st->bytes[d] += (uint64_t)res;
+		sv(e, s)->st.bytes[d] += (uint64_t)res;
 		s->bytes[d] += (uint64_t)res;
 		timer_touch(e, s);
 		dir_pump(e, s, d);
@@ -873,7 +1118,8 @@ static void log_session(struct session_env *e, struct session *s)
 	struct timespec now;
 	struct accesslog_entry le = {
 		.client = s->have_peer ? &e->peer_addrs[session_slot(e, s)] : NULL,
-		.upstream = s->backend != SESSION_NO_BACKEND ? &e->baddr[s->backend] : NULL,
+		.upstream = s->backend != SESSION_NO_BACKEND ? &up(e, s)->baddr[s->backend] : NULL,
+		.listener = sv(e, s)->cfg.name,
 		.bytes_in = s->bytes[DIR_C2U],
 		.bytes_out = s->bytes[DIR_U2C],
 		.duration_ms = e->now_ms - s->start_ms,
@@ -883,7 +1129,7 @@ static void log_session(struct session_env *e, struct session *s)
 
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
 	le.end_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-	accesslog_add(e->alog, &le);
+	accesslog_add(sv(e, s)->alog, &le);
 }
 
 unsigned int session_handle(struct session_env *e, struct session *s, const struct loop_cqe *c)
@@ -928,8 +1174,20 @@ unsigned int session_handle(struct session_env *e, struct session *s, const stru
 		abort();
 	}
 	if (closing(s) && s->inflight == 0) {
-		if (e->alog != NULL)
+		struct session_pre *pr = &e->pre[session_slot(e, s)];
+
+		/* Refused clients are counted and logged (rate-limited), not access-logged: an
+		 * attacker must not be able to fill the log. */
+		if (sv(e, s)->alog != NULL && s->reason != CLOSE_DENIED &&
+		    s->reason != CLOSE_LIMITED)
 			log_session(e, s);
+		if (s->climit_held) {
+			climit_release(sv(e, s)->climit, s->climit_slot);
+			s->climit_held = 0;
+		}
+		free(pr->hello);
+		pr->hello = NULL;
+		pr->hello_len = pr->hello_off = 0;
 		queue_drop(e, &s->dir[DIR_C2U]);
 		queue_drop(e, &s->dir[DIR_U2C]);
 		backend_drop(e, s);

@@ -21,6 +21,11 @@ struct session *slab_alloc(struct worker *w)
 static void session_free(struct worker *w, struct session *s)
 {
 	w->st.closed[s->reason]++;
+	w->svcs[s->svc].st.closed[s->reason]++;
+	if (s->pool != UINT8_MAX)
+		upool_put(w, s->pool);
+	s->pool = UINT8_MAX;
+	svc_put(w, s->svc);
 	s->gen = (s->gen + 1) & TAG_GEN_MASK;
 	s->next_free = w->free_head;
 	w->free_head = session_slot(&w->env, s);

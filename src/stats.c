@@ -22,6 +22,8 @@ static const char *const reason_names[CLOSE__COUNT] = {
 	[CLOSE_RESOURCE] = "resource",
 	[CLOSE_TIMEOUT] = "timeout",
 	[CLOSE_PROTOCOL] = "protocol",
+	[CLOSE_DENIED] = "denied",
+	[CLOSE_LIMITED] = "limited",
 };
 
 const char *close_reason_name(enum close_reason r)
@@ -62,8 +64,12 @@ void stats_log_summary(const struct worker_stats *st, const struct loop_stats *l
 		 ls->enter_retries, ls->sq_backlog);
 }
 
+uint64_t stats_reloads[2];
+
 void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct worker_stats *st,
-		   const struct loop_stats *ls, const struct stats_backend *backends, uint32_t nb)
+		   const struct loop_stats *ls, const struct stats_backend *backends, uint32_t nb,
+		   const struct stats_listener *ls_, uint32_t nl, const struct stats_pool *pools,
+		   uint32_t np)
 {
 	uint32_t seq = __atomic_load_n(&snap->seq, __ATOMIC_RELAXED);
 
@@ -75,7 +81,11 @@ void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct wo
 	if (backends != NULL) {
 		snap->nbackends = nb;
 		memcpy(snap->backends, backends, (size_t)nb * sizeof(*backends));
+		snap->npools = np;
+		memcpy(snap->pools, pools, (size_t)np * sizeof(*pools));
 	}
+	snap->nlisteners = nl;
+	memcpy(snap->listeners, ls_, (size_t)nl * sizeof(*ls_));
 	__atomic_store_n(&snap->seq, seq + 2, __ATOMIC_RELEASE);
 }
 
@@ -92,6 +102,11 @@ void stats_read(const struct stats_snapshot *snap, struct stats_snapshot *out)
 		out->nbackends = snap->nbackends;
 		memcpy(out->backends, snap->backends,
 		       (size_t)out->nbackends * sizeof(out->backends[0]));
+		out->nlisteners = snap->nlisteners;
+		memcpy(out->listeners, snap->listeners,
+		       (size_t)out->nlisteners * sizeof(out->listeners[0]));
+		out->npools = snap->npools;
+		memcpy(out->pools, snap->pools, (size_t)out->npools * sizeof(out->pools[0]));
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
 		s2 = __atomic_load_n(&snap->seq, __ATOMIC_RELAXED);
 		if (s1 == s2)
@@ -137,6 +152,110 @@ static void counter(struct out *o, const char *name, const char *help, uint64_t 
 	put(o, "%s %" PRIu64 "\n", name, v);
 }
 
+/* The listeners of every worker, merged by name (a listener runs in every worker). */
+struct lagg {
+	char name[STATS_NAME_MAX];
+	uint64_t active;
+	struct listener_stats st;
+};
+
+static uint32_t listeners_merge(const struct stats_snapshot *snaps, int n, struct lagg *agg)
+{
+	uint32_t na = 0;
+
+	for (int w = 0; w < n; w++) {
+		for (uint32_t i = 0; i < snaps[w].nlisteners; i++) {
+			const struct stats_listener *l = &snaps[w].listeners[i];
+			const uint64_t *src = (const uint64_t *)&l->st;
+			uint64_t *dst;
+			uint32_t j = 0;
+
+			while (j < na && strcmp(agg[j].name, l->name) != 0)
+				j++;
+			if (j == na) {
+				if (na == STATS_MAX_LISTENERS)
+					continue;
+				memset(&agg[na], 0, sizeof(agg[na]));
+				snprintf(agg[na].name, sizeof(agg[na].name), "%s", l->name);
+				na++;
+			}
+			agg[j].active += l->active;
+			dst = (uint64_t *)&agg[j].st;
+			for (size_t k = 0; k < sizeof(l->st) / sizeof(uint64_t); k++)
+				dst[k] += src[k];
+		}
+	}
+	return na;
+}
+
+/* The per-session series, one per listener (label `listener`). */
+static void listener_series(struct out *o, const struct stats_snapshot *snaps, int n)
+{
+	static __thread struct lagg agg[STATS_MAX_LISTENERS];
+	static const char *const limits[3] = { "conns", "rate", "table" };
+	uint32_t na = listeners_merge(snaps, n, agg);
+
+	head(o, "uproxy_connections_accepted_total", "counter", "Client connections accepted.");
+	for (uint32_t j = 0; j < na; j++)
+		put(o, "uproxy_connections_accepted_total{listener=\"%s\"} %" PRIu64 "\n",
+		    agg[j].name, agg[j].st.accepted);
+	head(o, "uproxy_connections_active", "gauge", "Client connections open now.");
+	for (uint32_t j = 0; j < na; j++)
+		put(o, "uproxy_connections_active{listener=\"%s\"} %" PRIu64 "\n", agg[j].name,
+		    agg[j].active);
+	head(o, "uproxy_connections_closed_total", "counter",
+	     "Client connections closed, by reason (limit: accepted while stopping or full).");
+	for (uint32_t j = 0; j < na; j++)
+		for (int r = 0; r < CLOSE__COUNT; r++)
+			put(o,
+			    "uproxy_connections_closed_total{listener=\"%s\",reason=\"%s\"} "
+			    "%" PRIu64 "\n",
+			    agg[j].name, reason_names[r], agg[j].st.closed[r]);
+	put(o, "uproxy_connections_closed_total{reason=\"limit\"} %" PRIu64 "\n",
+	    SUM(st.accept_overflow));
+	head(o, "uproxy_bytes_total", "counter", "Bytes forwarded, by direction.");
+	for (uint32_t j = 0; j < na; j++) {
+		put(o,
+		    "uproxy_bytes_total{listener=\"%s\",direction=\"client_to_upstream\"} %" PRIu64
+		    "\n",
+		    agg[j].name, agg[j].st.bytes[0]);
+		put(o,
+		    "uproxy_bytes_total{listener=\"%s\",direction=\"upstream_to_client\"} %" PRIu64
+		    "\n",
+		    agg[j].name, agg[j].st.bytes[1]);
+	}
+	head(o, "uproxy_connections_truncated_total", "counter",
+	     "Sessions ended with bytes lost toward a side (that side was reset).");
+	for (uint32_t j = 0; j < na; j++) {
+		put(o,
+		    "uproxy_connections_truncated_total{listener=\"%s\",side=\"client\"} %" PRIu64
+		    "\n",
+		    agg[j].name, agg[j].st.truncated[0]);
+		put(o,
+		    "uproxy_connections_truncated_total{listener=\"%s\",side=\"upstream\"} %" PRIu64
+		    "\n",
+		    agg[j].name, agg[j].st.truncated[1]);
+	}
+	head(o, "uproxy_connections_denied_total", "counter",
+	     "Clients refused by the listener's access list.");
+	for (uint32_t j = 0; j < na; j++)
+		put(o, "uproxy_connections_denied_total{listener=\"%s\"} %" PRIu64 "\n",
+		    agg[j].name, agg[j].st.denied);
+	head(o, "uproxy_connections_limited_total", "counter",
+	     "Clients refused by a per-client limit (conns, rate) or a full client table.");
+	for (uint32_t j = 0; j < na; j++)
+		for (int k = 0; k < 3; k++)
+			put(o,
+			    "uproxy_connections_limited_total{listener=\"%s\",limit=\"%s\"} "
+			    "%" PRIu64 "\n",
+			    agg[j].name, limits[k], agg[j].st.limited[k]);
+	head(o, "uproxy_sni_routed_total", "counter",
+	     "Sessions whose pool was chosen by the TLS server name.");
+	for (uint32_t j = 0; j < na; j++)
+		put(o, "uproxy_sni_routed_total{listener=\"%s\"} %" PRIu64 "\n", agg[j].name,
+		    agg[j].st.sni_routed);
+}
+
 size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, int n)
 {
 	struct out o = { .buf = buf, .len = len, .pos = 0 };
@@ -147,22 +266,7 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	head(&o, "uproxy_workers", "gauge", "Worker threads, by event backend.");
 	put(&o, "uproxy_workers{backend=\"%s\"} %d\n",
 	    n > 0 && snaps[0].ls.backend != NULL ? snaps[0].ls.backend : "none", n);
-	counter(&o, "uproxy_connections_accepted_total", "Client connections accepted.",
-		SUM(st.accepted));
-	head(&o, "uproxy_connections_active", "gauge", "Client connections open now.");
-	put(&o, "uproxy_connections_active %" PRIu64 "\n", SUM(active));
-	head(&o, "uproxy_connections_closed_total", "counter",
-	     "Client connections closed, by reason (limit: accepted while stopping or full).");
-	for (int r = 0; r < CLOSE__COUNT; r++)
-		put(&o, "uproxy_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
-		    reason_names[r], SUM(st.closed[r]));
-	put(&o, "uproxy_connections_closed_total{reason=\"limit\"} %" PRIu64 "\n",
-	    SUM(st.accept_overflow));
-	head(&o, "uproxy_bytes_total", "counter", "Bytes forwarded, by direction.");
-	put(&o, "uproxy_bytes_total{direction=\"client_to_upstream\"} %" PRIu64 "\n",
-	    SUM(st.bytes[0]));
-	put(&o, "uproxy_bytes_total{direction=\"upstream_to_client\"} %" PRIu64 "\n",
-	    SUM(st.bytes[1]));
+	listener_series(&o, snaps, n);
 	counter(&o, "uproxy_upstream_connect_attempts_total", "Upstream connects started.",
 		SUM(st.connect_attempts));
 	counter(&o, "uproxy_upstream_connect_failures_total",
@@ -186,52 +290,79 @@ size_t stats_render(char *buf, size_t len, const struct stats_snapshot *snaps, i
 	    SUM(st.connect_sum_us) / 1e6);
 	put(&o, "uproxy_upstream_connect_duration_seconds_count %" PRIu64 "\n", cum);
 
-	/* Per upstream, by address: sessions summed over workers; a worker that sees it down
-	 * makes it down. */
+	/* Per pool and upstream address: sessions summed over workers; a worker that sees it
+	 * down makes it down. */
 	{
 		static __thread struct stats_backend agg[BACKEND_MAX];
-		uint32_t na = 0;
+		static __thread char pname[BACKEND_MAX][STATS_NAME_MAX];
+		static __thread struct stats_pool pagg[STATS_MAX_POOLS];
+		uint32_t na = 0, np = 0;
 		char a[ADDR_STRLEN];
 
 		for (int w = 0; w < n; w++) {
 			for (uint32_t i = 0; i < snaps[w].nbackends; i++) {
 				const struct stats_backend *b = &snaps[w].backends[i];
+				const char *pn = b->pool < snaps[w].npools
+							 ? snaps[w].pools[b->pool].name
+							 : "?";
 				uint32_t j = 0;
 
-				while (j < na && !addr_equal(&agg[j].addr, &b->addr))
+				while (j < na && !(addr_equal(&agg[j].addr, &b->addr) &&
+						   strcmp(pname[j], pn) == 0))
 					j++;
 				if (j == na) {
 					if (na == BACKEND_MAX)
 						continue;
-					agg[na++] =
+					agg[na] =
 						(struct stats_backend){ .addr = b->addr, .up = 1 };
+					snprintf(pname[na], STATS_NAME_MAX, "%s", pn);
+					na++;
 				}
 				agg[j].active += b->active;
 				agg[j].up &= b->up;
+			}
+			for (uint32_t i = 0; i < snaps[w].npools; i++) {
+				uint32_t j = 0;
+
+				while (j < np && strcmp(pagg[j].name, snaps[w].pools[i].name) != 0)
+					j++;
+				if (j == np) {
+					if (np == STATS_MAX_POOLS)
+						continue;
+					pagg[np++] = snaps[w].pools[i];
+				}
+				pagg[j].on_backup |= snaps[w].pools[i].on_backup;
 			}
 		}
 		head(&o, "uproxy_upstream_up", "gauge",
 		     "1 if the upstream is taking sessions, 0 if down.");
 		for (uint32_t j = 0; j < na; j++)
-			put(&o, "uproxy_upstream_up{upstream=\"%s\"} %d\n",
+			put(&o, "uproxy_upstream_up{pool=\"%s\",upstream=\"%s\"} %d\n", pname[j],
 			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].up ? 1 : 0);
 		head(&o, "uproxy_upstream_active_sessions", "gauge",
 		     "Sessions on each upstream now.");
 		for (uint32_t j = 0; j < na; j++)
-			put(&o, "uproxy_upstream_active_sessions{upstream=\"%s\"} %" PRIu32 "\n",
-			    addr_format(&agg[j].addr, a, sizeof(a)), agg[j].active);
+			put(&o,
+			    "uproxy_upstream_active_sessions{pool=\"%s\",upstream=\"%s\"} %" PRIu32
+			    "\n",
+			    pname[j], addr_format(&agg[j].addr, a, sizeof(a)), agg[j].active);
+		head(&o, "uproxy_pool_backup_active", "gauge",
+		     "1 while every primary upstream of the pool is down and its backups serve.");
+		for (uint32_t j = 0; j < np; j++)
+			put(&o, "uproxy_pool_backup_active{pool=\"%s\"} %d\n", pagg[j].name,
+			    pagg[j].on_backup ? 1 : 0);
 	}
+	head(&o, "uproxy_config_reloads_total", "counter",
+	     "SIGHUP configuration reloads, by result (failed: the old configuration kept).");
+	put(&o, "uproxy_config_reloads_total{result=\"ok\"} %" PRIu64 "\n",
+	    __atomic_load_n(&stats_reloads[0], __ATOMIC_RELAXED));
+	put(&o, "uproxy_config_reloads_total{result=\"failed\"} %" PRIu64 "\n",
+	    __atomic_load_n(&stats_reloads[1], __ATOMIC_RELAXED));
 	counter(&o, "uproxy_buffer_ring_exhausted_total",
 		"Receives that found the provided-buffer ring empty.", SUM(st.buf_exhausted));
 	counter(&o, "uproxy_fallback_receives_total",
 		"Receives into a session's own fallback buffer because the shared pool was low.",
 		SUM(st.fallback_recvs));
-	head(&o, "uproxy_connections_truncated_total", "counter",
-	     "Sides closed with a reset because bytes for them were lost (timeout, drain, error).");
-	put(&o, "uproxy_connections_truncated_total{side=\"client\"} %" PRIu64 "\n",
-	    SUM(st.truncated[0]));
-	put(&o, "uproxy_connections_truncated_total{side=\"upstream\"} %" PRIu64 "\n",
-	    SUM(st.truncated[1]));
 	counter(&o, "uproxy_backpressure_pauses_total",
 		"Receives paused because the other side was not reading.", SUM(st.backpressure));
 	counter(&o, "uproxy_ring_enters_total", "System calls that submit to or wait on the ring.",

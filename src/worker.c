@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "uproxy/climit.h"
 #include "uproxy/util.h"
 
 static unsigned int roundup_pow2(unsigned int v)
@@ -28,36 +29,350 @@ static unsigned int roundup_pow2(unsigned int v)
 /* The per-upstream metrics table is republished at most this often while it changes. */
 #define STATS_BACKENDS_EVERY_MS 10
 
-/* Applies a new membership to the pool and refreshes the per-id address table. */
-int worker_pool_apply(struct worker *w, const struct backend_spec *specs, int n)
+/* Applies a new membership to pool p and refreshes its per-id address table. */
+int worker_pool_apply(struct worker *w, uint32_t p, const struct backend_spec *specs, int n)
 {
-	int rc = backend_pool_update(w->env.pool, specs, n);
+	struct upool *u = &w->pools[p];
+	int rc = backend_pool_update(u->bp, specs, n);
 
 	if (rc < 0)
 		return rc;
-	for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
+	for (uint32_t id = 0; id < backend_slots(u->bp); id++) {
 		struct backend_info bi;
 
-		if (backend_info(w->env.pool, id, &bi) < 0)
+		if (backend_info(u->bp, id, &bi) < 0)
 			continue;
 		/* A reused id names another upstream: results still in flight for the old one
 		 * (health probes) carry the old generation and are ignored. */
-		if (!addr_equal(&w->baddr[id], &bi.addr))
-			w->bgen[id] = (w->bgen[id] + 1) & TAG_GEN_MASK;
-		w->baddr[id] = bi.addr;
+		if (!addr_equal(&u->baddr[id], &bi.addr))
+			u->bgen[id] = (u->bgen[id] + 1) & TAG_GEN_MASK;
+		u->baddr[id] = bi.addr;
 	}
+	w->env.backends_dirty = true;
 	return 0;
+}
+
+/* ---- pools and listeners: slots that live while anything uses them ---- */
+
+static void upool_free(struct worker *w, uint32_t p)
+{
+	struct upool *u = &w->pools[p];
+
+	timer_cancel(w->env.wheel, &u->health);
+	backend_pool_free(u->bp);
+	free(u->baddr);
+	free(u->bgen);
+	free(u->probes);
+	u->bp = NULL;
+	u->baddr = NULL;
+	u->bgen = NULL;
+	u->probes = NULL;
+	u->used = false;
+	w->env.backends_dirty = true;
+}
+
+/* One user of pool p is gone (a session, a probe): a retired pool goes when none is left. */
+void upool_put(struct worker *w, uint32_t p)
+{
+	struct upool *u = &w->pools[p];
+
+	u->refs--;
+	if (u->retired && u->refs == 0)
+		upool_free(w, p);
+}
+
+/* Options that shape the balancer itself: a change needs a new one. */
+static bool pool_same_balancer(const struct config_pool *a, const struct config_pool *b)
+{
+	return a->balance == b->balance && a->fail_threshold == b->fail_threshold &&
+	       a->fail_timeout_s == b->fail_timeout_s;
+}
+
+/* A new pool slot for cfg, or -1 (full, out of memory; logged). */
+static int upool_new(struct worker *w, const struct config_pool *cfg)
+{
+	struct backend_opts bo;
+	struct upool *u;
+	uint32_t p = 0;
+
+	while (p < UPOOL_MAX && w->pools[p].used)
+		p++;
+	if (p == UPOOL_MAX) {
+		log_error("worker %d: more than %d pools in use (replaced ones still drain); pool "
+			  "%s not set up",
+			  w->id, UPOOL_MAX, cfg->name);
+		return -1;
+	}
+	u = &w->pools[p];
+	backend_opts_defaults(&bo);
+	bo.balance = cfg->balance;
+	bo.fail_threshold = cfg->fail_threshold;
+	bo.fail_timeout_ms = cfg->fail_timeout_s * 1000;
+	bo.seed = (uint64_t)w->env.now_ms * 2654435761u + (uint64_t)w->id * 977 + p;
+	u->baddr = calloc(BACKEND_MAX, sizeof(*u->baddr));
+	u->bgen = calloc(BACKEND_MAX, sizeof(*u->bgen));
+	u->probes = calloc(BACKEND_MAX, sizeof(*u->probes));
+	if (u->baddr == NULL || u->bgen == NULL || u->probes == NULL ||
+	    backend_pool_new(&bo, &u->bp) < 0) {
+		free(u->baddr);
+		free(u->bgen);
+		free(u->probes);
+		u->baddr = NULL;
+		u->bgen = NULL;
+		u->probes = NULL;
+		log_error("worker %d: out of memory setting up pool %s", w->id, cfg->name);
+		return -1;
+	}
+	u->cfg = *cfg;
+	u->used = true;
+	u->retired = false;
+	u->on_backup = false;
+	u->refs = 0;
+	u->gen++;
+	timer_node_init(&u->health, TIMER_HEALTH, p);
+	return (int)p;
+}
+
+/* The listener slot v can go once removed and without sessions. */
+static void svc_free(struct worker *w, uint32_t v)
+{
+	struct svc *sv = &w->svcs[v];
+
+	timer_cancel(w->env.wheel, &sv->drain);
+	climit_free(sv->climit);
+	sv->climit = NULL;
+	sv->used = false;
+}
+
+void svc_put(struct worker *w, uint32_t v)
+{
+	struct svc *sv = &w->svcs[v];
+
+	sv->sessions--;
+	if (sv->removing && sv->sessions == 0 && sv->socks_closing == 0)
+		svc_free(w, v);
+}
+
+/* One of listener v's sockets finished closing: no accept can complete on it any more. */
+void svc_socket_closed(struct worker *w, uint32_t v)
+{
+	struct svc *sv = &w->svcs[v];
+
+	sv->socks_closing--;
+	if (sv->removing && sv->sessions == 0 && sv->socks_closing == 0)
+		svc_free(w, v);
+}
+
+void svc_close_sockets(struct worker *w, uint32_t v)
+{
+	struct svc *sv = &w->svcs[v];
+
+	for (int i = 0; i < sv->nsocks; i++) {
+		struct listener *l = &sv->socks[i];
+		uint32_t slot = (v << TAG_SVC_SHIFT) | (uint32_t)i;
+
+		if (l->fd < 0)
+			continue;
+		/* Cancels the accept and closes the listener in one hard-linked pair. */
+		loop_cancel_fd_then_close(w->env.loop, l->fd,
+					  tag_make(slot, 0, CW_STOP_CANCEL, OP_CANCEL_W),
+					  tag_make(slot, 0, CW_STOP_CLOSE, OP_CANCEL_W));
+		w->misc_inflight += 2;
+		sv->socks_closing++;
+		l->fd = -1;
+	}
+}
+
+/* Closes every session of listener v now (its drain time is over). */
+static void svc_close_sessions(struct worker *w, uint32_t v)
+{
+	for (uint32_t i = 0; i < w->max_sessions; i++) {
+		struct session *s = &w->env.slab[i];
+
+		if (s->state != SS_FREE && s->state != SS_CLOSING && s->svc == v)
+			session_abort(&w->env, s, CLOSE_SHUTDOWN);
+	}
+}
+
+/* Stops listener v: no more accepts; its sessions get its --drain-timeout, then are closed. */
+static void svc_remove(struct worker *w, uint32_t v)
+{
+	struct svc *sv = &w->svcs[v];
+
+	sv->removing = true;
+	svc_close_sockets(w, v);
+	if (sv->sessions == 0) {
+		if (sv->socks_closing == 0)
+			svc_free(w, v);
+		return;
+	}
+	if (sv->cfg.drain_timeout_ms == 0)
+		svc_close_sessions(w, v);
+	else
+		timer_arm(w->env.wheel, &sv->drain, w->env.now_ms + sv->cfg.drain_timeout_ms);
+}
+
+/* The writer for (fd, json), made on first use. NULL when fd < 0 or out of memory. */
+static struct accesslog *alog_for(struct worker *w, int fd, bool json)
+{
+	struct accesslog *al;
+
+	if (fd < 0)
+		return NULL;
+	for (int i = 0; i < w->nalogs; i++)
+		if (w->alogs[i]->fd == fd && w->alogs[i]->json == json)
+			return w->alogs[i];
+	if (w->nalogs == CONFIG_MAX_LISTENERS) {
+		log_error("worker %d: more than %d access logs; not logging", w->id,
+			  CONFIG_MAX_LISTENERS);
+		return NULL;
+	}
+	al = calloc(1, sizeof(*al));
+	if (al == NULL) {
+		log_error("worker %d: out of memory for an access log; not logging", w->id);
+		return NULL;
+	}
+	al->fd = fd;
+	al->json = json;
+	al->dropped = &w->st.log_dropped;
+	w->alogs[w->nalogs++] = al;
+	return al;
+}
+
+/* Sets listener v's settings from ps; map turns plan pool indices into pool slots. */
+static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *ps, const int *map)
+{
+	struct svc *sv = &w->svcs[v];
+	const struct config_listener *c = &ps->cfg;
+	bool limits = c->max_conns_per_client > 0 || c->rate_per_client > 0;
+
+	sv->cfg = *c;
+	sv->pool =
+		c->pool == CONFIG_NO_POOL || map[c->pool] < 0 ? UPOOL_NONE : (uint16_t)map[c->pool];
+	for (uint32_t r = 0; r < c->nsni_routes; r++)
+		sv->route_pool[r] = map[c->sni_routes[r].pool] < 0
+					    ? UPOOL_NONE
+					    : (uint16_t)map[c->sni_routes[r].pool];
+	sv->alog = alog_for(w, ps->alog_fd, c->log_json);
+	if (limits && sv->climit == NULL) {
+		sv->climit =
+			climit_new(c->client_table_size, c->max_conns_per_client,
+				   c->rate_per_client, c->rate_burst, c->client_table_fail_open);
+		if (sv->climit == NULL)
+			log_error("worker %d: listener %s: out of memory for the client table (%u "
+				  "entries); per-client limits are off",
+				  w->id, c->name, c->client_table_size);
+	} else if (limits) {
+		climit_set_limits(sv->climit, c->max_conns_per_client, c->rate_per_client,
+				  c->rate_burst, c->client_table_fail_open);
+	} else if (sv->climit != NULL && climit_held(sv->climit) == 0) {
+		climit_free(sv->climit);
+		sv->climit = NULL;
+	} else if (sv->climit != NULL) {
+		/* Sessions still hold entries: keep the table, with no limit on new clients. */
+		climit_set_limits(sv->climit, 0, 0, 0, true);
+	}
+	sv->needs_peer = sv->alog != NULL || c->nacl > 0 || limits || c->send_proxy ||
+			 c->accept_proxy ||
+			 (sv->pool != UPOOL_NONE && w->pools[sv->pool].cfg.balance == BALANCE_HASH);
+	for (uint32_t r = 0; r < c->nsni_routes && !sv->needs_peer; r++)
+		sv->needs_peer = sv->route_pool[r] != UPOOL_NONE &&
+				 w->pools[sv->route_pool[r]].cfg.balance == BALANCE_HASH;
+}
+
+void worker_apply_plan(struct worker *w, struct worker_plan *plan)
+{
+	int map[CONFIG_MAX_POOLS];
+	bool keep_pool[UPOOL_MAX] = { false }, keep_svc[SVC_MAX] = { false };
+
+	/* Pools: same name and balancer: kept (health and counters), membership updated. */
+	for (uint32_t i = 0; i < plan->npools; i++) {
+		const struct plan_pool *pp = &plan->pools[i];
+		int p = -1;
+
+		for (uint32_t k = 0; k < UPOOL_MAX && p < 0; k++)
+			if (w->pools[k].used && !w->pools[k].retired &&
+			    strcmp(w->pools[k].cfg.name, pp->cfg.name) == 0 &&
+			    pool_same_balancer(&w->pools[k].cfg, &pp->cfg))
+				p = (int)k;
+		if (p < 0)
+			p = upool_new(w, &pp->cfg);
+		map[i] = p;
+		if (p < 0)
+			continue;
+		keep_pool[p] = true;
+		w->pools[p].cfg = pp->cfg;
+		if (worker_pool_apply(w, (uint32_t)p, pp->specs, pp->nspecs) < 0)
+			log_error("worker %d: pool %s: upstream list refused", w->id, pp->cfg.name);
+		if (pp->cfg.health_interval_ms > 0 && !w->stopping) {
+			if (!timer_armed(&w->pools[p].health))
+				timer_arm(w->env.wheel, &w->pools[p].health, w->env.now_ms);
+		} else {
+			timer_cancel(w->env.wheel, &w->pools[p].health);
+		}
+	}
+	/* Listeners: by name; a new one takes its sockets, a changed one its new settings (and
+	 * new sockets if its address changed). */
+	for (uint32_t i = 0; i < plan->nsvcs; i++) {
+		struct plan_svc *ps = &plan->svcs[i];
+		int v = -1;
+
+		for (uint32_t k = 0; k < SVC_MAX && v < 0; k++)
+			if (w->svcs[k].used && !w->svcs[k].removing &&
+			    strcmp(w->svcs[k].cfg.name, ps->cfg.name) == 0)
+				v = (int)k;
+		if (v >= 0 && ps->nsocks >= 0) {
+			/* Its address changed: the old sockets and their sessions drain like a
+			 * removed listener's; the new sockets start a new one. */
+			svc_remove(w, (uint32_t)v);
+			v = -1;
+		}
+		if (v < 0) {
+			for (uint32_t k = 0; k < SVC_MAX && v < 0; k++)
+				if (!w->svcs[k].used)
+					v = (int)k;
+			if (v < 0) {
+				log_error("worker %d: more than %d listeners (removed ones still "
+					  "drain); listener %s not started",
+					  w->id, SVC_MAX, ps->cfg.name);
+				continue;
+			}
+			memset(&w->svcs[v], 0, sizeof(w->svcs[v]));
+			w->svcs[v].used = true;
+			timer_node_init(&w->svcs[v].drain, TIMER_SVC_DRAIN, (uint32_t)v);
+		}
+		keep_svc[v] = true;
+		if (ps->nsocks >= 0) {
+			memcpy(w->svcs[v].socks, ps->socks, sizeof(ps->socks));
+			w->svcs[v].nsocks = ps->nsocks;
+			ps->nsocks = 0; /* the worker owns them now */
+		}
+		svc_configure(w, (uint32_t)v, ps, map);
+	}
+	for (uint32_t k = 0; k < SVC_MAX; k++)
+		if (w->svcs[k].used && !w->svcs[k].removing && !keep_svc[k])
+			svc_remove(w, k);
+	for (uint32_t k = 0; k < UPOOL_MAX; k++) {
+		if (!w->pools[k].used || keep_pool[k] || w->pools[k].retired)
+			continue;
+		w->pools[k].retired = true;
+		timer_cancel(w->env.wheel, &w->pools[k].health);
+		if (w->pools[k].refs == 0)
+			upool_free(w, k);
+	}
+	w->env.backends_dirty = true;
+	worker_plan_free(plan);
 }
 
 /* The per-slot arrays worker_init allocates after the rings. */
 static void free_slot_arrays(struct worker *w)
 {
+	for (uint32_t i = 0; w->env.pre != NULL && w->env.slab != NULL && i < w->max_sessions; i++)
+		free(w->env.pre[i].hello);
 	free(w->env.pre);
-	free(w->env.alog);
 	free(w->env.peer_addrs);
 	free(w->env.slab);
 	w->env.pre = NULL;
-	w->env.alog = NULL;
 	w->env.peer_addrs = NULL;
 	w->env.slab = NULL;
 }
@@ -70,41 +385,26 @@ static bool env_off(const char *name)
 	return v != NULL && strcmp(v, "0") == 0;
 }
 
-int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
-		int nspecs, uint32_t max_sessions, char *why, size_t whylen)
+int worker_init(struct worker *w, const struct config *cfg, uint32_t max_sessions, char *why,
+		size_t whylen)
 {
-	struct backend_opts bo;
 	unsigned int cq;
 	int rc;
 
 	w->env.cfg = cfg;
 	w->env.bufs = &w->bufs;
 	w->env.st = &w->st;
+	w->env.svcs = w->svcs;
+	w->env.pools = w->pools;
 	w->env.worker_id = w->id;
 	w->max_sessions = max_sessions;
 	w->env.now_ms = monotonic_ms();
-	backend_opts_defaults(&bo);
-	bo.balance = cfg->balance;
-	bo.fail_threshold = cfg->fail_threshold;
-	bo.fail_timeout_ms = cfg->fail_timeout_s * 1000;
-	bo.seed = (uint64_t)w->env.now_ms * 2654435761u + (uint64_t)w->id;
-	w->baddr = calloc(BACKEND_MAX, sizeof(*w->baddr));
-	w->env.baddr = w->baddr;
-	w->probes = calloc(BACKEND_MAX, sizeof(*w->probes));
-	w->bgen = calloc(BACKEND_MAX, sizeof(*w->bgen));
-	if (w->baddr == NULL || w->probes == NULL || w->bgen == NULL ||
-	    backend_pool_new(&bo, &w->env.pool) < 0 ||
-	    timer_wheel_new(w->env.now_ms, &w->env.wheel) < 0) {
+	if (timer_wheel_new(w->env.now_ms, &w->env.wheel) < 0) {
 		snprintf(why, whylen, "out of memory setting up worker %d", w->id);
 		return -ENOMEM;
 	}
 	for (int k = 1; k < TIMER__COUNT; k++)
 		timer_node_init(&w->timers[k], (uint16_t)k, 0);
-	rc = worker_pool_apply(w, specs, nspecs);
-	if (rc < 0) {
-		snprintf(why, whylen, "bad upstream list: %s", strerror(-rc));
-		return rc;
-	}
 	w->notify_fd = eventfd(0, EFD_CLOEXEC);
 	if (w->notify_fd < 0) {
 		snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
@@ -128,33 +428,14 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 			  2 * max_sessions, why, whylen);
 	if (rc < 0)
 		goto err_loop;
-	if (w->alog_fd >= 0) {
-		w->env.alog = calloc(1, sizeof(*w->env.alog));
-		if (w->env.alog == NULL) {
-			snprintf(why, whylen, "cannot allocate the access-log buffers");
-			rc = -ENOMEM;
-			goto err_bufs;
-		}
-		w->env.alog->fd = w->alog_fd;
-		w->env.alog->json = cfg->log_json;
-		w->env.alog->dropped = &w->st.log_dropped;
-	}
-	if (cfg->send_proxy || cfg->accept_proxy) {
-		w->env.pre = calloc(max_sessions, sizeof(*w->env.pre));
-		if (w->env.pre == NULL) {
-			snprintf(why, whylen, "cannot allocate PROXY protocol buffers");
-			rc = -ENOMEM;
-			goto err_bufs;
-		}
-	}
-	if (w->env.alog != NULL || cfg->balance == BALANCE_HASH || w->env.pre != NULL) {
-		w->env.peer_addrs = calloc(max_sessions, sizeof(*w->env.peer_addrs));
-		if (w->env.peer_addrs == NULL) {
-			snprintf(why, whylen, "cannot allocate %u client address slots",
-				 max_sessions);
-			rc = -ENOMEM;
-			goto err_bufs;
-		}
+	/* calloc'd (mmap'd) per-slot arrays: a page is touched only when a session of a
+	 * listener that needs it (PROXY protocol, SNI, access list, ...) uses the slot. */
+	w->env.pre = calloc(max_sessions, sizeof(*w->env.pre));
+	w->env.peer_addrs = calloc(max_sessions, sizeof(*w->env.peer_addrs));
+	if (w->env.pre == NULL || w->env.peer_addrs == NULL) {
+		snprintf(why, whylen, "cannot allocate %u client address slots", max_sessions);
+		rc = -ENOMEM;
+		goto err_bufs;
 	}
 	/* calloc'd slab: pages are touched only as slots are first used. */
 	w->env.slab = calloc(max_sessions, sizeof(*w->env.slab));
@@ -185,6 +466,12 @@ int worker_init(struct worker *w, const struct config *cfg, const struct backend
 			  w->id, desc, w->env.recv_bundle, cfg->buffers, cfg->buffer_size,
 			  max_sessions);
 	}
+	if (w->plan0 != NULL) {
+		struct worker_plan *plan = w->plan0;
+
+		w->plan0 = NULL;
+		worker_apply_plan(w, plan);
+	}
 	return 0;
 
 err_bufs:
@@ -203,19 +490,31 @@ err_notify:
 
 void worker_destroy(struct worker *w)
 {
-	for (int i = 0; i < w->nlisteners; i++) {
-		if (w->listeners[i].fd >= 0)
-			close(w->listeners[i].fd);
-		w->listeners[i].fd = -1;
+	for (uint32_t v = 0; v < SVC_MAX; v++) {
+		struct svc *sv = &w->svcs[v];
+
+		for (int i = 0; sv->used && i < sv->nsocks; i++) {
+			if (sv->socks[i].fd >= 0)
+				close(sv->socks[i].fd);
+			sv->socks[i].fd = -1;
+		}
+		if (sv->used)
+			climit_free(sv->climit);
+		sv->climit = NULL;
+		sv->used = false;
 	}
 	if (w->sigfd >= 0)
 		close(w->sigfd);
 	if (w->notify_fd >= 0)
 		close(w->notify_fd);
 	w->sigfd = w->notify_fd = -1;
-	for (uint32_t id = 0; w->probes != NULL && id < BACKEND_MAX; id++) {
-		if (w->probes[id].busy && w->probes[id].fd >= 0)
-			close(w->probes[id].fd);
+	for (uint32_t p = 0; p < UPOOL_MAX; p++) {
+		struct upool *u = &w->pools[p];
+
+		for (uint32_t id = 0; u->used && u->probes != NULL && id < BACKEND_MAX; id++) {
+			if (u->probes[id].busy && u->probes[id].fd >= 0)
+				close(u->probes[id].fd);
+		}
 	}
 	httpstats_destroy(&w->hs);
 	/* The ring first: its teardown ends every send that may still read a buffer. */
@@ -223,43 +522,75 @@ void worker_destroy(struct worker *w)
 	w->env.loop = NULL;
 	bufring_destroy(&w->bufs);
 	free_slot_arrays(w);
-	backend_pool_free(w->env.pool);
-	w->env.pool = NULL;
+	for (uint32_t p = 0; p < UPOOL_MAX; p++)
+		if (w->pools[p].used)
+			upool_free(w, p);
 	timer_wheel_free(w->env.wheel);
 	w->env.wheel = NULL;
-	free(w->baddr);
-	free(w->probes);
-	free(w->bgen);
-	w->baddr = NULL;
-	w->probes = NULL;
-	w->bgen = NULL;
-	free(w->mbox.specs);
-	w->mbox.specs = NULL;
+	for (int i = 0; i < w->nalogs; i++)
+		free(w->alogs[i]);
+	w->nalogs = 0;
+	worker_plan_free(w->mbox.plan);
+	w->mbox.plan = NULL;
+	worker_plan_free(w->plan0);
+	w->plan0 = NULL;
 }
 
 void worker_publish_stats(struct worker *w, bool backends)
 {
 	static __thread struct stats_backend table[BACKEND_MAX];
-	uint32_t n = 0;
+	static __thread struct stats_listener lst[STATS_MAX_LISTENERS];
+	static __thread struct stats_pool pst[STATS_MAX_POOLS];
+	uint32_t n = 0, nl = 0, np = 0;
 
 	if (w->snap == NULL)
 		return;
 	if (backends) {
-		for (uint32_t id = 0; id < backend_slots(w->env.pool); id++) {
-			struct backend_info bi;
+		for (uint32_t p = 0; p < UPOOL_MAX && np < STATS_MAX_POOLS; p++) {
+			struct upool *u = &w->pools[p];
 
-			if (backend_info(w->env.pool, id, &bi) < 0 || bi.removed)
+			if (!u->used || u->retired)
 				continue;
-			table[n].addr = bi.addr;
-			table[n].active = bi.active;
-			table[n].up = bi.up;
-			n++;
+			snprintf(pst[np].name, STATS_NAME_MAX, "%s", u->cfg.name);
+			pst[np].on_backup = u->on_backup;
+			for (uint32_t id = 0; id < backend_slots(u->bp) && n < BACKEND_MAX; id++) {
+				struct backend_info bi;
+
+				if (backend_info(u->bp, id, &bi) < 0 || bi.removed)
+					continue;
+				table[n].addr = bi.addr;
+				table[n].active = bi.active;
+				table[n].up = bi.up;
+				table[n].backup = bi.backup;
+				table[n].pool = (uint16_t)np;
+				n++;
+			}
+			np++;
 		}
 		w->backends_published_ms = w->env.now_ms;
 		w->env.backends_dirty = false;
 	}
+	for (uint32_t v = 0; v < SVC_MAX && nl < STATS_MAX_LISTENERS; v++) {
+		struct svc *sv = &w->svcs[v];
+
+		if (!sv->used)
+			continue;
+		snprintf(lst[nl].name, STATS_NAME_MAX, "%s", sv->cfg.name);
+		lst[nl].active = sv->sessions;
+		lst[nl].st = sv->st;
+		nl++;
+	}
 	stats_publish(w->snap, w->active, &w->st, loop_stats(w->env.loop), backends ? table : NULL,
-		      n);
+		      n, lst, nl, pst, np);
+}
+
+/* Whether a listener's drain is still running. */
+static bool drains_pending(const struct worker *w)
+{
+	for (uint32_t v = 0; v < SVC_MAX; v++)
+		if (w->svcs[v].used && timer_armed(&w->svcs[v].drain))
+			return true;
+	return false;
 }
 
 /* ---- stopping ---- */
@@ -294,33 +625,29 @@ void worker_stop(struct worker *w, int signo)
 		worker_close_all(w);
 		return;
 	}
+	w->drain_max_ms = 0;
+	for (uint32_t v = 0; v < SVC_MAX; v++)
+		if (w->svcs[v].used && w->svcs[v].cfg.drain_timeout_ms > w->drain_max_ms)
+			w->drain_max_ms = w->svcs[v].cfg.drain_timeout_ms;
 	if (w->sigfd >= 0) {
 		log_info("received %s: no longer accepting; draining connections for up to %u ms",
-			 strsignal(signo), w->env.cfg->drain_timeout_ms);
+			 strsignal(signo), w->drain_max_ms);
 		if (w->notify != NULL)
 			sdnotify_stopping(w->notify);
 	}
 	w->stopping = true;
 	httpstats_stop(&w->hs);
-	for (int i = 0; i < w->nlisteners; i++) {
-		struct listener *l = &w->listeners[i];
-
-		/* Cancels the accept and closes the listener in one hard-linked pair. */
-		loop_cancel_fd_then_close(w->env.loop, l->fd,
-					  tag_make((uint32_t)i, 0, CW_STOP_CANCEL, OP_CANCEL_W),
-					  tag_make((uint32_t)i, 0, CW_STOP_CLOSE, OP_CANCEL_W));
-		w->misc_inflight += 2;
-		l->fd = -1;
-	}
 	timer_cancel(w->env.wheel, &w->timers[TIMER_ACCEPT_BACKOFF]);
-	timer_cancel(w->env.wheel, &w->timers[TIMER_HEALTH]);
-	if (w->env.cfg->drain_timeout_ms == 0) {
+	for (uint32_t p = 0; p < UPOOL_MAX; p++)
+		timer_cancel(w->env.wheel, &w->pools[p].health);
+	/* Every listener is removed: sessions finish on their own within their listener's
+	 * --drain-timeout; what is left then is closed. The worker exits as soon as the last
+	 * session is gone. */
+	for (uint32_t v = 0; v < SVC_MAX; v++)
+		if (w->svcs[v].used && !w->svcs[v].removing)
+			svc_remove(w, v);
+	if (w->active > 0 && !drains_pending(w))
 		worker_close_all(w);
-		return;
-	}
-	/* Sessions finish on their own; whatever is left when this fires is closed. The worker
-	 * exits as soon as the last session is gone, whether or not it fired. */
-	worker_timer_arm(w, TIMER_DRAIN, w->env.cfg->drain_timeout_ms);
 }
 
 static void signal_arm(struct worker *w)
@@ -374,16 +701,22 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		return;
 	case OP_LOG:
 		w->misc_inflight--;
-		w->log_writing = false;
-		accesslog_done(w->env.alog, c->res);
+		w->log_writing[tag_slot(tag)] = false;
+		accesslog_done(w->alogs[tag_slot(tag)], c->res);
 		return;
-	case OP_CANCEL_W:
+	case OP_CANCEL_W: {
+		struct svc *sv = &w->svcs[tag_slot(tag) >> TAG_SVC_SHIFT];
+		struct listener *l = &sv->socks[tag_slot(tag) & ((1u << TAG_SVC_SHIFT) - 1)];
+
 		w->misc_inflight--;
 		if (tag_side(tag) == CW_MULTI)
-			w->listeners[tag_slot(tag)].cancel_multi = false;
+			l->cancel_multi = false;
 		else if (tag_side(tag) == CW_SINGLE)
-			w->listeners[tag_slot(tag)].cancel_single = false;
+			l->cancel_single = false;
+		else if (tag_side(tag) == CW_STOP_CLOSE)
+			svc_socket_closed(w, tag_slot(tag) >> TAG_SVC_SHIFT);
 		return;
+	}
 	default:
 		break;
 	}
@@ -409,20 +742,22 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 	slab_outcome(w, s, session_handle(&w->env, s, c));
 }
 
-/* Starts the next access-log write if none is in flight (one per worker at a time). */
+/* Starts the next write of each access log that has none in flight. */
 static void log_flush(struct worker *w)
 {
-	unsigned int n;
-	const char *p;
+	for (int i = 0; i < w->nalogs; i++) {
+		unsigned int n;
+		const char *p;
 
-	if (w->log_writing)
-		return;
-	p = accesslog_next(w->env.alog, &n);
-	if (p == NULL)
-		return;
-	loop_write(w->env.loop, w->env.alog->fd, p, n, tag_make(0, 0, 0, OP_LOG));
-	w->log_writing = true;
-	w->misc_inflight++;
+		if (w->log_writing[i])
+			continue;
+		p = accesslog_next(w->alogs[i], &n);
+		if (p == NULL)
+			continue;
+		loop_write(w->env.loop, w->alogs[i]->fd, p, n, tag_make((uint32_t)i, 0, 0, OP_LOG));
+		w->log_writing[i] = true;
+		w->misc_inflight++;
+	}
 }
 
 void worker_timer_arm(struct worker *w, enum worker_timer k, uint32_t ms)
@@ -442,12 +777,15 @@ static void on_timer(struct timer_node *n, void *ctx)
 	case TIMER_STOP_DEADLINE:
 		w->stop_deadline_hit = true;
 		break;
-	case TIMER_DRAIN:
-		worker_close_all(w);
+	case TIMER_SVC_DRAIN:
+		svc_close_sessions(w, n->data);
+		/* After a stop signal, the last listener's drain ending closes everything. */
+		if (w->stopping && !drains_pending(w))
+			worker_close_all(w);
 		break;
 	case TIMER_HEALTH:
-		if (!w->stopping)
-			health_tick(w);
+		if (!w->stopping && w->pools[n->data].used && !w->pools[n->data].retired)
+			health_tick(w, n->data);
 		break;
 	default:
 		session_timeout(&w->env, &w->env.slab[n->data]);
@@ -508,8 +846,6 @@ int worker_run(struct worker *w)
 	if (w->sigfd >= 0)
 		signal_arm(w);
 	notify_arm(w);
-	if (w->env.cfg->health_interval_ms > 0)
-		health_tick(w);
 	accept_update(w);
 	if (w->hs.nfds > 0)
 		stats_endpoint_start(w);
@@ -533,7 +869,7 @@ int worker_run(struct worker *w)
 			timer_advance(w->env.wheel, w->env.now_ms, on_timer, w);
 		bufring_commit(&w->bufs, w->env.now_ms);
 		accept_update(w);
-		if (w->env.alog != NULL)
+		if (w->nalogs > 0)
 			log_flush(w);
 		/* Counters every iteration (a few hundred bytes); the per-upstream table when it
 		 * changed, at most every STATS_BACKENDS_EVERY_MS (the wait above wakes for it). */
@@ -549,8 +885,9 @@ int worker_run(struct worker *w)
 	}
 	/* Publish what the last batch recycled before the ring goes away. */
 	bufring_commit(&w->bufs, w->env.now_ms);
-	if (w->env.alog != NULL && !w->log_writing)
-		accesslog_drain(w->env.alog);
+	for (int i = 0; i < w->nalogs; i++)
+		if (!w->log_writing[i])
+			accesslog_drain(w->alogs[i]);
 	stats_log_summary(&w->st, loop_stats(w->env.loop), w->id);
 	return status;
 }
@@ -569,7 +906,6 @@ struct worker *workers_new(uint32_t n)
 		w->id = (int)i;
 		w->sigfd = -1;
 		w->notify_fd = -1;
-		w->alog_fd = -1;
 		w->peers = ws;
 		w->npeers = (int)n;
 		worker_mailbox_init(w);
@@ -587,10 +923,9 @@ void workers_free(struct worker *ws, uint32_t n)
 	for (uint32_t i = 0; ws != NULL && i < n; i++) {
 		struct worker *w = &ws[i];
 
-		/* A worker that ran closed its own (worker_destroy sets them to -1, nfds to 0). */
-		for (int j = 0; j < w->nlisteners; j++)
-			if (w->listeners[j].fd >= 0)
-				close(w->listeners[j].fd);
+		/* A worker that ran freed its plan (worker_destroy); one that never did, not. */
+		worker_plan_free(w->plan0);
+		w->plan0 = NULL;
 		for (int j = 0; j < w->hs.nfds; j++)
 			close(w->hs.fds[j]);
 		free(w->snap);
@@ -598,25 +933,22 @@ void workers_free(struct worker *ws, uint32_t n)
 	free(ws);
 }
 
-int worker_bind(struct worker *w, const struct hostport *hp, const int *act, int nact, char *why,
-		size_t whylen)
+void worker_set_plan(struct worker *w, struct worker_plan *plan)
 {
-	int n = nact > 0 ? listener_adopt(act, nact, w->id == 0, w->listeners, why, whylen)
-			 : listener_open(hp, w->listeners, WORKER_MAX_LISTENERS, why, whylen);
-
-	if (n >= 0)
-		w->nlisteners = n;
-	return n;
+	w->plan0 = plan;
 }
 
-int worker_listener_count(const struct worker *w)
+void worker_plan_free(struct worker_plan *plan)
 {
-	return w->nlisteners;
-}
-
-const struct addr *worker_listener_addr(const struct worker *w, int i)
-{
-	return &w->listeners[i].addr;
+	if (plan == NULL)
+		return;
+	for (uint32_t i = 0; i < plan->nsvcs; i++)
+		for (int k = 0; k < plan->svcs[i].nsocks; k++)
+			if (plan->svcs[i].socks[k].fd >= 0)
+				close(plan->svcs[i].socks[k].fd);
+	for (uint32_t i = 0; i < plan->npools; i++)
+		free(plan->pools[i].specs);
+	free(plan);
 }
 
 int worker_enable_stats(struct worker *w)
@@ -630,11 +962,6 @@ void worker_serve_stats(struct worker *w, const int *fds, int n)
 	for (int i = 0; i < n; i++)
 		w->hs.fds[i] = fds[i];
 	w->hs.nfds = n;
-}
-
-void worker_set_access_log(struct worker *w, int fd)
-{
-	w->alog_fd = fd;
 }
 
 void worker_set_signals(struct worker *w, int sigfd, const struct sdnotify *sn)

@@ -10,42 +10,40 @@
 enum worker_timer {
 	TIMER_ACCEPT_BACKOFF = 1,
 	TIMER_STOP_DEADLINE = 2, /* all sessions were told to close: wait this long at most */
-	TIMER_DRAIN = 3,	 /* --drain-timeout after SIGTERM */
-	TIMER_HEALTH = 4,	 /* --health-interval */
-	TIMER__COUNT
+	TIMER__COUNT,
+	/* Nodes in the svcs and pools, data = their index. */
+	TIMER_SVC_DRAIN = 5, /* a removed (or, on SIGTERM, every) listener's --drain-timeout */
+	TIMER_HEALTH = 6,    /* a pool's --health-interval */
 };
 
-/* Active health probe of one backend id. */
-struct probe {
-	int fd;
-	bool busy;
-};
-
-/* What the control thread hands a worker: a stop, or a new upstream pool. */
+/* What the control thread hands a worker: a stop, or a new plan (listeners and pools). */
 struct worker_mailbox {
 	pthread_mutex_t mu;
-	unsigned int stops;	    /* stop requests posted */
-	struct backend_spec *specs; /* new pool, owned by the mailbox until taken */
-	int nspecs;
-	bool update;
-	bool abort; /* another worker died: close everything now, no drain */
+	unsigned int stops;	  /* stop requests posted */
+	struct worker_plan *plan; /* owned by the mailbox until taken */
+	bool abort;		  /* another worker died: close everything now, no drain */
 };
+
+/* Probe and accept tags carry two indices in their slot: the pool and the backend id, or the
+ * listener and its socket. */
+#define TAG_POOL_SHIFT 10 /* BACKEND_MAX = 1024 ids per pool */
+#define TAG_SVC_SHIFT  2  /* SVC_MAX_SOCKS = 4 sockets per listener */
 
 struct worker {
 	int id;
-	struct session_env env; /* loop, buffers, wheel, pool, config, clock, slab, ... */
-	struct addr *baddr;	/* per backend id (env.baddr): its address */
+	struct session_env env; /* loop, buffers, wheel, svcs, pools, clock, slab, ... */
 	bool clock_stale;	/* set before each wait; the next completion re-reads the clock */
-	struct probe *probes;
-	uint32_t *bgen; /* per backend id: bumped when the id names a new address */
 
 	struct bufring bufs;
 
-	struct listener listeners[WORKER_MAX_LISTENERS];
-	int nlisteners;
+	struct svc svcs[SVC_MAX];
+	struct upool pools[UPOOL_MAX];
+	struct worker_plan *plan0; /* the first plan, applied by worker_init */
 
-	int alog_fd;	  /* its file (shared by the workers), -1 when off */
-	bool log_writing; /* an access-log write is in flight */
+	/* Access logs: one writer per (file, format), shared by the listeners naming them. */
+	struct accesslog *alogs[CONFIG_MAX_LISTENERS];
+	bool log_writing[CONFIG_MAX_LISTENERS]; /* a write of alogs[i] is in flight */
+	int nalogs;
 	uint32_t max_sessions;
 	uint32_t free_head;
 	uint32_t active;  /* sessions not FREE */
@@ -60,8 +58,9 @@ struct worker {
 	struct worker *peers;	       /* all workers, for worker 0 to pass a stop on */
 	const struct sdnotify *notify; /* worker 0: tells systemd STOPPING=1 */
 	int npeers;
-	bool stopping;	  /* not accepting any more; sessions drain */
-	bool closing_all; /* every session told to close */
+	bool stopping;	       /* not accepting any more; sessions drain */
+	uint32_t drain_max_ms; /* the longest --drain-timeout of the listeners, for the log */
+	bool closing_all;      /* every session told to close */
 	bool stop_deadline_hit;
 	struct timer_node timers[TIMER__COUNT]; /* [enum worker_timer] */
 	bool accept_backoff;
@@ -73,6 +72,15 @@ struct worker {
 	struct httpstats hs; /* worker 0 only, with --stats */
 	struct log_ratelimit rl_accept, rl_health;
 };
+
+/* Pool and listener lifetimes (worker.c). */
+void upool_put(struct worker *w, uint32_t p);
+void svc_put(struct worker *w, uint32_t v);
+void svc_socket_closed(struct worker *w, uint32_t v);
+/* Closes listener v's sockets (cancel the accepts, then close, linked). */
+void svc_close_sockets(struct worker *w, uint32_t v);
+/* Applies a plan: adds, changes and removes listeners and pools. Takes ownership. */
+void worker_apply_plan(struct worker *w, struct worker_plan *plan);
 
 /* Sets up the mailbox; once, before the thread starts (workers_new). */
 void worker_mailbox_init(struct worker *w);
@@ -93,7 +101,7 @@ void accept_done(struct worker *w, const struct loop_cqe *c);
 
 /* health.c: active health checks (--health-interval): probes every upstream and arms the next
  * round's timer. */
-void health_tick(struct worker *w);
+void health_tick(struct worker *w, uint32_t pool);
 void health_done(struct worker *w, const struct loop_cqe *c);
 
 /* mailbox.c: the control thread's requests, read when the eventfd fires. */
@@ -102,7 +110,7 @@ void mailbox_take(struct worker *w);
 /* worker.c */
 /* Arms (or re-arms) one of the worker's deadlines ms from now. */
 void worker_timer_arm(struct worker *w, enum worker_timer k, uint32_t ms);
-int worker_pool_apply(struct worker *w, const struct backend_spec *specs, int n);
+int worker_pool_apply(struct worker *w, uint32_t pool, const struct backend_spec *specs, int n);
 void worker_stop(struct worker *w, int signo);
 void worker_close_all(struct worker *w);
 

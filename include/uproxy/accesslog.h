@@ -19,6 +19,7 @@
 
 struct accesslog_entry {
 	uint64_t end_realtime_ms;    /* wall clock when the session ended */
+	const char *listener;	     /* the listener's name; NULL: "-" */
 	const struct addr *client;   /* may be NULL: unknown */
 	const struct addr *upstream; /* may be NULL: none connected */
 	uint64_t bytes_in;	     /* client -> upstream */

@@ -17,7 +17,7 @@
 struct hostport {
 	char host[ADDR_HOST_MAX]; /* empty when any is set */
 	uint16_t port;
-	bool any; /* ":PORT" or "*:PORT": every local address */
+	bool any;	/* ":PORT" or "*:PORT": every local address */
 	bool unix_sock; /* "unix:/path": host holds the path (< 108 bytes), port is 0 */
 };
 

@@ -51,6 +51,7 @@ struct backend_opts {
 struct backend_spec {
 	struct addr addr; /* AF_INET or AF_INET6, with its port */
 	uint32_t weight;  /* 1..BACKEND_WEIGHT_MAX, 0 = BACKEND_WEIGHT_DEFAULT */
+	bool backup;
 };
 
 /* What the pool knows about one backend, for metrics and logs. */
@@ -63,6 +64,7 @@ struct backend_info {
 	uint64_t down_until; /* when down: the now_ms at which it turns half-open */
 	bool up;	     /* false once marked down, until a success or backend_set_up */
 	bool removed;	     /* no longer a member; kept while sessions still use it */
+	bool backup;
 };
 
 struct backend_pool;
@@ -119,5 +121,6 @@ uint32_t backend_slots(const struct backend_pool *p);
 uint32_t backend_count(const struct backend_pool *p);
 int backend_info(const struct backend_pool *p, uint32_t id, struct backend_info *out);
 enum backend_balance backend_pool_balance(const struct backend_pool *p);
+bool backend_pool_using_backup(const struct backend_pool *p);
 
 #endif

@@ -49,11 +49,11 @@ struct config_upstream {
 #define CONFIG_SNI_PATTERN_MAX 256
 #define CONFIG_WHERE_MAX       (PATH_MAX + 16) /* "FILE:LINE" */
 
-#define CONFIG_DEFAULT_SNI_TIMEOUT_MS	5000u
-#define CONFIG_DEFAULT_CLIENT_TABLE	16384u
-#define CONFIG_MAX_CLIENT_TABLE		(1u << 22)
-#define CONFIG_DEFAULT_UNIX_MODE	0666u
-#define CONFIG_NO_POOL			UINT16_MAX
+#define CONFIG_DEFAULT_SNI_TIMEOUT_MS 5000u
+#define CONFIG_DEFAULT_CLIENT_TABLE   16384u
+#define CONFIG_MAX_CLIENT_TABLE	      (1u << 22)
+#define CONFIG_DEFAULT_UNIX_MODE      0666u
+#define CONFIG_NO_POOL		      UINT16_MAX
 
 /* One upstream pool: a [pool NAME] section, or a listener's own upstream lines. */
 struct config_pool {
@@ -110,7 +110,7 @@ struct config_listener {
 	uint32_t client_table_size;
 	bool client_table_fail_open;
 	struct config_sni_route sni_routes[CONFIG_MAX_SNI_ROUTES];
-	uint32_t nsni_routes; /* > 0: the pool is chosen from the ClientHello's server name */
+	uint32_t nsni_routes;	/* > 0: the pool is chosen from the ClientHello's server name */
 	bool sni_missing_close; /* no TLS or no SNI: close (else the default pool) */
 	uint32_t sni_timeout_ms;
 	struct config_keepalive keepalive[2]; /* [SIDE_CLIENT], [SIDE_UPSTREAM] */
@@ -124,31 +124,14 @@ struct config {
 	enum log_level log_level;
 	uint32_t buffer_size;
 	uint32_t buffers;
-	uint32_t max_conns; /* 0: derive from RLIMIT_NOFILE at start-up */
-	uint32_t workers;   /* 0: one per CPU this process may run on ("auto") */
+	uint32_t max_conns;	     /* 0: derive from RLIMIT_NOFILE at start-up */
+	uint32_t workers;	     /* 0: one per CPU this process may run on ("auto") */
 	uint32_t resolve_interval_s; /* 0: resolve only at start-up (and on SIGHUP) */
 	enum loop_backend backend;   /* --backend; main resolves auto once, before the workers */
 	struct config_pool pools[CONFIG_MAX_POOLS];
 	uint32_t npools;
 	struct config_listener listeners[CONFIG_MAX_LISTENERS];
 	uint32_t nlisteners;
-	/* TRANSITION: the one-listener fields, removed once config.c fills the above. */
-	struct hostport listen;
-	char access_log[PATH_MAX];
-	bool log_json;
-	uint8_t send_proxy;
-	bool accept_proxy;
-	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
-	uint32_t nupstreams;
-	enum backend_balance balance;
-	uint32_t connect_timeout_ms;
-	uint32_t retries;
-	uint32_t fail_threshold;
-	uint32_t fail_timeout_s;
-	uint32_t health_interval_ms;
-	uint32_t idle_timeout_ms;
-	uint32_t fin_timeout_ms;
-	uint32_t drain_timeout_ms;
 };
 
 enum config_result {
@@ -173,5 +156,15 @@ enum config_result config_parse_text(struct config *cfg, const char *text, size_
 int config_parse_upstream(const char *s, struct config_upstream *out, const char **why);
 
 void config_usage(FILE *out);
+
+/* The listener's default pool, or NULL (an SNI listener without one). */
+const struct config_pool *config_listener_pool(const struct config *cfg,
+					       const struct config_listener *l);
+/* Index of the listener / pool of that name, or -1. */
+int config_find_listener(const struct config *cfg, const char *name);
+int config_find_pool(const struct config *cfg, const char *name);
+/* Whole-struct comparisons, for SIGHUP (both come from the same parser, padding zeroed). */
+bool config_listener_equal(const struct config_listener *a, const struct config_listener *b);
+bool config_pool_equal(const struct config_pool *a, const struct config_pool *b);
 
 #endif

@@ -30,4 +30,7 @@ int listener_open(const struct hostport *hp, struct listener *out, int max, char
 int listener_adopt(const int *fds, int n, bool original, struct listener *out, char *why,
 		   size_t whylen);
 
+int listener_open_mode(const struct hostport *hp, unsigned int mode, struct listener *out, int max,
+		       char *why, size_t whylen);
+void listener_unlink(const struct hostport *hp);
 #endif

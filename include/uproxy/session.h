@@ -16,10 +16,10 @@
 struct loop;
 struct loop_cqe;
 struct bufring;
-struct backend_pool;
 struct config;
-struct accesslog;
 struct session_pre;
+struct svc;
+struct upool;
 
 enum session_state {
 	SS_FREE = 0,	  /* slot unused */
@@ -98,7 +98,15 @@ struct session_pre {
 	struct addr src, dst; /* the client's addresses: from the header or the socket */
 	uint16_t len, off;    /* bytes in data; bytes of them already sent */
 	uint8_t data[SESSION_PRE_MAX];
+	/* sni-route: the client's first bytes, kept until its ClientHello chose the pool, then
+	 * sent upstream (after data) unchanged. malloc'd while waiting, SESSION_HELLO_MAX. */
+	uint8_t *hello;
+	uint32_t hello_len, hello_off;
 };
+
+/* Room for a 16 KiB ClientHello (SNI_MAX_HELLO) in up to 4 TLS records, and a little more:
+ * what one waiting client can pin. */
+#define SESSION_HELLO_MAX (16384u + 64u)
 
 /* session.truncated bits. */
 #define SESSION_LOST_CLIENT   1u /* bytes for the client were dropped */
@@ -119,9 +127,14 @@ struct session {
 	uint8_t reason;		   /* enum close_reason, once closing */
 	uint8_t ntried;		   /* upstreams tried so far */
 	uint8_t have_peer;	   /* worker's peer_addrs[slot] holds the client's address */
-	uint8_t wait_fd;   /* CONNECTING, waiting (timer) for an fd for the upstream socket */
-	uint8_t truncated; /* SESSION_LOST_* bits: sides reset because bytes for them were lost */
-	uint32_t backend;  /* backend id held, or SESSION_NO_BACKEND */
+	uint8_t wait_fd;     /* CONNECTING, waiting (timer) for an fd for the upstream socket */
+	uint8_t truncated;   /* SESSION_LOST_* bits: sides reset because bytes for them were lost */
+	uint8_t svc;	     /* the listener it came in on (session_env.svcs index) */
+	uint8_t pool;	     /* the pool it forwards to (session_env.pools index), or UINT8_MAX */
+	uint8_t sni_wait;    /* AWAIT_HEADER: reading the ClientHello (not a PROXY header) */
+	uint8_t climit_held; /* holds climit_slot in its listener's client table */
+	uint32_t climit_slot;
+	uint32_t backend; /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
 	uint32_t inflight; /* requests submitted and not yet completed */
 	int fd[2];	   /* [SIDE_CLIENT], [SIDE_UPSTREAM]; -1 when closed */
@@ -134,14 +147,13 @@ struct session_env {
 	struct loop *loop;
 	struct bufring *bufs;
 	struct timer_wheel *wheel;
-	struct backend_pool *pool;
-	const struct addr *baddr; /* per backend id: its address, stable while the id is held */
-	const struct config *cfg;
+	struct svc *svcs;	  /* the listeners, by session.svc */
+	struct upool *pools;	  /* the pools, by session.pool */
+	const struct config *cfg; /* global options only (buffers, ...): never a listener's */
 	struct worker_stats *st;
 	struct session *slab;	 /* the slots: a session's slot is s - slab */
-	struct addr *peer_addrs; /* per slot, when a feature needs client addresses, or NULL */
-	struct session_pre *pre; /* per slot, with --send-proxy or --accept-proxy, or NULL */
-	struct accesslog *alog;	 /* --access-log, or NULL */
+	struct addr *peer_addrs; /* per slot (pages touched only when a feature needs it) */
+	struct session_pre *pre; /* per slot (idem) */
 	uint64_t now_ms;	 /* CLOCK_MONOTONIC, read once per loop iteration */
 	uint32_t high_water;	 /* back-pressure mark per direction with the pool at ease */
 	bool recv_bundle;	 /* arm receive bundles (the backend has them, not forced off) */
@@ -168,8 +180,10 @@ static inline uint32_t session_slot(const struct session_env *e, const struct se
 	return (uint32_t)(s - e->slab);
 }
 
-/* A client connection was accepted into s (a free slot): start connecting upstream. */
-void session_start(struct session_env *e, struct session *s, int client_fd);
+/* A client connection was accepted into s (a free slot) on listener svc: check it against the
+ * listener's access list and limits, read its PROXY header or ClientHello if the listener
+ * wants them, and connect upstream. */
+void session_start(struct session_env *e, struct session *s, int client_fd, unsigned int svc);
 
 /* Applies one completion to its session (already checked not stale). Returns what the worker
  * must do: SESSION_OUT_RELEASED once the session has nothing in flight (the slot is free to

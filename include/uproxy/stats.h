@@ -19,7 +19,9 @@ enum close_reason {
 	CLOSE_SHUTDOWN,	      /* uproxy is stopping */
 	CLOSE_RESOURCE,	      /* no fd or memory for the upstream socket */
 	CLOSE_TIMEOUT,	      /* --idle-timeout or --fin-timeout */
-	CLOSE_PROTOCOL,	      /* a missing or malformed PROXY protocol header */
+	CLOSE_PROTOCOL,	      /* a missing or malformed PROXY header or TLS ClientHello */
+	CLOSE_DENIED,	      /* the listener's access list refused the client */
+	CLOSE_LIMITED,	      /* a per-client limit refused the client */
 	CLOSE__COUNT
 };
 
@@ -48,6 +50,17 @@ struct worker_stats {
 	uint64_t log_dropped;  /* access-log lines dropped because the log could not keep up */
 };
 
+/* Per-listener counters (the metrics' `listener` label). */
+struct listener_stats {
+	uint64_t accepted;
+	uint64_t closed[CLOSE__COUNT];
+	uint64_t bytes[2];
+	uint64_t truncated[2];
+	uint64_t denied;     /* refused by the access list */
+	uint64_t limited[3]; /* refused by a per-client limit: [conns, rate, table] */
+	uint64_t sni_routed; /* pool chosen from a ClientHello's server name */
+};
+
 /* Adds one successful connect that took us microseconds. */
 void stats_connect_observe(struct worker_stats *st, uint64_t us);
 
@@ -61,6 +74,24 @@ struct stats_backend {
 	struct addr addr;
 	uint32_t active;
 	uint8_t up;
+	uint8_t backup;
+	uint16_t pool; /* index into stats_snapshot.pools */
+};
+
+/* Names are [A-Za-z0-9_.-]{1,32} (config.h: CONFIG_NAME_MAX). */
+#define STATS_NAME_MAX	    33
+#define STATS_MAX_LISTENERS 32
+#define STATS_MAX_POOLS	    64
+
+struct stats_listener {
+	char name[STATS_NAME_MAX];
+	uint32_t active;
+	struct listener_stats st;
+};
+
+struct stats_pool {
+	char name[STATS_NAME_MAX];
+	uint8_t on_backup;
 };
 
 /* A worker's published view, read by the thread serving /metrics. */
@@ -71,12 +102,21 @@ struct stats_snapshot {
 	struct loop_stats ls;
 	uint32_t nbackends;
 	struct stats_backend backends[BACKEND_MAX];
+	uint32_t nlisteners;
+	struct stats_listener listeners[STATS_MAX_LISTENERS];
+	uint32_t npools;
+	struct stats_pool pools[STATS_MAX_POOLS];
 };
 
+/* Process-wide counters kept by the control thread (SIGHUP reloads: [0] ok, [1] failed). */
+extern uint64_t stats_reloads[2];
+
 /* Writer side (the owning worker): copies the figures under the seqlock. backends may be
- * NULL to keep the published backend table as it is. */
+ * NULL to keep the published backend and pool tables as they are. */
 void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct worker_stats *st,
-		   const struct loop_stats *ls, const struct stats_backend *backends, uint32_t nb);
+		   const struct loop_stats *ls, const struct stats_backend *backends, uint32_t nb,
+		   const struct stats_listener *listeners, uint32_t nl,
+		   const struct stats_pool *pools, uint32_t np);
 
 /* Reader side (any thread): a consistent copy. */
 void stats_read(const struct stats_snapshot *snap, struct stats_snapshot *out);

@@ -19,11 +19,13 @@
 #include "uproxy/log.h"
 #include "uproxy/loop.h"
 #include "uproxy/sdnotify.h"
+#include "uproxy/service.h"
 #include "uproxy/session.h"
 #include "uproxy/stats.h"
 #include "uproxy/timer.h"
 
-#define WORKER_MAX_LISTENERS 8
+/* Sockets one listener may open (":PORT": IPv4 and IPv6) or adopt from systemd. */
+#define WORKER_MAX_LISTENERS SVC_MAX_SOCKS
 
 /* Completion-queue sizing: the kernel allows at most 64Ki CQEs. A session in teardown can have
  * WORKER_CQES_PER_SESSION completions outstanding (2 recvs, 2 sends or shutdowns, up to 5
@@ -56,33 +58,34 @@ struct worker *worker_nth(struct worker *ws, uint32_t i);
 /* Closes what workers that never ran still hold (listeners, metrics sockets) and frees all n. */
 void workers_free(struct worker *ws, uint32_t n);
 
-/* Opens w's listening sockets for hp, or adopts the nact sockets systemd passed (worker 0 the
- * originals, the others dup()s). Returns the count or -1 with why. */
-int worker_bind(struct worker *w, const struct hostport *hp, const int *act, int nact, char *why,
-		size_t whylen);
-int worker_listener_count(const struct worker *w);
-const struct addr *worker_listener_addr(const struct worker *w, int i);
 /* --stats: every worker publishes a snapshot (-ENOMEM if it cannot have one); worker 0 serves
  * /metrics on the n listening sockets fds. */
 int worker_enable_stats(struct worker *w);
 void worker_serve_stats(struct worker *w, const int *fds, int n);
-/* --access-log: the file every worker writes its lines to. */
-void worker_set_access_log(struct worker *w, int fd);
 /* Worker 0: SIGINT/SIGTERM arrive on sigfd; sn is told STOPPING=1. */
 void worker_set_signals(struct worker *w, int sigfd, const struct sdnotify *sn);
 /* Sessions open now (read by the control thread, relaxed). */
 uint32_t worker_active(const struct worker *w);
 
-/* Sets the worker up: ring, buffers, sessions, notify eventfd. Must run on the worker's own
- * thread (the ring is single-issuer). Listeners and sigfd are handed in. */
-int worker_init(struct worker *w, const struct config *cfg, const struct backend_spec *specs,
-		int nspecs, uint32_t max_sessions, char *why, size_t whylen);
+/* The first plan (listeners with their sockets, pools with their addresses), applied by
+ * worker_init; the worker owns it from here on (workers_free frees it if it never ran). */
+void worker_set_plan(struct worker *w, struct worker_plan *plan);
 
-/* Control thread: ask worker w to stop (drain), or to take a new upstream pool (copied). */
+/* Sets the worker up: ring, buffers, sessions, notify eventfd, then its first plan. Must run
+ * on the worker's own thread (the ring is single-issuer). cfg's global options only. */
+int worker_init(struct worker *w, const struct config *cfg, uint32_t max_sessions, char *why,
+		size_t whylen);
+
+/* Control thread: ask worker w to stop (drain). */
 void worker_post_stop(struct worker *w);
 /* Another worker failed: w closes every session now (no drain) and exits. */
 void worker_post_abort(struct worker *w);
-int worker_post_pool(struct worker *w, const struct backend_spec *specs, int n);
+/* Control thread: hand w a new plan (SIGHUP, re-resolution); w owns it from here on. A plan
+ * still pending is replaced (its new sockets closed): callers wait for worker_plan_taken. */
+void worker_post_plan(struct worker *w, struct worker_plan *plan);
+bool worker_plan_taken(struct worker *w);
+/* Frees a plan: its pools' addresses, and the sockets it still holds (nsocks > 0). */
+void worker_plan_free(struct worker_plan *plan);
 
 /* Runs until a stop signal has been handled. Returns the process exit status. */
 int worker_run(struct worker *w);

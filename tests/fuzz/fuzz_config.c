@@ -46,12 +46,31 @@ static void check_config_text(const uint8_t *data, size_t size)
 		CHECK(strncmp(err, "fuzz.conf:", 10) == 0);
 		return;
 	}
-	CHECK(cfg.nupstreams <= CONFIG_MAX_UPSTREAMS);
-	for (uint32_t i = 0; i < cfg.nupstreams; i++) {
-		check_hostport(&cfg.upstreams[i].hp);
-		CHECK(!cfg.upstreams[i].hp.any);
-		CHECK(cfg.upstreams[i].weight >= 1);
-		CHECK(cfg.upstreams[i].weight <= BACKEND_WEIGHT_MAX);
+	CHECK(cfg.npools <= CONFIG_MAX_POOLS);
+	CHECK(cfg.nlisteners <= CONFIG_MAX_LISTENERS);
+	for (uint32_t p = 0; p < cfg.npools; p++) {
+		const struct config_pool *cp = &cfg.pools[p];
+
+		CHECK(cp->nupstreams >= 1 && cp->nupstreams <= CONFIG_MAX_UPSTREAMS);
+		CHECK(memchr(cp->name, '\0', sizeof(cp->name)) != NULL && cp->name[0] != '\0');
+		for (uint32_t i = 0; i < cp->nupstreams; i++) {
+			if (!cp->upstreams[i].hp.unix_sock)
+				check_hostport(&cp->upstreams[i].hp);
+			CHECK(!cp->upstreams[i].hp.any);
+			CHECK(cp->upstreams[i].weight >= 1);
+			CHECK(cp->upstreams[i].weight <= BACKEND_WEIGHT_MAX);
+		}
+	}
+	for (uint32_t i = 0; i < cfg.nlisteners; i++) {
+		const struct config_listener *l = &cfg.listeners[i];
+
+		/* Every listener reaches a pool, directly or through its routes. */
+		CHECK(l->pool < cfg.npools || (l->pool == CONFIG_NO_POOL && l->nsni_routes > 0));
+		for (uint32_t k = 0; k < l->nsni_routes; k++)
+			CHECK(l->sni_routes[k].pool < cfg.npools);
+		CHECK(l->nacl <= CONFIG_MAX_ACL);
+		for (uint32_t j = 0; j < i; j++)
+			CHECK(strcmp(l->name, cfg.listeners[j].name) != 0);
 	}
 	CHECK(cfg.buffer_size >= CONFIG_MIN_BUFFER_SIZE);
 	CHECK(cfg.buffer_size <= CONFIG_MAX_BUFFER_SIZE);

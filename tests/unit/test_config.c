@@ -48,22 +48,22 @@ Test(config, minimal_with_defaults)
 
 	cr_assert_eq(PARSE(&cfg, err, "--listen", ":8080", "--upstream", "127.0.0.1:80"),
 		     CONFIG_OK, "%s", err);
-	cr_assert(cfg.listen.any);
-	cr_assert_eq(cfg.listen.port, 8080);
-	cr_assert_eq(cfg.nupstreams, 1);
-	cr_assert_str_eq(cfg.upstreams[0].hp.host, "127.0.0.1");
-	cr_assert_eq(cfg.upstreams[0].hp.port, 80);
-	cr_assert_eq(cfg.upstreams[0].weight, 1);
-	cr_assert_eq(cfg.balance, BALANCE_ROUNDROBIN);
-	cr_assert_eq(cfg.connect_timeout_ms, 5000);
-	cr_assert_eq(cfg.retries, 2);
-	cr_assert_eq(cfg.fail_threshold, 3);
-	cr_assert_eq(cfg.fail_timeout_s, 10);
-	cr_assert_eq(cfg.health_interval_ms, 0);
+	cr_assert(cfg.listeners[0].listen.any);
+	cr_assert_eq(cfg.listeners[0].listen.port, 8080);
+	cr_assert_eq(cfg.pools[0].nupstreams, 1);
+	cr_assert_str_eq(cfg.pools[0].upstreams[0].hp.host, "127.0.0.1");
+	cr_assert_eq(cfg.pools[0].upstreams[0].hp.port, 80);
+	cr_assert_eq(cfg.pools[0].upstreams[0].weight, 1);
+	cr_assert_eq(cfg.pools[0].balance, BALANCE_ROUNDROBIN);
+	cr_assert_eq(cfg.pools[0].connect_timeout_ms, 5000);
+	cr_assert_eq(cfg.pools[0].retries, 2);
+	cr_assert_eq(cfg.pools[0].fail_threshold, 3);
+	cr_assert_eq(cfg.pools[0].fail_timeout_s, 10);
+	cr_assert_eq(cfg.pools[0].health_interval_ms, 0);
 	cr_assert_eq(cfg.resolve_interval_s, 30);
-	cr_assert_eq(cfg.idle_timeout_ms, 600000);
-	cr_assert_eq(cfg.fin_timeout_ms, 30000);
-	cr_assert_eq(cfg.drain_timeout_ms, 10000);
+	cr_assert_eq(cfg.listeners[0].idle_timeout_ms, 600000);
+	cr_assert_eq(cfg.listeners[0].fin_timeout_ms, 30000);
+	cr_assert_eq(cfg.listeners[0].drain_timeout_ms, 10000);
 	cr_assert_eq(cfg.log_level, LOG_INFO);
 	cr_assert_eq(cfg.buffer_size, CONFIG_DEFAULT_BUFFER_SIZE);
 	cr_assert_eq(cfg.buffers, CONFIG_DEFAULT_BUFFERS);
@@ -93,9 +93,9 @@ Test(config, every_option_and_form)
 	cr_assert_eq(PARSE(&cfg, err, "-l", "[::1]:9000", "-u", "localhost:81", "--log-level=debug",
 			   "--buffer-size", "65536", "--buffers=4096", "--max-conns", "100"),
 		     CONFIG_OK, "%s", err);
-	cr_assert_str_eq(cfg.listen.host, "::1");
-	cr_assert_eq(cfg.listen.port, 9000);
-	cr_assert_str_eq(cfg.upstreams[0].hp.host, "localhost");
+	cr_assert_str_eq(cfg.listeners[0].listen.host, "::1");
+	cr_assert_eq(cfg.listeners[0].listen.port, 9000);
+	cr_assert_str_eq(cfg.pools[0].upstreams[0].hp.host, "localhost");
 	cr_assert_eq(cfg.log_level, LOG_DEBUG);
 	cr_assert_eq(cfg.buffer_size, 65536);
 	cr_assert_eq(cfg.buffers, 4096);
@@ -185,19 +185,19 @@ Test(config, upstream_pool_and_policies)
 			   "--resolve-interval", "0", "--idle-timeout", "1000", "--fin-timeout", "700",
 			   "--drain-timeout", "0"),
 		     CONFIG_OK, "%s", err);
-	cr_assert_eq(cfg.nupstreams, 2);
-	cr_assert_eq(cfg.upstreams[0].weight, 3);
-	cr_assert_str_eq(cfg.upstreams[1].hp.host, "::1");
-	cr_assert_eq(cfg.balance, BALANCE_HASH);
-	cr_assert_eq(cfg.retries, 5);
-	cr_assert_eq(cfg.connect_timeout_ms, 250);
-	cr_assert_eq(cfg.fail_threshold, 1);
-	cr_assert_eq(cfg.fail_timeout_s, 2);
-	cr_assert_eq(cfg.health_interval_ms, 500);
+	cr_assert_eq(cfg.pools[0].nupstreams, 2);
+	cr_assert_eq(cfg.pools[0].upstreams[0].weight, 3);
+	cr_assert_str_eq(cfg.pools[0].upstreams[1].hp.host, "::1");
+	cr_assert_eq(cfg.pools[0].balance, BALANCE_HASH);
+	cr_assert_eq(cfg.pools[0].retries, 5);
+	cr_assert_eq(cfg.pools[0].connect_timeout_ms, 250);
+	cr_assert_eq(cfg.pools[0].fail_threshold, 1);
+	cr_assert_eq(cfg.pools[0].fail_timeout_s, 2);
+	cr_assert_eq(cfg.pools[0].health_interval_ms, 500);
 	cr_assert_eq(cfg.resolve_interval_s, 0);
-	cr_assert_eq(cfg.idle_timeout_ms, 1000);
-	cr_assert_eq(cfg.fin_timeout_ms, 700);
-	cr_assert_eq(cfg.drain_timeout_ms, 0);
+	cr_assert_eq(cfg.listeners[0].idle_timeout_ms, 1000);
+	cr_assert_eq(cfg.listeners[0].fin_timeout_ms, 700);
+	cr_assert_eq(cfg.listeners[0].drain_timeout_ms, 0);
 	USAGE("--balance 'fastest'", "--balance", "fastest");
 	USAGE("--retries: 17 is out of range", "--retries", "17");
 	USAGE("--connect-timeout: 0 is out of range", "--connect-timeout", "0");
@@ -223,11 +223,11 @@ Test(config, file_text)
 			  "idle-timeout 1234\n",
 			  err, sizeof(err)),
 		     CONFIG_OK, "%s", err);
-	cr_assert_eq(cfg.listen.port, 8080);
-	cr_assert_eq(cfg.nupstreams, 2);
-	cr_assert_eq(cfg.upstreams[0].weight, 2);
-	cr_assert_str_eq(cfg.upstreams[1].hp.host, "b");
-	cr_assert_eq(cfg.idle_timeout_ms, 1234);
+	cr_assert_eq(cfg.listeners[0].listen.port, 8080);
+	cr_assert_eq(cfg.pools[0].nupstreams, 2);
+	cr_assert_eq(cfg.pools[0].upstreams[0].weight, 2);
+	cr_assert_str_eq(cfg.pools[0].upstreams[1].hp.host, "b");
+	cr_assert_eq(cfg.listeners[0].idle_timeout_ms, 1234);
 }
 
 static void file_error(const char *t, const char *needle)
@@ -264,13 +264,13 @@ Test(config, command_line_overrides_file)
 	close(fd);
 	cr_assert_eq(PARSE(&cfg, err, "--config", path, "--retries", "1", "-u", "c:3"), CONFIG_OK,
 		     "%s", err);
-	cr_assert_eq(cfg.listen.port, 1111);
-	cr_assert_eq(cfg.retries, 1);
-	cr_assert_eq(cfg.nupstreams, 1, "the command line's --upstream replaces the file's list");
-	cr_assert_str_eq(cfg.upstreams[0].hp.host, "c");
+	cr_assert_eq(cfg.listeners[0].listen.port, 1111);
+	cr_assert_eq(cfg.pools[0].retries, 1);
+	cr_assert_eq(cfg.pools[0].nupstreams, 1, "the command line's --upstream replaces the file's list");
+	cr_assert_str_eq(cfg.pools[0].upstreams[0].hp.host, "c");
 	cr_assert_eq(PARSE(&cfg, err, "--config", path), CONFIG_OK, "%s", err);
-	cr_assert_eq(cfg.nupstreams, 2);
-	cr_assert_eq(cfg.retries, 4);
+	cr_assert_eq(cfg.pools[0].nupstreams, 2);
+	cr_assert_eq(cfg.pools[0].retries, 4);
 	unlink(path);
 	USAGE("cannot read config file '/nonexistent/x.conf'", "--config", "/nonexistent/x.conf");
 }
