@@ -1884,8 +1884,8 @@ bool proxy_spawn_ports(struct proxy *px, const char *const args[], const uint16_
 			return false;
 		}
 		err = proc_stderr(&px->proc);
-		cr_assert_fail("uproxy not listening on all of its %d port(s) (first %u) within 3 s "
-			       "(%s); stderr:\n%s", n, ports[0],
+		cr_assert_fail("uproxy not listening on all of its %d port(s) (first %u) within "
+			       "3 s (%s); stderr:\n%s", n, ports[0],
 			       status_str(&px->proc, st, sizeof(st)), err);
 	}
 	px->base_fds = count_fds(px->proc.pid);
