@@ -1798,16 +1798,25 @@ void conf_dir_make(char *dir, size_t len)
 	snprintf(conf_dir, sizeof(conf_dir), "%s", dir);
 }
 
+/* Every file a test left there goes (config files, access logs, unix sockets): the
+ * directory is private to the test, so nothing else can be in it. */
 void conf_dir_remove(void)
 {
-	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
-	char p[128];
+	DIR *d;
+	struct dirent *e;
+	char p[384];
 
 	if (!conf_dir[0])
 		return;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(p, sizeof(p), "%s/%s", conf_dir, names[i]);
-		unlink(p);
+	d = opendir(conf_dir);
+	if (d != NULL) {
+		while ((e = readdir(d)) != NULL) {
+			if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+				continue;
+			snprintf(p, sizeof(p), "%s/%s", conf_dir, e->d_name);
+			unlink(p);
+		}
+		closedir(d);
 	}
 	rmdir(conf_dir);
 	conf_dir[0] = '\0';
@@ -1827,6 +1836,69 @@ void file_write_atomic(const char *path, const char *fmt, ...)
 	va_end(ap);
 	cr_assert_eq(fclose(f), 0);
 	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
+}
+
+int text_line_of(const char *text, const char *needle)
+{
+	const char *hit = strstr(text, needle);
+	int line = 1;
+
+	cr_assert_not_null(hit, "'%s' is not in the text:\n%s", needle, text);
+	for (const char *c = text; c < hit; c++)
+		line += *c == '\n';
+	return line;
+}
+
+/* ---- a proxy started from its own arguments ------------------------------------ */
+
+bool proxy_spawn_ports(struct proxy *px, const char *const args[], const uint16_t ports[], int n)
+{
+	char *argv[48], st[64];
+	size_t k = 0;
+	bool ready = false;
+
+	memset(px, 0, sizeof(*px));
+	px->port = ports[0];
+	px->family = AF_INET;
+	argv[k++] = (char *)uproxy_bin();
+	for (size_t i = 0; args[i] && k < 47; i++)
+		argv[k++] = (char *)args[i];
+	argv[k] = NULL;
+	cr_assert_eq(proc_spawn(&px->proc, argv, 0, 0), 0, "cannot spawn %s", argv[0]);
+	for (int i = 0; i < 150 && !ready; i++) {
+		if (proc_wait(&px->proc, 0))
+			break;
+		ready = true;
+		for (int j = 0; j < n && ready; j++)
+			ready = tcp4_listening(ports[j]);
+		if (!ready)
+			sleep_ms(20);
+	}
+	if (!ready) {
+		char *err;
+
+		if (!px->proc.reaped)
+			proc_kill(&px->proc);
+		if (WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1) {
+			proc_release(&px->proc);
+			return false;
+		}
+		err = proc_stderr(&px->proc);
+		cr_assert_fail("uproxy not listening on all of its %d port(s) (first %u) within "
+			       "3 s (%s); stderr:\n%s", n, ports[0],
+			       status_str(&px->proc, st, sizeof(st)), err);
+	}
+	px->base_fds = count_fds(px->proc.pid);
+	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
+		int c;
+
+		sleep_ms(20);
+		c = count_fds(px->proc.pid);
+		steady = c == px->base_fds ? steady + 1 : 0;
+		px->base_fds = c;
+	}
+	px->base_rss_kib = rss_kib(px->proc.pid);
+	return true;
 }
 
 /* ---- a listener that never answers ----------------------------------------- */
@@ -2002,6 +2074,49 @@ double metrics_val(const struct mset *m, const char *key)
 double metrics_delta(const struct mset *a, const struct mset *b, const char *key)
 {
 	return metrics_val(b, key) - metrics_val(a, key);
+}
+
+/* true if the label list in braces (without them) holds label as a whole entry. */
+static bool has_label(const char *list, size_t len, const char *label)
+{
+	size_t ll = strlen(label);
+
+	for (size_t i = 0; i + ll <= len; i++) {
+		if ((i == 0 || list[i - 1] == ',') && memcmp(list + i, label, ll) == 0 &&
+		    (i + ll == len || list[i + ll] == ','))
+			return true;
+	}
+	return false;
+}
+
+int metrics_sum(const struct mset *m, const char *name, const char *const labels[],
+		double *sum)
+{
+	size_t nl = strlen(name);
+	int hits = 0;
+
+	*sum = 0;
+	for (int i = 0; i < m->n; i++) {
+		const char *k = m->s[i].key, *list = k + nl;
+		size_t len = 0;
+		bool all = true;
+
+		if (strncmp(k, name, nl) != 0 || (list[0] != '\0' && list[0] != '{'))
+			continue;
+		if (list[0] == '{') {
+			list++;
+			len = strlen(list);
+			cr_assert(len > 0 && list[len - 1] == '}', "bad sample key '%s'", k);
+			len--;
+		}
+		for (size_t j = 0; labels != NULL && labels[j] != NULL && all; j++)
+			all = has_label(list, len, labels[j]);
+		if (all) {
+			*sum += m->s[i].v;
+			hits++;
+		}
+	}
+	return hits;
 }
 
 void metrics_scrape(uint16_t port, struct mset *m)

@@ -279,12 +279,23 @@ void multi_echo(struct multi_stats *st, int n, int family, uint16_t port, uint64
 /* ---- config files --------------------------------------------------------------- */
 
 /* conf_dir_make makes a fresh private directory (its name in dir) for a test's config file;
- * conf_dir_remove (the test's .fini) removes it and uproxy.conf{,.tmp} in it, passed or not. */
+ * conf_dir_remove (the test's .fini) removes it and every file in it (uproxy.conf{,.tmp},
+ * access logs, unix sockets), passed or not. */
 void conf_dir_make(char *dir, size_t len);
 void conf_dir_remove(void);
 /* Writes path aside and renames it into place: a reader never sees half a file. */
 void file_write_atomic(const char *path, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* The 1-based number of the first line of text holding needle; asserts there is one. Config
+ * tests use it to name the line an error must point at without counting by hand. */
+int text_line_of(const char *text, const char *needle);
+
+/* Spawns uproxy with args (NULL-terminated; they name the ports, usually through --config) and
+ * waits ≤ 3 s until every one of ports[0..n) listens on 127.0.0.1, without connecting (no
+ * session is made, so every counter starts at 0). Sets px->port = ports[0] and takes the fd
+ * baseline. Returns false when it exited 1 (a port was taken meanwhile: pick others and retry);
+ * asserts on any other failure. */
+bool proxy_spawn_ports(struct proxy *px, const char *const args[], const uint16_t ports[], int n);
 
 /* ---- a listener that never answers ------------------------------------------ */
 
@@ -340,6 +351,11 @@ bool metrics_get(const struct mset *m, const char *key, double *v);
 double metrics_val(const struct mset *m, const char *key);
 /* metrics_val(b, key) - metrics_val(a, key). */
 double metrics_delta(const struct mset *a, const struct mset *b, const char *key);
+/* The sum of the samples of metric name (exactly that name, no suffix) whose labels include
+ * every one of the NULL-terminated labels (each 'key="value"'), in any order; returns how
+ * many samples matched. */
+int metrics_sum(const struct mset *m, const char *name, const char *const labels[],
+		double *sum);
 
 /* ---- access-log files -------------------------------------------------------- */
 

@@ -13,7 +13,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,116 +22,18 @@
 
 /* ---- local helpers ------------------------------------------------------ */
 
-static bool port_listening(uint16_t port)
-{
-	char line[512];
-	bool found = false;
-	FILE *f = fopen("/proc/net/tcp", "re");
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		unsigned int lport, state;
-
-		if (sscanf(line, " %*s %*[^:]:%x %*s %x", &lport, &state) == 2)
-			found = lport == port && state == 0x0A;
-	}
-	fclose(f);
-	return found;
-}
-
 /* Spawns uproxy args... (they name the listen port, on the command line or
  * in a config file) and waits ≤ 3 s until port listens, without connecting.
  * Returns false if it exited 1 (the port was taken meanwhile: try another);
  * asserts on any other failure. */
 static bool try_start(struct proxy *px, uint16_t port, uint16_t up_port, const char *const args[])
 {
-	char *argv[48], st[64];
-	size_t n = 0;
-	bool ready = false;
+	const uint16_t ports[] = { port };
 
-	memset(px, 0, sizeof(*px));
-	px->port = port;
+	if (!proxy_spawn_ports(px, args, ports, 1))
+		return false;
 	px->up_port = up_port;
-	px->family = AF_INET;
-	argv[n++] = (char *)uproxy_bin();
-	for (size_t i = 0; args[i] && n < 47; i++)
-		argv[n++] = (char *)args[i];
-	argv[n] = NULL;
-	cr_assert_eq(proc_spawn(&px->proc, argv, 0, 0), 0, "cannot spawn %s", argv[0]);
-	for (int i = 0; i < 150 && !ready; i++) {
-		if (proc_wait(&px->proc, 0))
-			break;
-		ready = port_listening(port);
-		if (!ready)
-			sleep_ms(20);
-	}
-	if (!ready) {
-		char *err;
-
-		if (!px->proc.reaped)
-			proc_kill(&px->proc);
-		if (WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1) {
-			proc_release(&px->proc);
-			return false;
-		}
-		err = proc_stderr(&px->proc);
-		cr_assert_fail("uproxy not listening on port %u within 3 s (%s); stderr:\n%s", port,
-			       status_str(&px->proc, st, sizeof(st)), err);
-	}
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int k;
-
-		sleep_ms(20);
-		k = count_fds(px->proc.pid);
-		steady = k == px->base_fds ? steady + 1 : 0;
-		px->base_fds = k;
-	}
 	return true;
-}
-
-static void write_file(const char *path, const char *fmt, ...)
-{
-	char tmp[256];
-	va_list ap;
-	FILE *f;
-
-	/* written aside and renamed: a reader never sees half a file */
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	f = fopen(tmp, "we");
-	cr_assert_not_null(f, "cannot write %s: %s", tmp, strerror(errno));
-	va_start(ap, fmt);
-	vfprintf(f, fmt, ap);
-	va_end(ap);
-	cr_assert_eq(fclose(f), 0);
-	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
-}
-
-/* A fresh private directory for config files; the test's .fini removes it,
- * whether the test passed or not. */
-static char tmp_dir[64];
-
-static void make_dir(char *dir, size_t len)
-{
-	snprintf(dir, len, "/tmp/uproxy-lifecycle-XXXXXX");
-	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	snprintf(tmp_dir, sizeof(tmp_dir), "%s", dir);
-}
-
-static void remove_dir(void)
-{
-	static const char *const names[] = { "uproxy.conf", "uproxy.conf.tmp" };
-	char p[128];
-
-	if (!tmp_dir[0])
-		return;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(p, sizeof(p), "%s/%s", tmp_dir, names[i]);
-		unlink(p);
-	}
-	rmdir(tmp_dir);
-	tmp_dir[0] = '\0';
 }
 
 static bool serve_once(uint16_t port, uint64_t seed, char *why, size_t wlen)
@@ -195,7 +96,7 @@ static uint64_t term_and_wait(struct proxy *px, int timeout_ms)
 
 /* ---- config file ---------------------------------------------------------- */
 
-Test(lifecycle, config_file, .timeout = 30, .fini = remove_dir)
+Test(lifecycle, config_file, .timeout = 30, .fini = conf_dir_remove)
 {
 	struct backend file_up, dead, live;
 	struct proxy px;
@@ -205,7 +106,7 @@ Test(lifecycle, config_file, .timeout = 30, .fini = remove_dir)
 	int fd;
 	bool started = false;
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	backend_bind(&file_up, AF_INET);
 	backend_bind(&dead, AF_INET); /* bound, never listening: refused */
@@ -218,14 +119,14 @@ Test(lifecycle, config_file, .timeout = 30, .fini = remove_dir)
 		uint16_t port = free_port();
 		const char *args[] = { "--config", path, NULL };
 
-		write_file(path,
-			   "# uproxy integration test\n"
-			   "listen 127.0.0.1:%u   # trailing comment\n"
-			   "\n"
-			   "   upstream=127.0.0.1:%u\n"
-			   "balance roundrobin\n"
-			   "idle-timeout\t60000\n",
-			   port, file_up.port);
+		file_write_atomic(path,
+				  "# uproxy integration test\n"
+				  "listen 127.0.0.1:%u   # trailing comment\n"
+				  "\n"
+				  "   upstream=127.0.0.1:%u\n"
+				  "balance roundrobin\n"
+				  "idle-timeout\t60000\n",
+				  port, file_up.port);
 		started = try_start(&px, port, file_up.port, args);
 	}
 	cr_assert(started, "uproxy --config never got a free port");
@@ -247,14 +148,14 @@ Test(lifecycle, config_file, .timeout = 30, .fini = remove_dir)
 		uint16_t port = free_port();
 		const char *args[] = { "-c", path, "-u", lu, "--idle-timeout", "500", NULL };
 
-		write_file(path,
-			   "# uproxy integration test\n"
-			   "listen 127.0.0.1:%u\n"
-			   "upstream 127.0.0.1:%u\n"
-			   "upstream 127.0.0.1:%u\n"
-			   "idle-timeout 60000\n"
-			   "retries 0\n",
-			   port, file_up.port, dead.port);
+		file_write_atomic(path,
+				  "# uproxy integration test\n"
+				  "listen 127.0.0.1:%u\n"
+				  "upstream 127.0.0.1:%u\n"
+				  "upstream 127.0.0.1:%u\n"
+				  "idle-timeout 60000\n"
+				  "retries 0\n",
+				  port, file_up.port, dead.port);
 		snprintf(lu, sizeof(lu), "127.0.0.1:%u", live.port);
 		started = try_start(&px, port, live.port, args);
 	}
@@ -309,17 +210,18 @@ static void expect_usage_error(const char *path, const char *want, const char *w
 	run_result_free(&r);
 }
 
-Test(lifecycle, config_file_errors, .timeout = 30, .fini = remove_dir)
+Test(lifecycle, config_file_errors, .timeout = 30, .fini = conf_dir_remove)
 {
 	char dir[64], path[128], want[192];
 	uint16_t port = free_port();
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 
 	/* an unknown option on line 3 */
-	write_file(path, "# comment\nlisten 127.0.0.1:%u\nfrobnicate 7\nupstream 127.0.0.1:1\n",
-		   port);
+	file_write_atomic(path,
+			  "# comment\nlisten 127.0.0.1:%u\nfrobnicate 7\nupstream 127.0.0.1:1\n",
+			  port);
 	snprintf(want, sizeof(want), "%s:3", path);
 	expect_usage_error(path, want, "unknown option on line 3");
 	{
@@ -333,17 +235,18 @@ Test(lifecycle, config_file_errors, .timeout = 30, .fini = remove_dir)
 	}
 
 	/* a bad value on line 2 */
-	write_file(path, "listen 127.0.0.1:%u\nidle-timeout abc\nupstream 127.0.0.1:1\n", port);
+	file_write_atomic(path, "listen 127.0.0.1:%u\nidle-timeout abc\nupstream 127.0.0.1:1\n",
+			  port);
 	snprintf(want, sizeof(want), "%s:2", path);
 	expect_usage_error(path, want, "bad idle-timeout on line 2");
 
 	/* a value out of range on line 4 */
-	write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:1\n\nretries 99\n", port);
+	file_write_atomic(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:1\n\nretries 99\n", port);
 	snprintf(want, sizeof(want), "%s:4", path);
 	expect_usage_error(path, want, "retries 99 on line 4");
 
 	/* a bad address on line 5, after comments and blank lines */
-	write_file(path, "# a\n\n# b\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:0\n", port);
+	file_write_atomic(path, "# a\n\n# b\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:0\n", port);
 	snprintf(want, sizeof(want), "%s:5", path);
 	expect_usage_error(path, want, "upstream port 0 on line 5");
 
@@ -569,14 +472,14 @@ static void start_on_config(struct proxy *px, const char *path, uint16_t up_a, u
 
 	for (int attempt = 0; attempt < 3 && !started; attempt++) {
 		*port = free_port();
-		write_file(path, "# pool: A\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:%u\n", *port,
-			   up_a);
+		file_write_atomic(path, "# pool: A\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:%u\n",
+				  *port, up_a);
 		started = try_start(px, *port, up_a, args);
 	}
 	cr_assert(started, "uproxy --config never got a free port");
 }
 
-Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = remove_dir)
+Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = conf_dir_remove)
 {
 	struct backend a, b;
 	struct proxy px;
@@ -585,7 +488,7 @@ Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = remove_dir)
 	uint16_t port;
 	int held, after = 0;
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	backend_bind(&a, AF_INET);
 	backend_bind(&b, AF_INET);
@@ -603,7 +506,8 @@ Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = remove_dir)
 	cr_assert(echo_roundtrip(held, 0xe200, 4096, 3000), "echo on the held session failed");
 	cr_assert_eq(atomic_load(&a.accepted), 21);
 
-	write_file(path, "# pool: B\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:%u\n", port, b.port);
+	file_write_atomic(path, "# pool: B\nlisten 127.0.0.1:%u\nupstream 127.0.0.1:%u\n", port,
+			  b.port);
 	t_hup = now_ms();
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
 	for (int i = 0; now_ms() - t_hup < 1000; i++) {
@@ -642,14 +546,14 @@ Test(lifecycle, sighup_pool_change, .timeout = 30, .fini = remove_dir)
 	backend_stop(&b);
 }
 
-Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = remove_dir)
+Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = conf_dir_remove)
 {
 	struct backend a, b;
 	struct proxy px;
 	char dir[64], path[128], what[64];
 	uint16_t port;
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	backend_bind(&a, AF_INET);
 	backend_bind(&b, AF_INET);
@@ -659,8 +563,8 @@ Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = remove_dir)
 	cr_assert_eq(serve_which(&px, &a, &b, 0xe600, "first session"), 0);
 
 	/* a broken file: the reload is refused, the running pool stays */
-	write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nbogus-option 1\n", port,
-		   b.port);
+	file_write_atomic(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nbogus-option 1\n",
+			  port, b.port);
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
 	cr_assert(wait_log(&px, "config not reloaded", 1000), "SIGHUP with a broken file: no "
 		  "'config not reloaded' in the log within 1 s");
@@ -676,7 +580,7 @@ Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = remove_dir)
 	backend_stop(&b);
 }
 
-Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = remove_dir)
+Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = conf_dir_remove)
 {
 	struct backend a, b;
 	struct proxy px;
@@ -686,7 +590,7 @@ Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = remove_dir)
 	enum io_end e;
 	int fd;
 
-	make_dir(dir, sizeof(dir));
+	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	backend_bind(&a, AF_INET);
 	backend_bind(&b, AF_INET);
@@ -696,8 +600,8 @@ Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = remove_dir)
 
 	/* only idle-timeout changes: it needs a restart, so SIGHUP warns and
 	 * keeps the running value (600000 ms by default) */
-	write_file(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout 300\n", port,
-		   a.port);
+	file_write_atomic(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout 300\n",
+			  port, a.port);
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
 	cr_assert(wait_log(&px, "needs a restart", 1000), "SIGHUP changed idle-timeout: no warning "
 		  "that it needs a restart within 1 s");
