@@ -117,6 +117,7 @@ void accept_done(struct worker *w, const struct loop_cqe *c)
 			sock_linger_rst(res);
 			close(res);
 			w->st.accept_overflow++;
+			w->svcs[v].st.overflow++;
 			return;
 		}
 		/* A client accepted while the listeners are being closed for a drain is served
@@ -131,6 +132,7 @@ void accept_done(struct worker *w, const struct loop_cqe *c)
 			 * which accept_update's margin makes impossible in practice. */
 			close(res);
 			w->st.accept_overflow++;
+			w->svcs[v].st.overflow++;
 			return;
 		}
 		w->st.accepted++;

@@ -1287,10 +1287,3 @@ bool config_pool_equal(const struct config_pool *a, const struct config_pool *b)
 {
 	return memcmp(a, b, sizeof(*a)) == 0;
 }
-
-const char *config_option_name(int id)
-{
-	const struct opt_def *o = find_id((enum opt_id)id);
-
-	return o ? o->name : "?";
-}

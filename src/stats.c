@@ -211,8 +211,11 @@ static void listener_series(struct out *o, const struct stats_snapshot *snaps, i
 			    "uproxy_connections_closed_total{listener=\"%s\",reason=\"%s\"} "
 			    "%" PRIu64 "\n",
 			    agg[j].name, reason_names[r], agg[j].st.closed[r]);
-	put(o, "uproxy_connections_closed_total{reason=\"limit\"} %" PRIu64 "\n",
-	    SUM(st.accept_overflow));
+	for (uint32_t j = 0; j < na; j++)
+		put(o,
+		    "uproxy_connections_closed_total{listener=\"%s\",reason=\"limit\"} %" PRIu64
+		    "\n",
+		    agg[j].name, agg[j].st.overflow);
 	head(o, "uproxy_bytes_total", "counter", "Bytes forwarded, by direction.");
 	for (uint32_t j = 0; j < na; j++) {
 		put(o,

@@ -59,6 +59,7 @@ struct listener_stats {
 	uint64_t denied;     /* refused by the access list */
 	uint64_t limited[3]; /* refused by a per-client limit: [conns, rate, table] */
 	uint64_t sni_routed; /* pool chosen from a ClientHello's server name */
+	uint64_t overflow;   /* accepted while stopping or beyond every free slot */
 };
 
 /* Adds one successful connect that took us microseconds. */
