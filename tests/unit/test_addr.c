@@ -1,7 +1,9 @@
-/* Unit tests for addr: every accepted and rejected "[HOST]:PORT" form, printing, and the one
- * address equality (addr_equal). */
+/* Unit tests for addr: every accepted and rejected "[HOST]:PORT" and "unix:" form, printing,
+ * and the one address equality (addr_equal). */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "uproxy/addr.h"
@@ -222,4 +224,197 @@ Test(addr, equal_zeroed_addresses)
 	memset(&b, 0, sizeof(b));
 	cr_assert(eq(a, b));
 	cr_assert_not(eq(a, v4("0.0.0.0", 0)));
+}
+
+/* ---- unix: addresses --------------------------------------------------------------------- */
+
+/* s parses as a unix address whose host is host. */
+static void ok_unix(const char *s, const char *host)
+{
+	struct hostport hp;
+	const char *why = NULL;
+
+	cr_assert_eq(addr_parse(s, &hp, &why), 0, "'%s' rejected: %s", s, why ? why : "");
+	cr_assert(hp.unix_sock, "'%s' not unix", s);
+	cr_assert_str_eq(hp.host, host, "'%s' path", s);
+	cr_assert_eq(hp.port, 0, "'%s' port", s);
+	cr_assert_not(hp.any, "'%s' any", s);
+}
+
+/* A unix address of path bytes (a path, or "@name") with n of them. */
+static struct addr un(const char *path, size_t n, socklen_t len)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct addr a;
+
+	memcpy(sa.sun_path, path, n);
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0';
+	addr_from_sockaddr(&a, (struct sockaddr *)&sa, len);
+	return a;
+}
+
+Test(addr, parses_unix_paths)
+{
+	char s[300], want[200];
+
+	ok_unix("unix:/run/uproxy/web.sock", "/run/uproxy/web.sock");
+	ok_unix("unix:/a", "/a");
+	ok_unix("unix:/tmp/with space and:colon,comma", "/tmp/with space and:colon,comma");
+	ok_unix("unix:@uproxy-test", "@uproxy-test");
+	/* the longest path: 107 bytes, 108 with the NUL that fills sun_path */
+	memset(want, 'p', 107);
+	want[0] = '/';
+	want[107] = '\0';
+	snprintf(s, sizeof(s), "unix:%s", want);
+	ok_unix(s, want);
+	want[0] = '@'; /* an abstract name of 107 bytes after its '@' */
+	memset(want + 107, 'p', 1);
+	want[108] = '\0';
+	snprintf(s, sizeof(s), "unix:%s", want);
+	ok_unix(s, want);
+}
+
+Test(addr, rejects_bad_unix_paths)
+{
+	char s[200];
+
+	bad("unix:", "empty unix socket path");
+	bad("unix:@", "empty abstract");
+	bad("unix:run/x.sock", "must be absolute");
+	bad("unix:./x.sock", "must be absolute");
+	bad("unix:80", "must be absolute"); /* "unix:" always means a unix socket */
+	bad("unix:/a\tb", "control character");
+	bad("unix:/a\nb", "control character");
+	bad("unix:/a\"b", "control character");
+	bad("unix:/a\\b", "control character");
+	strcpy(s, "unix:/");
+	memset(s + 6, 'p', 107); /* 108 bytes: no room left for the NUL */
+	s[6 + 107] = '\0';
+	bad(s, "too long");
+	strcpy(s, "unix:@");
+	memset(s + 6, 'p', 108);
+	s[6 + 108] = '\0';
+	bad(s, "too long");
+	/* a host named like the prefix is still a host without it */
+	ok("unixhost:80", "unixhost", 80, false);
+}
+
+Test(addr, unix_round_trips_through_hostport_text)
+{
+	const char *forms[] = { "unix:/run/a.sock", "unix:@abstract", "unix:/x" };
+	char buf[ADDR_STRLEN + ADDR_HOST_MAX];
+
+	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+		struct hostport hp, back;
+		const char *why;
+
+		cr_assert_eq(addr_parse(forms[i], &hp, &why), 0);
+		cr_assert_str_eq(addr_format_hostport(&hp, buf, sizeof(buf)), forms[i]);
+		cr_assert_eq(addr_parse(buf, &back, &why), 0);
+		cr_assert(back.unix_sock && strcmp(back.host, hp.host) == 0);
+	}
+}
+
+Test(addr, resolves_unix_path_to_one_sockaddr_un)
+{
+	struct hostport hp;
+	struct addr out[ADDR_MAX_RESOLVED];
+	const char *why;
+	char err[256], buf[ADDR_STRLEN];
+
+	cr_assert_eq(addr_parse("unix:/run/uproxy/web.sock", &hp, &why), 0);
+	cr_assert_eq(addr_resolve(&hp, out, ADDR_MAX_RESOLVED, err, sizeof(err)), 1, "%s", err);
+	cr_assert_eq(out[0].u.un.sun_family, AF_UNIX);
+	cr_assert_str_eq(out[0].u.un.sun_path, "/run/uproxy/web.sock");
+	/* what bind(2) wants and getsockname(2) gives back: the path and its NUL */
+	cr_assert_eq(out[0].len, offsetof(struct sockaddr_un, sun_path) + 20 + 1);
+	cr_assert_str_eq(addr_format(&out[0], buf, sizeof(buf)), "unix:/run/uproxy/web.sock");
+}
+
+Test(addr, resolves_abstract_name_without_nul)
+{
+	struct hostport hp;
+	struct addr out[1];
+	const char *why;
+	char err[256], buf[ADDR_STRLEN];
+
+	cr_assert_eq(addr_parse("unix:@uproxy", &hp, &why), 0);
+	cr_assert_eq(addr_resolve(&hp, out, 1, err, sizeof(err)), 1, "%s", err);
+	cr_assert_eq(out[0].u.un.sun_path[0], '\0');
+	cr_assert_eq(memcmp(out[0].u.un.sun_path + 1, "uproxy", 6), 0);
+	/* the length delimits an abstract name: a NUL would be part of it */
+	cr_assert_eq(out[0].len, offsetof(struct sockaddr_un, sun_path) + 1 + 6);
+	cr_assert_str_eq(addr_format(&out[0], buf, sizeof(buf)), "unix:@uproxy");
+}
+
+Test(addr, resolve_refuses_a_hand_made_bad_unix_hostport)
+{
+	struct hostport hp = { .unix_sock = true };
+	struct addr out[1];
+	char err[256];
+
+	strcpy(hp.host, "relative.sock");
+	cr_assert_lt(addr_resolve(&hp, out, 1, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "unix:relative.sock") && strstr(err, "absolute"), "%s", err);
+	memset(hp.host, 'p', 200); /* longer than sun_path */
+	hp.host[0] = '/';
+	hp.host[200] = '\0';
+	cr_assert_lt(addr_resolve(&hp, out, 1, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "too long"), "%s", err);
+	strcpy(hp.host, "/ok");
+	cr_assert_lt(addr_resolve(&hp, out, 0, err, sizeof(err)), 0, "max 0 has no room");
+}
+
+Test(addr, formats_unnamed_unix_peer)
+{
+	struct addr a;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char buf[ADDR_STRLEN];
+
+	/* accept(2)/getpeername(2) of a client that did not bind: the family alone */
+	addr_from_sockaddr(&a, (struct sockaddr *)&sa, sizeof(sa_family_t));
+	cr_assert_str_eq(addr_format(&a, buf, sizeof(buf)), "unix:");
+}
+
+Test(addr, formats_longest_unix_names_whole)
+{
+	char path[ADDR_UNIX_PATH_MAX + 2], want[ADDR_STRLEN], buf[ADDR_STRLEN];
+	struct addr a;
+
+	memset(path, 'q', sizeof(path));
+	path[0] = '/';
+	a = un(path, ADDR_UNIX_PATH_MAX, offsetof(struct sockaddr_un, sun_path) + 108);
+	snprintf(want, sizeof(want), "unix:%.*s", (int)ADDR_UNIX_PATH_MAX, path);
+	cr_assert_str_eq(addr_format(&a, buf, sizeof(buf)), want);
+	path[0] = '@';
+	a = un(path, 108, offsetof(struct sockaddr_un, sun_path) + 108);
+	snprintf(want, sizeof(want), "unix:@%.*s", (int)ADDR_UNIX_PATH_MAX, path + 1);
+	cr_assert_str_eq(addr_format(&a, buf, sizeof(buf)), want);
+	cr_assert_eq(strlen(buf) + 1, ADDR_STRLEN, "ADDR_STRLEN is exactly the longest form");
+	/* a non-printable byte of an abstract name someone else bound prints as '?' */
+	a = un("@a\001b", 4, offsetof(struct sockaddr_un, sun_path) + 4);
+	cr_assert_str_eq(addr_format(&a, buf, sizeof(buf)), "unix:@a?b");
+}
+
+Test(addr, equal_unix_paths)
+{
+	size_t off = offsetof(struct sockaddr_un, sun_path);
+	struct addr a = un("/run/a.sock", 12, (socklen_t)(off + 12));
+
+	cr_assert(eq(a, a));
+	/* getsockname may count the NUL or not, or report sizeof(struct sockaddr_un) */
+	cr_assert(eq(a, un("/run/a.sock", 11, (socklen_t)(off + 11))));
+	cr_assert(eq(a, un("/run/a.sock", 12, sizeof(struct sockaddr_un))));
+	cr_assert_not(eq(a, un("/run/b.sock", 12, (socklen_t)(off + 12))));
+	cr_assert_not(eq(a, un("/run/a.soc", 11, (socklen_t)(off + 11))), "a prefix");
+	/* an abstract name is not the path with the same bytes */
+	cr_assert_not(eq(un("@run", 4, (socklen_t)(off + 4)), un("/run", 5, (socklen_t)(off + 5))));
+	cr_assert(eq(un("@x", 2, (socklen_t)(off + 2)), un("@x", 2, (socklen_t)(off + 2))));
+	/* abstract names are delimited by the length: "@x" and "@x\0" are two names */
+	cr_assert_not(eq(un("@x", 2, (socklen_t)(off + 2)), un("@x", 3, (socklen_t)(off + 3))));
+	/* two unnamed peers are alike; an unnamed one is not a named one */
+	cr_assert(eq(un("", 0, sizeof(sa_family_t)), un("", 0, sizeof(sa_family_t))));
+	cr_assert_not(eq(un("", 0, sizeof(sa_family_t)), a));
+	cr_assert_not(eq(a, v4("127.0.0.1", 80)), "families differ");
 }
