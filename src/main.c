@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "uproxy/addr.h"
@@ -268,6 +269,8 @@ struct running {
 	struct config *cfg;
 	struct backend_spec *specs[CONFIG_MAX_POOLS];
 	int nspecs[CONFIG_MAX_POOLS];
+	/* Per config listener: its unix socket file as created (listener_unlink's identity). */
+	struct listener unix_l[CONFIG_MAX_LISTENERS];
 };
 
 /* Everything main sets up, so that each step below is one named function. */
@@ -342,13 +345,15 @@ static int bind_listener(struct app *a, const struct config_listener *l, bool ac
 
 		if (activated)
 			n = listener_adopt(a->act, a->nact, w == 0, ps->socks, why, sizeof(why));
-		else if (l->listen.unix_sock && w > 0)
+		else if (l->listen.unix_sock && w == 0)
+			n = listener_open_unix(&l->listen, l->unix_mode, &ps->socks[0], why,
+					       sizeof(why));
+		else if (l->listen.unix_sock)
 			/* One unix socket (no SO_REUSEPORT): every worker accepts on a dup. */
-			n = listener_adopt(&plans[0]->svcs[li].socks[0].fd, 1, false, ps->socks,
-					   why, sizeof(why));
+			n = listener_dup(&plans[0]->svcs[li].socks[0], &ps->socks[0], why,
+					 sizeof(why));
 		else
-			n = listener_open_mode(&l->listen, l->unix_mode, ps->socks, SVC_MAX_SOCKS,
-					       why, sizeof(why));
+			n = listener_open(&l->listen, ps->socks, SVC_MAX_SOCKS, why, sizeof(why));
 		if (n < 0) {
 			snprintf(a->err, sizeof(a->err), "%s: listener '%s': %s", l->where, l->name,
 				 why);
@@ -431,8 +436,7 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 		const struct config_listener *l = &next->listeners[i];
 		int old = prev ? config_find_listener(prev->cfg, l->name) : -1;
 		bool keep = old >= 0 &&
-			    same_hostport(&prev->cfg->listeners[old].listen, &l->listen) &&
-			    prev->cfg->listeners[old].unix_mode == l->unix_mode;
+			    same_hostport(&prev->cfg->listeners[old].listen, &l->listen);
 		int fd = logfile_fd(a, l->access_log);
 
 		if (fd == -2)
@@ -446,6 +450,16 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 		if (!keep &&
 		    bind_listener(a, l, prev == NULL && i == 0 && a->nact > 0, plans, i) < 0)
 			goto fail;
+		if (keep && l->listen.unix_sock && l->unix_mode != prev->cfg->listeners[old].unix_mode &&
+		    prev->unix_l[old].unix_file && chmod(l->listen.host, l->unix_mode) < 0)
+			log_warn("listener %s: cannot chmod %s to %04o: %s", l->name, l->listen.host,
+				 l->unix_mode, strerror(errno));
+		if (keep)
+			nr->unix_l[i] = prev->unix_l[old];
+		else if (l->listen.unix_sock && !(prev == NULL && i == 0 && a->nact > 0))
+			nr->unix_l[i] = plans[0]->svcs[i].socks[0];
+		else
+			nr->unix_l[i].unix_file = false;
 	}
 	return 0;
 fail:
@@ -460,11 +474,12 @@ fail:
 	return -1;
 }
 
-/* A unix listener's socket file goes with the listener (SIGHUP removal, exit). */
-static void unlink_unix(const struct config_listener *l)
+/* A unix listener's socket file goes with the listener (SIGHUP removal, exit), if it is
+ * still the one we created. */
+static void unlink_unix(const struct running *r, uint32_t i)
 {
-	if (l->listen.unix_sock)
-		listener_unlink(&l->listen);
+	if (r->unix_l[i].unix_file)
+		listener_unlink(&r->unix_l[i]);
 }
 
 /* SIGHUP: re-reads the config and applies it, or keeps the running one and says why. */
@@ -508,7 +523,7 @@ static void reload(struct app *a, int argc, char **argv)
 				 "%u ms",
 				 l->name, l->drain_timeout_ms);
 		if (ni < 0 || !same_hostport(&next->listeners[ni].listen, &l->listen))
-			unlink_unix(l);
+			unlink_unix(&a->run, i);
 	}
 	for (uint32_t i = 0; i < next->nlisteners; i++) {
 		const struct config_listener *l = &next->listeners[i];
@@ -825,8 +840,7 @@ static void app_cleanup(struct app *a)
 	workers_free(a->workers, a->nworkers);
 	if (a->run.cfg != NULL)
 		for (uint32_t i = 0; i < a->run.cfg->nlisteners; i++)
-			if (!(i == 0 && a->nact > 0))
-				unlink_unix(&a->run.cfg->listeners[i]);
+			unlink_unix(&a->run, i);
 	for (int i = 0; i < a->nlogs; i++)
 		close(a->logs[i].fd);
 	sdnotify_close(&a->sn);

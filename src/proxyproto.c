@@ -547,10 +547,10 @@ int proxyproto_build_v2(const struct addr *src, const struct addr *dst, uint8_t 
 	memcpy(h, v2_sig, V2_SIG_LEN);
 	h[12] = V2_VERSION | V2_CMD_PROXY;
 	h[13] = V2_FAM_UNSPEC;
-	if (src == NULL || dst == NULL) {
+	if (!is_ip(src) || !is_ip(dst)) {
+		/* No addresses, or not IP (a unix: client): LOCAL over UNSPEC, the form every
+		 * receiver must accept (PROXY over UNSPEC it may reject), as HAProxy sends. */
 		h[12] = V2_VERSION | V2_CMD_LOCAL;
-	} else if (!is_ip(src) || !is_ip(dst)) {
-		/* PROXY over UNSPEC: the spec's answer for a family it cannot carry */
 	} else if (src->u.sa.sa_family == AF_INET && dst->u.sa.sa_family == AF_INET) {
 		h[13] = V2_FAM_TCP4;
 		memcpy(p, &src->u.in4.sin_addr, 4);

@@ -112,13 +112,3 @@ __attribute__((weak)) bool backend_pool_using_backup(const struct backend_pool *
 	(void)p;
 	return false;
 }
-__attribute__((weak)) int listener_open_mode(const struct hostport *hp, unsigned int mode,
-					     struct listener *out, int max, char *why, size_t wl)
-{
-	(void)mode;
-	return listener_open(hp, out, max, why, wl);
-}
-__attribute__((weak)) void listener_unlink(const struct hostport *hp)
-{
-	(void)hp;
-}

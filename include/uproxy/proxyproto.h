@@ -40,7 +40,8 @@
 enum proxyproto_command {
 	PROXYPROTO_CMD_PROXY,	/* relayed: src and dst are the client's original endpoints */
 	PROXYPROTO_CMD_LOCAL,	/* v2 LOCAL: the sender's own connection (a health check) */
-	PROXYPROTO_CMD_UNKNOWN, /* v1 UNKNOWN, v2 PROXY over AF_UNSPEC or AF_UNIX stream */
+	PROXYPROTO_CMD_UNKNOWN, /* v1 UNKNOWN, v2 PROXY over AF_UNSPEC or AF_UNIX stream (the
+				 * paths are not kept): use the real endpoints, as with LOCAL */
 };
 
 /*
@@ -80,15 +81,22 @@ int proxyproto_parse(const uint8_t *buf, size_t len, struct proxyproto_result *o
  * its length (without the NUL), or -ENOSPC when outlen is too small (PROXYPROTO_V1_BUILD_MAX
  * always suffices). Both IPv4: "TCP4". Otherwise "TCP6", an IPv4 side written as its v4-mapped
  * IPv6 address (::ffff:a.b.c.d in hex groups: the spec's form, which every v6 parser reads),
- * because one line carries one family. A NULL or non-IP side gives "PROXY UNKNOWN\r\n".
+ * because one line carries one family. A NULL or non-IP side (a client of a unix: listener)
+ * gives "PROXY UNKNOWN\r\n", v1's only form for a connection that is not TCP over IP.
  */
 int proxyproto_build_v1(const struct addr *src, const struct addr *dst, char *out, size_t outlen);
 
 /*
  * Builds a v2 header (no TLVs) into out; returns its length, or -ENOSPC when outlen is too small
  * (PROXYPROTO_V2_BUILD_MAX always suffices). Both IPv4: TCP over AF_INET. Otherwise TCP over
- * AF_INET6, an IPv4 side v4-mapped. A NULL src or dst gives a LOCAL header (the proxy's own
- * connection, e.g. a health check); a non-IP family gives PROXY over AF_UNSPEC.
+ * AF_INET6, an IPv4 side v4-mapped. A NULL src or dst (the proxy's own connection, e.g. a health
+ * check), or a side that is not IP (a client of a unix: listener), gives the 16-byte LOCAL
+ * header over AF_UNSPEC, no address block: "\r\n\r\n\0\r\nQUIT\n" 0x20 0x00 0x00 0x00. Why
+ * LOCAL and not PROXY over AF_UNSPEC: the spec (2.2) obliges a receiver to accept LOCAL and use
+ * the connection's real endpoints, but leaves it "free to reject" PROXY over UNSPEC (and some
+ * do); it is also what HAProxy sends for a family it cannot carry. Not AF_UNIX (0x31) with the
+ * paths either: an unnamed client has none, and the upstream cannot use our socket's paths.
+ * Only the client's side is described: the upstream's family (TCP or unix) does not matter.
  */
 int proxyproto_build_v2(const struct addr *src, const struct addr *dst, uint8_t *out,
 			size_t outlen);

@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "uproxy/proxyproto.h"
 
@@ -579,14 +581,146 @@ Test(proxyproto, build_non_ip_family)
 	struct sockaddr sa = { .sa_family = AF_UNIX };
 	char text[PROXYPROTO_V1_BUILD_MAX];
 	uint8_t bin[PROXYPROTO_V2_BUILD_MAX];
-	static const uint8_t unspec[] = { SIG, 0x21, 0x00, 0x00, 0x00 };
+	/* LOCAL over UNSPEC (see proxyproto.h: a receiver must accept it), either side non-IP */
+	static const uint8_t local[] = { SIG, 0x20, 0x00, 0x00, 0x00 };
 	struct proxyproto_result r;
 
 	addr_from_sockaddr(&odd, &sa, sizeof(sa));
 	cr_assert_eq(proxyproto_build_v1(&s, &odd, text, sizeof(text)), 15);
 	cr_assert_str_eq(text, "PROXY UNKNOWN\r\n");
+	cr_assert_eq(proxyproto_build_v1(&odd, &s, text, sizeof(text)), 15);
+	cr_assert_str_eq(text, "PROXY UNKNOWN\r\n");
 	cr_assert_eq(proxyproto_build_v2(&odd, &s, bin, sizeof(bin)), 16);
-	cr_assert_arr_eq(bin, unspec, sizeof(unspec));
+	cr_assert_arr_eq(bin, local, sizeof(local));
+	memset(bin, 0, sizeof(bin));
+	cr_assert_eq(proxyproto_build_v2(&s, &odd, bin, sizeof(bin)), 16);
+	cr_assert_arr_eq(bin, local, sizeof(local));
 	cr_assert_eq(proxyproto_parse(bin, 16, &r), 16);
+	cr_assert_eq(r.command, PROXYPROTO_CMD_LOCAL);
+	cr_assert_eq(proxyproto_build_v2(&odd, &s, bin, 15), -ENOSPC);
+}
+
+/* ---- unix sockets: what a session of a unix: listener has, and a unix upstream ---- */
+
+/* An AF_UNIX address: path NULL for an unnamed peer (accept of a client that did not bind), a
+ * path, or "@name" for an abstract one. */
+static struct addr unix_addr(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	size_t n = path ? strlen(path) : 0;
+	struct addr a;
+
+	memcpy(sun.sun_path, path ? path : "", n);
+	if (n > 0 && path[0] == '@')
+		sun.sun_path[0] = '\0';
+	addr_from_sockaddr(&a, (struct sockaddr *)&sun,
+			   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
+				       (n > 0 && path[0] == '/')));
+	return a;
+}
+
+/*
+ * A client of a unix: listener: src is its unnamed peer address (getpeername), dst the
+ * listener's path (getsockname). v1 can only say UNKNOWN; v2 is LOCAL over UNSPEC, exactly
+ * these 16 bytes, with no address block (and the client bytes behind it left alone).
+ */
+Test(proxyproto, unix_client_gives_unknown_and_local)
+{
+	static const uint8_t want_v2[16] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
+					     0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00 };
+	const struct addr peers[] = { unix_addr(NULL), unix_addr("/tmp/client.sock"),
+				      unix_addr("@client") };
+	const struct addr dsts[] = { unix_addr("/run/uproxy/web.sock"), unix_addr("@uproxy") };
+	char text[PROXYPROTO_V1_BUILD_MAX];
+	uint8_t bin[PROXYPROTO_V2_BUILD_MAX];
+	struct proxyproto_result r;
+
+	for (size_t i = 0; i < sizeof(peers) / sizeof(peers[0]); i++) {
+		for (size_t j = 0; j < sizeof(dsts) / sizeof(dsts[0]); j++) {
+			memset(text, 'x', sizeof(text));
+			memset(bin, 0xee, sizeof(bin));
+			cr_assert_eq(proxyproto_build_v1(&peers[i], &dsts[j], text, sizeof(text)),
+				     15);
+			cr_assert_str_eq(text, "PROXY UNKNOWN\r\n");
+			complete((const uint8_t *)text, 15, &r);
+			cr_assert_eq(r.command, PROXYPROTO_CMD_UNKNOWN);
+			cr_assert_eq(r.family, AF_UNSPEC);
+			cr_assert_eq(proxyproto_build_v2(&peers[i], &dsts[j], bin, sizeof(bin)),
+				     16);
+			cr_assert_arr_eq(bin, want_v2, 16);
+			cr_assert_eq(bin[16], 0xee, "wrote past the header");
+			complete(bin, 16, &r);
+			cr_assert_eq(r.command, PROXYPROTO_CMD_LOCAL);
+			cr_assert_eq(r.family, AF_UNSPEC);
+			cr_assert_eq(r.src.len, 0);
+			cr_assert_eq(r.dst.len, 0);
+		}
+	}
+	/* a session without the peer's address at all (no getpeername) says the same */
+	cr_assert_eq(proxyproto_build_v1(NULL, &dsts[0], text, sizeof(text)), 15);
+	cr_assert_str_eq(text, "PROXY UNKNOWN\r\n");
+	cr_assert_eq(proxyproto_build_v2(&peers[0], NULL, bin, sizeof(bin)), 16);
+	cr_assert_arr_eq(bin, want_v2, 16);
+}
+
+/*
+ * A TCP client relayed to a unix upstream: the header describes the client's connection (its
+ * address and the one it reached), whatever the upstream's family. The builders take only
+ * those two, so the upstream cannot change them: TCP4 here, byte for byte.
+ */
+Test(proxyproto, tcp_client_to_unix_upstream_is_tcp)
+{
+	struct addr client = ip("127.0.0.5", 40001), reached = ip("127.0.0.1", 8080);
+	static const uint8_t want_v2[] = { SIG,	 0x21, 0x11, 0x00, 0x0c, 127, 0, 0, 5,
+					   127,	 0,    0,    1,	   0x9c, 0x41, 0x1f, 0x90 };
+	char text[PROXYPROTO_V1_BUILD_MAX];
+	uint8_t bin[PROXYPROTO_V2_BUILD_MAX];
+	struct proxyproto_result r;
+
+	cr_assert_eq(proxyproto_build_v1(&client, &reached, text, sizeof(text)), 43);
+	cr_assert_str_eq(text, "PROXY TCP4 127.0.0.5 127.0.0.1 40001 8080\r\n");
+	cr_assert_eq(proxyproto_build_v2(&client, &reached, bin, sizeof(bin)), (int)sizeof(want_v2));
+	cr_assert_arr_eq(bin, want_v2, sizeof(want_v2));
+	complete(bin, sizeof(want_v2), &r);
+	cr_assert_eq(r.command, PROXYPROTO_CMD_PROXY);
+	assert_addr(&r.src, "127.0.0.5", 40001);
+}
+
+/*
+ * --accept-proxy on either kind of listener: a header that carries no usable client address
+ * (v2 LOCAL of any family, PROXY over UNSPEC or over AF_UNIX stream with paths, v1 UNKNOWN)
+ * is accepted, consumed whole, and means "the connection's own endpoints": the result has no
+ * address (the session keeps what accept gave it). Our own LOCAL header parses back this way.
+ */
+Test(proxyproto, unix_and_unspec_headers_mean_real_endpoints)
+{
+	static const uint8_t local_unspec[] = { SIG, 0x20, 0x00, 0x00, 0x00 };
+	uint8_t local_unix[PROXYPROTO_V2_HDR_LEN + 216] = { SIG, 0x20, 0x31, 0x00, 0xd8 };
+	uint8_t proxy_unix[PROXYPROTO_V2_HDR_LEN + 216 + 7] = { SIG, 0x21, 0x31, 0x00, 0xdf };
+	static const uint8_t v1_unknown[] = "PROXY UNKNOWN\r\n";
+	struct proxyproto_result r;
+
+	complete(local_unspec, sizeof(local_unspec), &r);
+	cr_assert_eq(r.command, PROXYPROTO_CMD_LOCAL);
+	cr_assert(r.src.len == 0 && r.dst.len == 0 && r.family == AF_UNSPEC);
+	memcpy(local_unix + 16, "/tmp/c.sock", 11);
+	memcpy(local_unix + 16 + 108, "/run/s.sock", 11);
+	complete(local_unix, sizeof(local_unix), &r);
+	cr_assert_eq(r.command, PROXYPROTO_CMD_LOCAL);
+	cr_assert(r.src.len == 0 && r.dst.len == 0 && r.family == AF_UNSPEC);
+	/* PROXY over AF_UNIX stream: the paths are skipped, the TLVs after them still checked */
+	memcpy(proxy_unix + 16, "/tmp/c.sock", 11);
+	memcpy(proxy_unix + 16 + 108, "/run/s.sock", 11);
+	memcpy(proxy_unix + 16 + 216, (const uint8_t[]){ 0x04, 0x00, 0x04, 'n', 'o', 'o', 'p' },
+	       7);
+	complete(proxy_unix, sizeof(proxy_unix), &r);
 	cr_assert_eq(r.command, PROXYPROTO_CMD_UNKNOWN);
+	cr_assert(r.src.len == 0 && r.dst.len == 0 && r.family == AF_UNSPEC);
+	cr_assert_eq(r.tlv_off, 16 + 216);
+	cr_assert_eq(r.tlv_len, 7);
+	proxy_unix[16 + 216 + 2] = 0x05; /* a TLV running past the end is still refused */
+	cr_assert_eq(proxyproto_parse(proxy_unix, sizeof(proxy_unix), &r), -EINVAL);
+	complete(v1_unknown, sizeof(v1_unknown) - 1, &r);
+	cr_assert_eq(r.command, PROXYPROTO_CMD_UNKNOWN);
+	cr_assert(r.src.len == 0 && r.dst.len == 0 && r.family == AF_UNSPEC);
 }
