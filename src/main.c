@@ -435,8 +435,8 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 	for (uint32_t i = 0; i < next->nlisteners; i++) {
 		const struct config_listener *l = &next->listeners[i];
 		int old = prev ? config_find_listener(prev->cfg, l->name) : -1;
-		bool keep = old >= 0 &&
-			    same_hostport(&prev->cfg->listeners[old].listen, &l->listen);
+		bool keep =
+			old >= 0 && same_hostport(&prev->cfg->listeners[old].listen, &l->listen);
 		int fd = logfile_fd(a, l->access_log);
 
 		if (fd == -2)
@@ -450,10 +450,11 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 		if (!keep &&
 		    bind_listener(a, l, prev == NULL && i == 0 && a->nact > 0, plans, i) < 0)
 			goto fail;
-		if (keep && l->listen.unix_sock && l->unix_mode != prev->cfg->listeners[old].unix_mode &&
+		if (keep && l->listen.unix_sock &&
+		    l->unix_mode != prev->cfg->listeners[old].unix_mode &&
 		    prev->unix_l[old].unix_file && chmod(l->listen.host, l->unix_mode) < 0)
-			log_warn("listener %s: cannot chmod %s to %04o: %s", l->name, l->listen.host,
-				 l->unix_mode, strerror(errno));
+			log_warn("listener %s: cannot chmod %s to %04o: %s", l->name,
+				 l->listen.host, l->unix_mode, strerror(errno));
 		if (keep)
 			nr->unix_l[i] = prev->unix_l[old];
 		else if (l->listen.unix_sock && !(prev == NULL && i == 0 && a->nact > 0))

@@ -258,10 +258,12 @@ static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *p
 		sv->climit =
 			climit_new(c->client_table_size, c->max_conns_per_client,
 				   c->rate_per_client, c->rate_burst, c->client_table_fail_open);
-		if (sv->climit == NULL)
+		if (sv->climit == NULL) {
 			log_error("worker %d: listener %s: out of memory for the client table (%u "
 				  "entries); per-client limits are off",
 				  w->id, c->name, c->client_table_size);
+			w->plan_failed = true;
+		}
 	} else if (limits) {
 		climit_set_limits(sv->climit, c->max_conns_per_client, c->rate_per_client,
 				  c->rate_burst, c->client_table_fail_open);
@@ -298,8 +300,10 @@ void worker_apply_plan(struct worker *w, struct worker_plan *plan)
 		if (p < 0)
 			p = upool_new(w, &pp->cfg);
 		map[i] = p;
-		if (p < 0)
+		if (p < 0) {
+			w->plan_failed = true;
 			continue;
+		}
 		keep_pool[p] = true;
 		w->pools[p].cfg = pp->cfg;
 		if (worker_pool_apply(w, (uint32_t)p, pp->specs, pp->nspecs) < 0)
@@ -335,6 +339,7 @@ void worker_apply_plan(struct worker *w, struct worker_plan *plan)
 				log_error("worker %d: more than %d listeners (removed ones still "
 					  "drain); listener %s not started",
 					  w->id, SVC_MAX, ps->cfg.name);
+				w->plan_failed = true;
 				continue;
 			}
 			memset(&w->svcs[v], 0, sizeof(w->svcs[v]));
@@ -471,6 +476,12 @@ int worker_init(struct worker *w, const struct config *cfg, uint32_t max_session
 
 		w->plan0 = NULL;
 		worker_apply_plan(w, plan);
+	}
+	if (w->plan_failed) {
+		/* At start a listener that cannot have what it was configured with is an error. */
+		snprintf(why, whylen, "worker %d: cannot set up the listeners (see above)", w->id);
+		rc = -ENOMEM;
+		goto err_bufs;
 	}
 	return 0;
 

@@ -39,6 +39,7 @@ struct worker {
 	struct svc svcs[SVC_MAX];
 	struct upool pools[UPOOL_MAX];
 	struct worker_plan *plan0; /* the first plan, applied by worker_init */
+	bool plan_failed;	   /* a listener or pool of a plan could not be set up */
 
 	/* Access logs: one writer per (file, format), shared by the listeners naming them. */
 	struct accesslog *alogs[CONFIG_MAX_LISTENERS];
