@@ -5,8 +5,10 @@
 #include "uproxy/backend.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 /*
  * Cost per pick. Every policy scans the slots once (random2 three times): smooth weighted round
@@ -163,8 +165,15 @@ static bool backend_client_hash(const struct sockaddr *sa, uint64_t *out)
 	return false;
 }
 
+/* The HRW key of an upstream: its IP and port (and IPv6 scope), or a unix socket's name. */
 static uint64_t backend_addr_key(const struct addr *a)
 {
+	if (a->u.sa.sa_family == AF_UNIX) {
+		size_t off = offsetof(struct sockaddr_un, sun_path);
+
+		return backend_hash_bytes(BACKEND_HASH_SEED ^ 1, (const char *)&a->u.sa + off,
+					  a->len - off);
+	}
 	if (a->u.sa.sa_family == AF_INET) {
 		uint64_t h = backend_hash_bytes(BACKEND_HASH_SEED ^ 4, &a->u.in4.sin_addr, 4);
 
@@ -570,6 +579,22 @@ static int backend_find(const struct backend_pool *p, const struct addr *a)
 	return -1;
 }
 
+/* An upstream address a pool can connect to: IPv4 or IPv6, or a unix socket with a name (a path
+ * or an abstract name; an unnamed one reaches nothing). */
+static bool backend_addr_ok(const struct addr *a)
+{
+	switch (a->u.sa.sa_family) {
+	case AF_INET:
+	case AF_INET6:
+		return true;
+	case AF_UNIX:
+		return a->len > offsetof(struct sockaddr_un, sun_path) &&
+		       a->len <= sizeof(struct sockaddr_un);
+	default:
+		return false;
+	}
+}
+
 static int backend_validate(const struct backend_spec *specs, int n)
 {
 	if (n < 0 || (n > 0 && specs == NULL))
@@ -577,9 +602,7 @@ static int backend_validate(const struct backend_spec *specs, int n)
 	if (n > BACKEND_MAX)
 		return -ENOSPC;
 	for (int i = 0; i < n; i++) {
-		int fam = specs[i].addr.u.sa.sa_family;
-
-		if (specs[i].weight > BACKEND_WEIGHT_MAX || (fam != AF_INET && fam != AF_INET6))
+		if (specs[i].weight > BACKEND_WEIGHT_MAX || !backend_addr_ok(&specs[i].addr))
 			return -EINVAL;
 		for (int j = 0; j < i; j++) {
 			if (addr_equal(&specs[i].addr, &specs[j].addr))

@@ -49,7 +49,7 @@ struct backend_opts {
 
 /* One member of the pool as a config file or a DNS answer describes it. */
 struct backend_spec {
-	struct addr addr; /* AF_INET or AF_INET6, with its port */
+	struct addr addr; /* AF_INET or AF_INET6 with its port, or a named AF_UNIX socket */
 	uint32_t weight;  /* 1..BACKEND_WEIGHT_MAX, 0 = BACKEND_WEIGHT_DEFAULT */
 	bool backup;	  /* ",backup": picked only while every primary is down */
 };
@@ -82,9 +82,9 @@ void backend_pool_free(struct backend_pool *p);
  * free id; a backend missing from specs is flagged removed, never picked again, and its id is
  * freed once no session holds it (at once if none does). A removed backend that reappears while
  * still draining is a member again, under its old id.
- * All or nothing: returns 0, or -EINVAL (weight out of range, family not IPv4/IPv6, the same
- * address twice), -ENOSPC (more than BACKEND_MAX slots would be in use), -ENOMEM, leaving the
- * pool as it was. */
+ * All or nothing: returns 0, or -EINVAL (weight out of range, family not IPv4/IPv6/unix, an
+ * unnamed unix address, the same address twice), -ENOSPC (more than BACKEND_MAX slots would be in
+ * use), -ENOMEM, leaving the pool as it was. */
 int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs, int n);
 
 /* Chooses a backend for a new session: returns its id, or -1 when every member is removed or

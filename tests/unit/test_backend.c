@@ -814,8 +814,12 @@ Test(backend, update_rejects_bad_specs_and_changes_nothing)
 	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL);
 	s[1] = s[0];
 	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "the same address twice");
-	addr_from_sockaddr(&s[1].addr, (struct sockaddr *)&un, sizeof(un));
-	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "not IPv4/IPv6");
+	addr_from_sockaddr(&s[1].addr, (struct sockaddr *)&un, sizeof(sa_family_t));
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "an unnamed unix socket");
+	memset(&s[1].addr, 0, sizeof(s[1].addr));
+	s[1].addr.u.sa.sa_family = AF_UNSPEC;
+	s[1].addr.len = sizeof(struct sockaddr);
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "not IPv4/IPv6/unix");
 	cr_assert_eq(backend_pool_update(p, s, -1), -EINVAL);
 	cr_assert_eq(backend_pool_update(p, NULL, 1), -EINVAL);
 	cr_assert_eq(backend_count(p), 2);
@@ -1344,5 +1348,57 @@ Test(backend, no_backups_no_backup_state)
 	backend_set_up(p, 1, false);
 	cr_assert_not(backend_pool_using_backup(p), "nothing to move to");
 	cr_assert_eq(backend_pool_backup_changed(p), 0);
+	backend_pool_free(p);
+}
+
+/* A unix socket address: a path, or an abstract name when name starts with '@'. */
+static struct addr unix_addr(const char *name)
+{
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	size_t n = strlen(name);
+	struct addr a;
+
+	memcpy(un.sun_path, name, n);
+	if (name[0] == '@')
+		un.sun_path[0] = '\0';
+	addr_from_sockaddr(
+		&a, (struct sockaddr *)&un,
+		(socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1)));
+	return a;
+}
+
+Test(backend, unix_upstreams_are_members)
+{
+	struct backend_pool *p = mkpool(BALANCE_HASH, 0, NULL);
+	struct backend_spec s[3] = { { .addr = unix_addr("/run/a.sock") },
+				     { .addr = unix_addr("@b") },
+				     { .addr = v4(0x7f000001, 80), .backup = true } };
+	struct backend_info bi;
+	bool seen[2] = { false };
+	uint64_t picks;
+
+	cr_assert_eq(backend_pool_update(p, s, 3), 0);
+	cr_assert_eq(backend_count(p), 3);
+	/* Hash by a client IP spreads over both unix upstreams; a unix client (no IP) rotates. */
+	for (uint32_t i = 0; i < 200; i++) {
+		struct addr c = v4(0x0c000000u + i * 7919, 1);
+		int id = pick(p, &c);
+
+		cr_assert(id == 0 || id == 1, "client %u went to %d", i, id);
+		seen[id] = true;
+		cr_assert_eq(pick(p, &c), id, "the same client, the same unix upstream");
+	}
+	cr_assert(seen[0] && seen[1]);
+	cr_assert_neq(pick(p, &s[0].addr), pick(p, &s[0].addr), "no IP to hash: round robin");
+	/* Same names again: same ids, counters kept. */
+	cr_assert_eq(backend_info(p, 1, &bi), 0);
+	picks = bi.picks;
+	cr_assert_gt(picks, 0);
+	cr_assert_eq(backend_pool_update(p, s, 3), 0);
+	cr_assert_eq(backend_info(p, 1, &bi), 0);
+	cr_assert_eq(bi.addr.u.sa.sa_family, AF_UNIX);
+	cr_assert_eq(bi.picks, picks);
+	s[1] = s[0];
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "the same path twice");
 	backend_pool_free(p);
 }
