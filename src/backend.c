@@ -1,11 +1,14 @@
-/* backend: owns the upstream pool — membership, ids, balancing, health and session counts.
+/* backend: owns the upstream pool — membership, ids, balancing, health, backups and session
+ * counts.
  * It is told the time and every outcome by its caller; it never does I/O, never reads a clock,
  * and never allocates outside backend_pool_new and backend_pool_update. */
 #include "uproxy/backend.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 /*
  * Cost per pick. Every policy scans the slots once (random2 three times): smooth weighted round
@@ -24,6 +27,14 @@
  *  - a retry or a down backend falls through to the client's own next-best choice, so even the
  *    retries are consistent, and there is no table to rebuild or memory to spend per weight.
  * Its price is O(N) per pick, which the other policies pay too.
+ *
+ * Backups: a pick first decides which tier it draws from (pool->pick_backup) and the policy
+ * then treats the other tier as ineligible, so each policy, hash included, works unchanged
+ * within the active set. Deciding costs nothing without backups and, with them, a scan that
+ * stops at the first eligible primary (the first slot, as long as the primaries are up): the
+ * pick stays O(N) with no second structure. Whether the pool *is on its backups* (for the log
+ * line and the metric) is a health state, not a per-pick one: it is recomputed only when an
+ * up/down state or the membership changes.
  */
 
 enum slot_state {
@@ -44,6 +55,7 @@ struct backend {
 	uint32_t tried; /* == pool->epoch: in this pick's tried list */
 	uint8_t state;	/* enum slot_state */
 	bool down;
+	bool backup; /* picked only while no primary is eligible */
 	uint32_t fails;
 	uint64_t picks;
 	struct addr addr;
@@ -51,12 +63,16 @@ struct backend {
 
 struct backend_pool {
 	struct backend *b;
-	uint32_t cap;	  /* entries allocated in b */
-	uint32_t nslots;  /* every id in use is below it */
-	uint32_t members; /* SLOT_LIVE count */
-	uint32_t epoch;	  /* marks tried backends during one pick without clearing */
-	uint32_t cursor;  /* leastconn's round-robin tie breaker */
-	bool uniform;	  /* every member has the same weight: HRW can skip the logarithm */
+	uint32_t cap;	     /* entries allocated in b */
+	uint32_t nslots;     /* every id in use is below it */
+	uint32_t members;    /* SLOT_LIVE count */
+	uint32_t epoch;	     /* marks tried backends during one pick without clearing */
+	uint32_t cursor;     /* leastconn's round-robin tie breaker */
+	uint32_t backups;    /* SLOT_LIVE members with the backup flag */
+	bool uniform;	     /* every member has the same weight: HRW can skip the logarithm */
+	bool pick_backup;    /* during a pick: the tier it draws from */
+	bool on_backup;	     /* backend_pool_using_backup */
+	bool on_backup_told; /* on_backup at the last backend_pool_backup_changed */
 	enum backend_balance balance;
 	uint32_t fail_threshold;
 	uint32_t fail_timeout_ms;
@@ -149,8 +165,15 @@ static bool backend_client_hash(const struct sockaddr *sa, uint64_t *out)
 	return false;
 }
 
+/* The HRW key of an upstream: its IP and port (and IPv6 scope), or a unix socket's name. */
 static uint64_t backend_addr_key(const struct addr *a)
 {
+	if (a->u.sa.sa_family == AF_UNIX) {
+		size_t off = offsetof(struct sockaddr_un, sun_path);
+
+		return backend_hash_bytes(BACKEND_HASH_SEED ^ 1, (const char *)&a->u.sa + off,
+					  a->len - off);
+	}
 	if (a->u.sa.sa_family == AF_INET) {
 		uint64_t h = backend_hash_bytes(BACKEND_HASH_SEED ^ 4, &a->u.in4.sin_addr, 4);
 
@@ -204,10 +227,31 @@ static bool backend_untried(const struct backend_pool *p, const struct backend *
 	return b->state == SLOT_LIVE && b->tried != p->epoch;
 }
 
-/* Up, or down with its down period over (half-open). */
-static bool backend_eligible(const struct backend_pool *p, const struct backend *b, uint64_t now)
+/* Up, or down with its down period over (half-open), whatever its tier. */
+static bool backend_available(const struct backend_pool *p, const struct backend *b, uint64_t now)
 {
 	return backend_untried(p, b) && (!b->down || now >= b->down_until);
+}
+
+/* Available, and in the tier this pick draws from. */
+static bool backend_eligible(const struct backend_pool *p, const struct backend *b, uint64_t now)
+{
+	return b->backup == p->pick_backup && backend_available(p, b, now);
+}
+
+/* Which tier this pick draws from: the backups only when no primary is available. Stops at the
+ * first available primary; no scan at all in a pool without backups. */
+static bool backend_pick_tier(const struct backend_pool *p, uint64_t now)
+{
+	if (p->backups == 0)
+		return false;
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		const struct backend *b = &p->b[i];
+
+		if (!b->backup && backend_available(p, b, now))
+			return false;
+	}
+	return true;
 }
 
 /* a carries fewer sessions per unit of weight than b. */
@@ -342,15 +386,20 @@ static int backend_pick_hash(struct backend_pool *p, uint64_t now, uint64_t clie
 	return best;
 }
 
-/* Every untried member is down: the one that comes back soonest. */
+/* Every untried member is down: the primary that comes back soonest, else the backup that
+ * does. A primary first because the backups are there for while the primaries are gone: with
+ * everything down, the one to find back up first is a primary. */
 static int backend_pick_fallback(struct backend_pool *p)
 {
 	int best = -1;
 
 	for (uint32_t i = 0; i < p->nslots; i++) {
-		if (!backend_untried(p, &p->b[i]))
+		const struct backend *b = &p->b[i];
+
+		if (!backend_untried(p, b))
 			continue;
-		if (best < 0 || p->b[i].down_until < p->b[best].down_until)
+		if (best < 0 || b->backup < p->b[best].backup ||
+		    (b->backup == p->b[best].backup && b->down_until < p->b[best].down_until))
 			best = (int)i;
 	}
 	return best;
@@ -363,6 +412,7 @@ int backend_pick(struct backend_pool *p, const struct sockaddr *client, uint64_t
 	int id;
 
 	backend_mark_tried(p, tried_ids, tried_ids != NULL ? ntried : 0);
+	p->pick_backup = backend_pick_tier(p, now_ms);
 	switch (p->balance) {
 	case BALANCE_LEASTCONN:
 		id = backend_pick_leastconn(p, now_ms);
@@ -391,6 +441,40 @@ int backend_pick(struct backend_pool *p, const struct sockaddr *client, uint64_t
 
 /* ---- health and accounting ---- */
 
+/* Recounts the backup members and whether the traffic is on them. Called only when a member's
+ * up/down state or the membership changed, so its scan costs nothing per pick. */
+static void backend_backup_refresh(struct backend_pool *p)
+{
+	uint32_t backups = 0;
+	bool primary_up = false;
+
+	for (uint32_t i = 0; i < p->nslots; i++) {
+		const struct backend *b = &p->b[i];
+
+		if (b->state != SLOT_LIVE)
+			continue;
+		if (b->backup)
+			backups++;
+		else if (!b->down)
+			primary_up = true;
+	}
+	p->backups = backups;
+	p->on_backup = backups > 0 && !primary_up;
+}
+
+bool backend_pool_using_backup(const struct backend_pool *p)
+{
+	return p->on_backup;
+}
+
+int backend_pool_backup_changed(struct backend_pool *p)
+{
+	if (p->on_backup == p->on_backup_told)
+		return 0;
+	p->on_backup_told = p->on_backup;
+	return p->on_backup ? 1 : -1;
+}
+
 static struct backend *backend_get(const struct backend_pool *p, uint32_t id)
 {
 	if (id >= p->nslots || p->b[id].state == SLOT_FREE)
@@ -409,6 +493,8 @@ bool backend_report(struct backend_pool *p, uint32_t id, bool ok, uint64_t now_m
 
 		b->fails = 0;
 		b->down = false;
+		if (was_down)
+			backend_backup_refresh(p);
 		return was_down;
 	}
 	if (b->fails < UINT32_MAX)
@@ -424,6 +510,7 @@ bool backend_report(struct backend_pool *p, uint32_t id, bool ok, uint64_t now_m
 		return false;
 	b->down = true;
 	b->down_until = now_ms + p->fail_timeout_ms;
+	backend_backup_refresh(p);
 	return true;
 }
 
@@ -442,6 +529,8 @@ bool backend_set_up(struct backend_pool *p, uint32_t id, bool up)
 		b->down = true;
 		b->down_until = UINT64_MAX; /* never half-open: the checker says when */
 	}
+	if (changed)
+		backend_backup_refresh(p);
 	return changed;
 }
 
@@ -490,6 +579,22 @@ static int backend_find(const struct backend_pool *p, const struct addr *a)
 	return -1;
 }
 
+/* An upstream address a pool can connect to: IPv4 or IPv6, or a unix socket with a name (a path
+ * or an abstract name; an unnamed one reaches nothing). */
+static bool backend_addr_ok(const struct addr *a)
+{
+	switch (a->u.sa.sa_family) {
+	case AF_INET:
+	case AF_INET6:
+		return true;
+	case AF_UNIX:
+		return a->len > offsetof(struct sockaddr_un, sun_path) &&
+		       a->len <= sizeof(struct sockaddr_un);
+	default:
+		return false;
+	}
+}
+
 static int backend_validate(const struct backend_spec *specs, int n)
 {
 	if (n < 0 || (n > 0 && specs == NULL))
@@ -497,9 +602,7 @@ static int backend_validate(const struct backend_spec *specs, int n)
 	if (n > BACKEND_MAX)
 		return -ENOSPC;
 	for (int i = 0; i < n; i++) {
-		int fam = specs[i].addr.u.sa.sa_family;
-
-		if (specs[i].weight > BACKEND_WEIGHT_MAX || (fam != AF_INET && fam != AF_INET6))
+		if (specs[i].weight > BACKEND_WEIGHT_MAX || !backend_addr_ok(&specs[i].addr))
 			return -EINVAL;
 		for (int j = 0; j < i; j++) {
 			if (addr_equal(&specs[i].addr, &specs[j].addr))
@@ -593,6 +696,7 @@ int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs
 		b = &p->b[id];
 		b->weight = specs[j].weight ? specs[j].weight : BACKEND_WEIGHT_DEFAULT;
 		b->inv_weight = 1.0 / b->weight;
+		b->backup = specs[j].backup;
 	}
 	p->members = (uint32_t)n;
 	p->uniform = true;
@@ -607,6 +711,7 @@ int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs
 		}
 	}
 	backend_trim(p);
+	backend_backup_refresh(p);
 	return 0;
 }
 
@@ -677,5 +782,6 @@ int backend_info(const struct backend_pool *p, uint32_t id, struct backend_info 
 	out->down_until = b->down ? b->down_until : 0;
 	out->up = !b->down;
 	out->removed = b->state == SLOT_REMOVED;
+	out->backup = b->backup;
 	return 0;
 }

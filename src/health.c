@@ -77,7 +77,7 @@ void health_done(struct worker *w, const struct loop_cqe *c)
 				 res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
 				 res == 0 ? "" : ")");
 		if (current)
-			upool_watch_backup(u, w->id);
+			upool_watch_backup(u, id, w->id);
 		loop_close(w->env.loop, pr->fd, ptag(p, id, gen, PROBE_CLOSE));
 		pr->fd = -1;
 		return;

@@ -400,7 +400,7 @@ static void backend_outcome(struct session_env *e, struct session *s, bool ok)
 		log_warn("worker %d: pool %s: upstream %s is %s", e->worker_id, p->cfg.name,
 			 addr_format(&p->baddr[id], buf, sizeof(buf)),
 			 ok ? "up again" : "down (connects keep failing)");
-	upool_watch_backup(p, e->worker_id);
+	upool_watch_backup(p, id, e->worker_id);
 }
 
 /* Picks the next upstream for s (skipping the ones it already failed on) and starts the

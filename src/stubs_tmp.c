@@ -1,8 +1,7 @@
-/* TEMPORARY weak stand-ins until the sni and backup branches are merged. */
+/* TEMPORARY weak stand-ins until the sni branch is merged. */
 #include <stdbool.h>
 #include <string.h>
 
-#include "uproxy/backend.h"
 #include "uproxy/config.h"
 #include "uproxy/sni.h"
 
@@ -35,10 +34,4 @@ __attribute__((weak)) int sni_route_match(const struct config_sni_route *r, uint
 	(void)n;
 	(void)name;
 	return -1;
-}
-
-__attribute__((weak)) bool backend_pool_using_backup(const struct backend_pool *p)
-{
-	(void)p;
-	return false;
 }

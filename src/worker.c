@@ -308,6 +308,7 @@ void worker_apply_plan(struct worker *w, struct worker_plan *plan)
 		w->pools[p].cfg = pp->cfg;
 		if (worker_pool_apply(w, (uint32_t)p, pp->specs, pp->nspecs) < 0)
 			log_error("worker %d: pool %s: upstream list refused", w->id, pp->cfg.name);
+		upool_watch_backup(&w->pools[p], UINT32_MAX, w->id);
 		if (pp->cfg.health_interval_ms > 0 && !w->stopping) {
 			if (!timer_armed(&w->pools[p].health))
 				timer_arm(w->env.wheel, &w->pools[p].health, w->env.now_ms);

@@ -1,5 +1,5 @@
 /* backend: the upstream pool. Which upstream a new session goes to (four balancing policies),
- * passive and active health, and how many sessions each upstream carries.
+ * passive and active health, backup upstreams, and how many sessions each upstream carries.
  * Pure logic driven by the caller's clock: never does I/O, never allocates on a pick. */
 #ifndef UPROXY_BACKEND_H
 #define UPROXY_BACKEND_H
@@ -49,9 +49,9 @@ struct backend_opts {
 
 /* One member of the pool as a config file or a DNS answer describes it. */
 struct backend_spec {
-	struct addr addr; /* AF_INET or AF_INET6, with its port */
+	struct addr addr; /* AF_INET or AF_INET6 with its port, or a named AF_UNIX socket */
 	uint32_t weight;  /* 1..BACKEND_WEIGHT_MAX, 0 = BACKEND_WEIGHT_DEFAULT */
-	bool backup;
+	bool backup;	  /* ",backup": picked only while every primary is down */
 };
 
 /* What the pool knows about one backend, for metrics and logs. */
@@ -64,7 +64,7 @@ struct backend_info {
 	uint64_t down_until; /* when down: the now_ms at which it turns half-open */
 	bool up;	     /* false once marked down, until a success or backend_set_up */
 	bool removed;	     /* no longer a member; kept while sessions still use it */
-	bool backup;
+	bool backup;	     /* a backup upstream (struct backend_spec) */
 };
 
 struct backend_pool;
@@ -77,13 +77,14 @@ int backend_pool_new(const struct backend_opts *o, struct backend_pool **out);
 void backend_pool_free(struct backend_pool *p);
 
 /* Replaces the membership with specs[0..n). A backend whose address (IP, port, IPv6 scope) is
- * in both keeps its id, counters and health and takes the new weight; a new address gets a
+ * in both keeps its id, counters and health and takes the new weight and backup flag (a primary
+ * that becomes a backup, or back, is the same upstream); a new address gets a
  * free id; a backend missing from specs is flagged removed, never picked again, and its id is
  * freed once no session holds it (at once if none does). A removed backend that reappears while
  * still draining is a member again, under its old id.
- * All or nothing: returns 0, or -EINVAL (weight out of range, family not IPv4/IPv6, the same
- * address twice), -ENOSPC (more than BACKEND_MAX slots would be in use), -ENOMEM, leaving the
- * pool as it was. */
+ * All or nothing: returns 0, or -EINVAL (weight out of range, family not IPv4/IPv6/unix, an
+ * unnamed unix address, the same address twice), -ENOSPC (more than BACKEND_MAX slots would be in
+ * use), -ENOMEM, leaving the pool as it was. */
 int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs, int n);
 
 /* Chooses a backend for a new session: returns its id, or -1 when every member is removed or
@@ -93,6 +94,14 @@ int backend_pool_update(struct backend_pool *p, const struct backend_spec *specs
  * Backends marked down are skipped too, unless every untried member is down: then the one
  * whose down period ends soonest is returned anyway, because trying a probably-dead upstream
  * costs one connect attempt while refusing the client costs the session for certain.
+ *
+ * Backups: the policy chooses among the primaries (members without the backup flag) that are
+ * untried and up or half-open; only when there is none does it choose, the same way, among
+ * the backups (so a hash client keeps its backup while the primaries stay down). Hence a
+ * retry whose every primary is already tried goes to a backup, as in nginx: refusing a client
+ * while a backup is idle serves no one. When every untried member is down, the fallback above
+ * takes the untried primary that comes back soonest, and a backup only when no primary is
+ * left untried. A pool whose members are all backups is served by them.
  * Call backend_acquire right after, so leastconn and random2 see the session at once. */
 int backend_pick(struct backend_pool *p, const struct sockaddr *client, uint64_t now_ms,
 		 const uint32_t *tried_ids, int ntried);
@@ -115,12 +124,24 @@ bool backend_report(struct backend_pool *p, uint32_t id, bool ok, uint64_t now_m
  * backend_set_up(true) or a reported success. Returns true when the up/down state changed. */
 bool backend_set_up(struct backend_pool *p, uint32_t id, bool up);
 
+/* True while the traffic is on the backups: the pool has a backup member and no primary member
+ * is up (every one is marked down, by passive or active health, or there is none), whether or
+ * not a backup is up (if none is, picks fall back as backend_pick says). Half-open
+ * does not count as up: a primary's probe connect changes nothing until it succeeds (then
+ * backend_report returns true and this turns false), so the state does not flap every
+ * fail_timeout. It changes only in backend_report, backend_set_up and backend_pool_update. */
+bool backend_pool_using_backup(const struct backend_pool *p);
+
+/* For logging the change once: +1 when backend_pool_using_backup turned true since the last
+ * call (traffic moved to the backups), -1 when it turned false (back to the primaries), 0 when
+ * it is as it was at the last call (the first call compares with false). */
+int backend_pool_backup_changed(struct backend_pool *p);
+
 /* Iteration: ids run from 0 to backend_slots() - 1; backend_info returns -ENOENT for a free
  * one. backend_count is the number of members (not removed). */
 uint32_t backend_slots(const struct backend_pool *p);
 uint32_t backend_count(const struct backend_pool *p);
 int backend_info(const struct backend_pool *p, uint32_t id, struct backend_info *out);
 enum backend_balance backend_pool_balance(const struct backend_pool *p);
-bool backend_pool_using_backup(const struct backend_pool *p);
 
 #endif

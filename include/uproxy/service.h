@@ -66,24 +66,10 @@ struct svc {
 	struct log_ratelimit rl_deny, rl_limit;
 };
 
-/* After a health change in pool u: notes whether its traffic now goes to its backups, and
- * says so (each worker judges its own pool's health, so each says it once per move). */
-static inline void upool_watch_backup(struct upool *u, int worker_id)
-{
-	bool on = backend_pool_using_backup(u->bp);
-
-	if (on == u->on_backup)
-		return;
-	u->on_backup = on;
-	if (on)
-		log_warn("worker %d: pool %s: every primary upstream is down; traffic moves to "
-			 "the backup(s)",
-			 worker_id, u->cfg.name);
-	else
-		log_warn("worker %d: pool %s: a primary upstream is up again; traffic moves back "
-			 "from the backup(s)",
-			 worker_id, u->cfg.name);
-}
+/* After a health change in pool u (id changed state, or UINT32_MAX for a membership
+ * change): says when its traffic moves to its backups and back, and notes it for the
+ * metrics. Each worker judges its own pool's health, so each says it once per move. */
+void upool_watch_backup(struct upool *u, uint32_t id, int worker_id);
 
 /* What main hands a worker for one listener and one pool, at start and on every SIGHUP or
  * re-resolution ("plan"). Pool and route indices in cfg name plan pools. */

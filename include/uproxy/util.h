@@ -3,6 +3,7 @@
 #ifndef UPROXY_UTIL_H
 #define UPROXY_UTIL_H
 
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -61,7 +62,7 @@ static inline int sock_set_keepalive(int fd, uint32_t idle_s, uint32_t interval_
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
-		return -1;
+		return -errno;
 	return 0;
 }
 

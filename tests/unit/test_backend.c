@@ -814,8 +814,12 @@ Test(backend, update_rejects_bad_specs_and_changes_nothing)
 	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL);
 	s[1] = s[0];
 	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "the same address twice");
-	addr_from_sockaddr(&s[1].addr, (struct sockaddr *)&un, sizeof(un));
-	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "not IPv4/IPv6");
+	addr_from_sockaddr(&s[1].addr, (struct sockaddr *)&un, sizeof(sa_family_t));
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "an unnamed unix socket");
+	memset(&s[1].addr, 0, sizeof(s[1].addr));
+	s[1].addr.u.sa.sa_family = AF_UNSPEC;
+	s[1].addr.len = sizeof(struct sockaddr);
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "not IPv4/IPv6/unix");
 	cr_assert_eq(backend_pool_update(p, s, -1), -EINVAL);
 	cr_assert_eq(backend_pool_update(p, NULL, 1), -EINVAL);
 	cr_assert_eq(backend_count(p), 2);
@@ -873,5 +877,528 @@ Test(backend, info_iterates_for_metrics)
 	cr_assert_eq(seen, backend_count(p));
 	cr_assert_eq(picks, 23);
 	cr_assert_eq(backend_pool_balance(p), BALANCE_ROUNDROBIN);
+	backend_pool_free(p);
+}
+
+/* ---- backups ---- */
+
+/* np primaries (backends 0..np-1, ids 0..np-1) then nb backups (backends np.., ids np..), with
+ * weights[i] for member i when weights is given. */
+static struct backend_pool *mkpool_b(enum backend_balance bal, uint32_t np, uint32_t nb,
+				     const uint32_t *weights)
+{
+	struct backend_spec specs[64];
+	struct backend_opts o;
+	struct backend_pool *p;
+
+	cr_assert_leq(np + nb, 64);
+	backend_opts_defaults(&o);
+	o.balance = bal;
+	o.seed = 42;
+	cr_assert_eq(backend_pool_new(&o, &p), 0);
+	for (uint32_t i = 0; i < np + nb; i++) {
+		specs[i] = spec(i, weights ? weights[i] : 0);
+		specs[i].backup = i >= np;
+	}
+	cr_assert_eq(backend_pool_update(p, specs, (int)(np + nb)), 0);
+	return p;
+}
+
+/* fail_threshold (3) failures at now: marks a member down until now + 10 s. */
+static void mark_down(struct backend_pool *p, uint32_t id, uint64_t now)
+{
+	for (int i = 0; i < 3; i++)
+		backend_report(p, id, false, now);
+}
+
+/* n picks at now, one client each (a new random one for hash), every session acquired so
+ * leastconn and random2 spread; counts per id in got[]. */
+static void pick_many(struct backend_pool *p, int n, uint64_t now, uint32_t *got, uint32_t slots)
+{
+	for (int i = 0; i < n; i++) {
+		struct addr c = v4((uint32_t)rnd(), 1);
+		int id = backend_pick(p, &c.u.sa, now, NULL, 0);
+
+		cr_assert_geq(id, 0, "%s: pick %d found nothing",
+			      backend_balance_name(backend_pool_balance(p)), i);
+		cr_assert_lt((uint32_t)id, slots);
+		got[id]++;
+		backend_acquire(p, (uint32_t)id);
+	}
+}
+
+Test(backend, backups_idle_while_a_primary_is_up)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 2, 2, NULL);
+		uint32_t got[4] = { 0 };
+		struct backend_info bi;
+
+		cr_assert_not(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), 0);
+		pick_many(p, 400, 0, got, 4);
+		cr_assert_eq(got[2] + got[3], 0,
+			     "%s: the backups got %u and %u of 400 picks with "
+			     "both primaries up",
+			     backend_balance_name(bal), got[2], got[3]);
+		cr_assert(got[0] > 100 && got[1] > 100, "%s: primaries got %u and %u",
+			  backend_balance_name(bal), got[0], got[1]);
+		/* One primary down: the other carries everything, the backups stay idle. */
+		mark_down(p, 0, 0);
+		memset(got, 0, sizeof(got));
+		pick_many(p, 100, 1000, got, 4);
+		cr_assert_eq(got[1], 100, "%s: the last primary up got %u of 100",
+			     backend_balance_name(bal), got[1]);
+		cr_assert_not(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), 0);
+		cr_assert_eq(backend_info(p, 2, &bi), 0);
+		cr_assert(bi.backup);
+		cr_assert_eq(bi.picks, 0);
+		cr_assert_eq(backend_info(p, 1, &bi), 0);
+		cr_assert_not(bi.backup);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, backups_take_over_when_every_primary_is_down_by_failures)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 2, 2, NULL);
+		uint32_t got[4] = { 0 };
+		const char *name = backend_balance_name(bal);
+
+		mark_down(p, 0, 100);
+		cr_assert_not(backend_pool_using_backup(p), "%s: one primary is still up", name);
+		cr_assert(backend_report(p, 1, false, 100) == false);
+		cr_assert(backend_report(p, 1, false, 100) == false);
+		cr_assert(backend_report(p, 1, false, 100), "%s: third failure marks it down",
+			  name);
+		cr_assert(backend_pool_using_backup(p), "%s: every primary is down", name);
+		cr_assert_eq(backend_pool_backup_changed(p), 1);
+		cr_assert_eq(backend_pool_backup_changed(p), 0, "%s: told once", name);
+		/* Down until 10100: every pick before that is a backup, spread over both. */
+		pick_many(p, 400, 5000, got, 4);
+		cr_assert_eq(got[0] + got[1], 0, "%s: a down primary got %u picks", name,
+			     got[0] + got[1]);
+		cr_assert(got[2] > 100 && got[3] > 100, "%s: backups got %u and %u of 400", name,
+			  got[2], got[3]);
+		/* Primary 1 answers (a half-open probe, or a connect begun before): back. */
+		cr_assert(backend_report(p, 1, true, 6000));
+		cr_assert_not(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), -1, "%s", name);
+		cr_assert_eq(backend_pool_backup_changed(p), 0);
+		memset(got, 0, sizeof(got));
+		pick_many(p, 100, 6000, got, 4);
+		cr_assert_eq(got[1], 100, "%s: the primary back up got %u of 100", name, got[1]);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, backups_take_over_when_every_primary_is_down_by_checks)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 2, 1, NULL);
+		uint32_t got[3] = { 0 };
+		const char *name = backend_balance_name(bal);
+
+		cr_assert(backend_set_up(p, 0, false));
+		cr_assert_not(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), 0);
+		cr_assert(backend_set_up(p, 1, false));
+		cr_assert(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), 1);
+		/* Down by a check is never half-open: the backup keeps the traffic. */
+		pick_many(p, 50, 1000000000ull, got, 3);
+		cr_assert_eq(got[2], 50, "%s: the backup got %u of 50", name, got[2]);
+		cr_assert_not(backend_set_up(p, 1, false), "no change, no refresh");
+		cr_assert(backend_set_up(p, 0, true));
+		cr_assert_not(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), -1);
+		memset(got, 0, sizeof(got));
+		pick_many(p, 50, 1000000000ull, got, 3);
+		cr_assert_eq(got[0], 50, "%s: the primary checked up got %u of 50", name, got[0]);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, half_open_primary_gets_the_probe_and_the_state_holds)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 1, 1, NULL);
+		struct addr c = v4(0x01020304, 1);
+		const char *name = backend_balance_name(bal);
+		uint32_t tried = 0;
+
+		mark_down(p, 0, 0); /* down until 10000 */
+		cr_assert_eq(backend_pool_backup_changed(p), 1);
+		cr_assert_eq(backend_pick(p, &c.u.sa, 9999, NULL, 0), 1, "%s", name);
+		/* Half-open: the primary gets the probe; still "on the backups" until it answers.
+		 */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 10000, NULL, 0), 0, "%s", name);
+		cr_assert(backend_pool_using_backup(p));
+		/* The probe's session retries on the backup. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 10000, &tried, 1), 1, "%s", name);
+		/* The probe fails: down again at once, no state change to log. */
+		cr_assert_not(backend_report(p, 0, false, 10001));
+		cr_assert(backend_pool_using_backup(p));
+		cr_assert_eq(backend_pool_backup_changed(p), 0, "%s: a failed probe is no news",
+			     name);
+		cr_assert_eq(backend_pick(p, &c.u.sa, 15000, NULL, 0), 1, "%s", name);
+		/* Next period over; this probe succeeds. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 20001, NULL, 0), 0, "%s", name);
+		cr_assert(backend_report(p, 0, true, 20002));
+		cr_assert_eq(backend_pool_backup_changed(p), -1, "%s", name);
+		cr_assert_eq(backend_pick(p, &c.u.sa, 20003, NULL, 0), 0, "%s", name);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, retry_past_every_primary_goes_to_a_backup)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 2, 1, NULL);
+		struct addr c = v4(0x05060708, 1);
+		uint32_t tried[2] = { 0, 1 };
+		int id;
+
+		/* Both primaries up (not yet marked down) but both failed for this session. */
+		id = backend_pick(p, &c.u.sa, 0, tried, 2);
+		cr_assert_eq(id, 2, "%s: retry went to %d", backend_balance_name(bal), id);
+		cr_assert_not(backend_pool_using_backup(p), "one session's retry is not a move");
+		cr_assert_eq(backend_pool_backup_changed(p), 0);
+		/* With only one of them tried, the other primary. */
+		id = backend_pick(p, &c.u.sa, 0, tried, 1);
+		cr_assert_eq(id, 1, "%s", backend_balance_name(bal));
+		/* Everything tried: nothing left. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 0, (const uint32_t[]){ 0, 1, 2 }, 3), -1);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, backups_down_too_falls_back_to_a_primary_first)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 2, 2, NULL);
+		struct addr c = v4(0x01010101, 1);
+		const char *name = backend_balance_name(bal);
+		uint32_t tried[2] = { 0, 1 };
+
+		mark_down(p, 2, 100); /* backup, back at 10100: the soonest of all */
+		mark_down(p, 0, 400); /* primary, back at 10400 */
+		mark_down(p, 1, 300); /* primary, back at 10300 */
+		cr_assert(backend_pool_using_backup(p));
+		/* Backup 3 is up: it carries everything. */
+		for (int i = 0; i < 5; i++)
+			cr_assert_eq(backend_pick(p, &c.u.sa, 500, NULL, 0), 3, "%s", name);
+		mark_down(p, 3, 200); /* back at 10200 */
+		/* All down: the primary back soonest, though backups are back sooner. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 500, NULL, 0), 1, "%s", name);
+		cr_assert_eq(backend_pick(p, &c.u.sa, 500, tried + 1, 1), 0, "%s", name);
+		/* Every primary tried: the backup back soonest. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 500, tried, 2), 2, "%s", name);
+		/* Backup 2 half-open at 10100: an ordinary pick among the backups. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 10150, NULL, 0), 2, "%s", name);
+		/* Primary 1 half-open at 10300: primaries first again. */
+		cr_assert_eq(backend_pick(p, &c.u.sa, 10350, NULL, 0), 1, "%s", name);
+		cr_assert(backend_pool_using_backup(p), "half-open is not up");
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, backups_down_while_on_backup_fail_over_among_themselves)
+{
+	struct backend_pool *p = mkpool_b(BALANCE_ROUNDROBIN, 1, 3, NULL);
+	uint32_t got[4] = { 0 };
+
+	backend_set_up(p, 0, false);
+	cr_assert_eq(backend_pool_backup_changed(p), 1);
+	backend_set_up(p, 2, false);
+	cr_assert_eq(backend_pool_backup_changed(p), 0, "a backup going down is not a move");
+	pick_many(p, 100, 0, got, 4);
+	cr_assert_eq(got[1], 50);
+	cr_assert_eq(got[3], 50);
+	cr_assert_eq(got[0] + got[2], 0);
+	backend_pool_free(p);
+}
+
+Test(backend, roundrobin_weights_among_backups)
+{
+	const uint32_t w[] = { 1, 3, 1 };
+	struct backend_pool *p = mkpool_b(BALANCE_ROUNDROBIN, 1, 2, w);
+	const char *seq = "aaba"; /* nginx's smooth sequence for weights 3, 1 */
+
+	backend_set_up(p, 0, false);
+	for (int cycle = 0; cycle < 5; cycle++) {
+		for (size_t i = 0; i < strlen(seq); i++) {
+			int id = pick(p, NULL);
+
+			cr_assert_eq(id, 1 + seq[i] - 'a', "cycle %d step %zu: got id %d", cycle, i,
+				     id);
+		}
+	}
+	backend_pool_free(p);
+}
+
+Test(backend, leastconn_and_random2_among_backups_follow_their_load)
+{
+	static const enum backend_balance bals[] = { BALANCE_LEASTCONN, BALANCE_RANDOM2 };
+
+	for (size_t k = 0; k < 2; k++) {
+		struct backend_pool *p = mkpool_b(bals[k], 2, 2, NULL);
+
+		/* The primaries carry nothing, backup 2 carries 5: the idle backup 3 wins every
+		 * time (random2: with two backups both are always the two choices). */
+		for (int i = 0; i < 5; i++)
+			backend_acquire(p, 2);
+		backend_set_up(p, 0, false);
+		backend_set_up(p, 1, false);
+		for (int i = 0; i < 5; i++) {
+			int id = pick(p, NULL);
+
+			cr_assert_eq(id, 3, "%s pick %d: %d", backend_balance_name(bals[k]), i, id);
+			backend_acquire(p, 3);
+		}
+		/* Now even: they share. */
+		uint32_t got[4] = { 0 };
+
+		pick_many(p, 100, 0, got, 4);
+		cr_assert_eq(got[0] + got[1], 0);
+		cr_assert(got[2] >= 45 && got[3] >= 45, "%s: %u and %u",
+			  backend_balance_name(bals[k]), got[2], got[3]);
+		backend_pool_free(p);
+	}
+}
+
+/* Picks for every client, as backend numbers, through a pool; asserts each is in [lo, hi). */
+static void map_clients_in(struct backend_pool *p, int *out, int lo, int hi)
+{
+	map_clients(p, out);
+	for (int i = 0; i < NCLIENTS; i++)
+		cr_assert(out[i] >= lo && out[i] < hi, "client %d went to backend %d, want %d..%d",
+			  i, out[i], lo, hi - 1);
+}
+
+Test(backend, hash_is_consistent_within_the_active_set)
+{
+	struct backend_pool *p = mkpool_b(BALANCE_HASH, 3, 4, NULL);
+	struct backend_spec only_backups[4], only_primaries[3], specs[7];
+	struct backend_pool *ref_b, *ref_p;
+	struct backend_opts o;
+	uint32_t moved = 0;
+
+	backend_opts_defaults(&o);
+	o.balance = BALANCE_HASH;
+	cr_assert_eq(backend_pool_new(&o, &ref_b), 0);
+	cr_assert_eq(backend_pool_new(&o, &ref_p), 0);
+	for (uint32_t i = 0; i < 7; i++) {
+		specs[i] = spec(i, 1);
+		specs[i].backup = i >= 3;
+		if (i < 3)
+			only_primaries[i] = spec(i, 1);
+		else
+			only_backups[i - 3] = spec(i, 1);
+	}
+	cr_assert_eq(backend_pool_update(ref_b, only_backups, 4), 0);
+	cr_assert_eq(backend_pool_update(ref_p, only_primaries, 3), 0);
+	random_clients(clients, NCLIENTS);
+
+	/* Primaries up: every client goes where a pool of only the primaries sends it. */
+	map_clients_in(p, before, 0, 3);
+	map_clients(ref_p, after);
+	cr_assert_arr_eq(before, after, sizeof(int) * NCLIENTS);
+	/* Every primary down: where a pool of only the backups sends it. */
+	for (uint32_t i = 0; i < 3; i++)
+		backend_set_up(p, i, false);
+	map_clients_in(p, before, 3, 7);
+	map_clients(ref_b, after);
+	cr_assert_arr_eq(before, after, sizeof(int) * NCLIENTS);
+	/* A backup (the last one, 6) goes away: only its clients move. */
+	cr_assert_eq(backend_pool_update(p, specs, 6), 0);
+	map_clients_in(p, after, 3, 7);
+	for (int i = 0; i < NCLIENTS; i++) {
+		cr_assert_neq(after[i], 6);
+		if (before[i] != 6)
+			cr_assert_eq(after[i], before[i], "client %d of a remaining backup moved",
+				     i);
+		moved += after[i] != before[i];
+	}
+	cr_assert(moved > 0.7 * NCLIENTS / 4 && moved < 1.3 * NCLIENTS / 4, "%u moved", moved);
+	/* A primary comes back: every client returns to its primary-pool choice. */
+	cr_assert(backend_set_up(p, 1, true));
+	backend_set_up(p, 0, true);
+	backend_set_up(p, 2, true);
+	map_clients_in(p, before, 0, 3);
+	map_clients(ref_p, after);
+	cr_assert_arr_eq(before, after, sizeof(int) * NCLIENTS);
+	backend_pool_free(p);
+	backend_pool_free(ref_b);
+	backend_pool_free(ref_p);
+}
+
+Test(backend, pool_of_only_backups_is_served_by_them)
+{
+	for (int bal = 0; bal < BALANCE__COUNT; bal++) {
+		struct backend_pool *p = mkpool_b(bal, 0, 3, NULL);
+		uint32_t got[3] = { 0 };
+
+		cr_assert(backend_pool_using_backup(p), "no primary is up: on the backups");
+		cr_assert_eq(backend_pool_backup_changed(p), 1);
+		pick_many(p, 300, 0, got, 3);
+		cr_assert(got[0] > 50 && got[1] > 50 && got[2] > 50, "%s: %u %u %u",
+			  backend_balance_name(bal), got[0], got[1], got[2]);
+		backend_pool_free(p);
+	}
+}
+
+Test(backend, update_flips_backup_flags_keeping_ids_and_counters)
+{
+	struct backend_pool *p = mkpool_b(BALANCE_ROUNDROBIN, 1, 1, NULL);
+	struct backend_spec specs[2] = { spec(0, 1), spec(1, 2) };
+	struct backend_info bi;
+
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(pick(p, NULL), 0);
+	backend_acquire(p, 0);
+	mark_down(p, 0, 0);
+	cr_assert_eq(backend_pool_backup_changed(p), 1);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pick(p, NULL), 1);
+	/* 0 (down) becomes the backup, 1 (up) the primary: no longer on the backups. */
+	specs[0].backup = true;
+	cr_assert_eq(backend_pool_update(p, specs, 2), 0);
+	cr_assert_not(backend_pool_using_backup(p));
+	cr_assert_eq(backend_pool_backup_changed(p), -1);
+	cr_assert_eq(backend_info(p, 0, &bi), 0);
+	cr_assert(bi.backup);
+	cr_assert_eq(bi.picks, 4, "counters kept");
+	cr_assert_eq(bi.active, 1);
+	cr_assert_not(bi.up, "health kept");
+	cr_assert_eq(backend_info(p, 1, &bi), 0);
+	cr_assert_not(bi.backup);
+	cr_assert_eq(bi.picks, 3);
+	cr_assert_eq(bi.weight, 2, "the new weight applies too");
+	cr_assert_eq(backend_count(p), 2);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(pick(p, NULL), 1);
+	/* 0 recovers: still only a backup, so the traffic stays on 1. */
+	backend_report(p, 0, true, 0);
+	cr_assert_eq(backend_pool_backup_changed(p), 0);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(pick(p, NULL), 1);
+	/* Flipped back: both primaries now, no backup at all. */
+	specs[0].backup = false;
+	cr_assert_eq(backend_pool_update(p, specs, 2), 0);
+	cr_assert_eq(backend_info(p, 0, &bi), 0);
+	cr_assert_not(bi.backup);
+	cr_assert_eq(bi.picks, 4);
+	cr_assert_not(backend_pool_using_backup(p));
+	backend_pool_free(p);
+}
+
+Test(backend, update_dropping_the_primaries_moves_to_the_backups)
+{
+	struct backend_pool *p = mkpool_b(BALANCE_LEASTCONN, 2, 1, NULL);
+	struct backend_spec specs[3] = { spec(0, 1), spec(1, 1), spec(2, 1) };
+	struct backend_info bi;
+
+	specs[2].backup = true;
+	backend_acquire(p, 0); /* 0 drains after its removal: up, but no longer a member */
+	cr_assert_eq(backend_pool_update(p, specs + 2, 1), 0);
+	cr_assert(backend_pool_using_backup(p), "the draining primary does not count");
+	cr_assert_eq(backend_pool_backup_changed(p), 1);
+	cr_assert_eq(backend_info(p, 0, &bi), 0);
+	cr_assert(bi.removed);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(pick(p, NULL), 2);
+	/* A new primary arrives: back to it. */
+	cr_assert_eq(backend_pool_update(p, specs + 1, 2), 0);
+	cr_assert_not(backend_pool_using_backup(p));
+	cr_assert_eq(backend_pool_backup_changed(p), -1);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(pick(p, NULL), 1);
+	backend_release(p, 0);
+	cr_assert_eq(backend_info(p, 0, &bi), -ENOENT);
+	backend_pool_free(p);
+}
+
+Test(backend, backup_changed_reports_the_net_change)
+{
+	struct backend_pool *p = mkpool_b(BALANCE_ROUNDROBIN, 1, 1, NULL);
+
+	backend_set_up(p, 0, false);
+	backend_set_up(p, 0, true);
+	cr_assert_eq(backend_pool_backup_changed(p), 0, "down and up again between two calls");
+	backend_set_up(p, 0, false);
+	cr_assert_eq(backend_pool_backup_changed(p), 1);
+	backend_set_up(p, 0, true);
+	backend_set_up(p, 0, false);
+	cr_assert_eq(backend_pool_backup_changed(p), 0);
+	cr_assert(backend_pool_using_backup(p));
+	/* Reports for unknown ids change nothing. */
+	cr_assert_not(backend_report(p, 9, true, 0));
+	cr_assert(backend_pool_using_backup(p));
+	backend_pool_free(p);
+}
+
+Test(backend, no_backups_no_backup_state)
+{
+	struct backend_pool *p = mkpool(BALANCE_ROUNDROBIN, 2, NULL);
+
+	backend_set_up(p, 0, false);
+	backend_set_up(p, 1, false);
+	cr_assert_not(backend_pool_using_backup(p), "nothing to move to");
+	cr_assert_eq(backend_pool_backup_changed(p), 0);
+	backend_pool_free(p);
+}
+
+/* A unix socket address: a path, or an abstract name when name starts with '@'. */
+static struct addr unix_addr(const char *name)
+{
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	size_t n = strlen(name);
+	struct addr a;
+
+	memcpy(un.sun_path, name, n);
+	if (name[0] == '@')
+		un.sun_path[0] = '\0';
+	addr_from_sockaddr(
+		&a, (struct sockaddr *)&un,
+		(socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1)));
+	return a;
+}
+
+Test(backend, unix_upstreams_are_members)
+{
+	struct backend_pool *p = mkpool(BALANCE_HASH, 0, NULL);
+	struct backend_spec s[3] = { { .addr = unix_addr("/run/a.sock") },
+				     { .addr = unix_addr("@b") },
+				     { .addr = v4(0x7f000001, 80), .backup = true } };
+	struct backend_info bi;
+	bool seen[2] = { false };
+	uint64_t picks;
+
+	cr_assert_eq(backend_pool_update(p, s, 3), 0);
+	cr_assert_eq(backend_count(p), 3);
+	/* Hash by a client IP spreads over both unix upstreams; a unix client (no IP) rotates. */
+	for (uint32_t i = 0; i < 200; i++) {
+		struct addr c = v4(0x0c000000u + i * 7919, 1);
+		int id = pick(p, &c);
+
+		cr_assert(id == 0 || id == 1, "client %u went to %d", i, id);
+		seen[id] = true;
+		cr_assert_eq(pick(p, &c), id, "the same client, the same unix upstream");
+	}
+	cr_assert(seen[0] && seen[1]);
+	cr_assert_neq(pick(p, &s[0].addr), pick(p, &s[0].addr), "no IP to hash: round robin");
+	/* Same names again: same ids, counters kept. */
+	cr_assert_eq(backend_info(p, 1, &bi), 0);
+	picks = bi.picks;
+	cr_assert_gt(picks, 0);
+	cr_assert_eq(backend_pool_update(p, s, 3), 0);
+	cr_assert_eq(backend_info(p, 1, &bi), 0);
+	cr_assert_eq(bi.addr.u.sa.sa_family, AF_UNIX);
+	cr_assert_eq(bi.picks, picks);
+	s[1] = s[0];
+	cr_assert_eq(backend_pool_update(p, s, 2), -EINVAL, "the same path twice");
 	backend_pool_free(p);
 }
