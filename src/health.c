@@ -71,11 +71,11 @@ void health_done(struct worker *w, const struct loop_cqe *c)
 		w->env.backends_dirty = true;
 		if (current && backend_info(u->bp, id, &bi) == 0 && !bi.removed &&
 		    backend_set_up(u->bp, id, res == 0))
-			log_warn("worker %d: health check: pool %s: upstream %s is %s%s%s", w->id,
-				 u->cfg.name, addr_format(&u->baddr[id], buf, sizeof(buf)),
+			log_warn("worker %d: health check: upstream %s is %s%s%s (pool %s)", w->id,
+				 addr_format(&u->baddr[id], buf, sizeof(buf)),
 				 res == 0 ? "up" : "down (",
 				 res == 0 ? "" : strerror(res == -ECANCELED ? ETIMEDOUT : -res),
-				 res == 0 ? "" : ")");
+				 res == 0 ? "" : ")", u->cfg.name);
 		if (current)
 			upool_watch_backup(u, id, w->id);
 		loop_close(w->env.loop, pr->fd, ptag(p, id, gen, PROBE_CLOSE));

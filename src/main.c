@@ -515,6 +515,16 @@ static void reload(struct app *a, int argc, char **argv)
 	}
 	next->backend = next->backend == a->backend_asked ? a->cfg->backend : next->backend;
 	warn_restart_only(a->run.cfg, next);
+	for (uint32_t i = 0; i < next->npools; i++) {
+		int oi = config_find_pool(a->run.cfg, next->pools[i].name);
+
+		if (oi < 0 ||
+		    !same_pool(nr.specs[i], nr.nspecs[i], a->run.specs[oi], a->run.nspecs[oi])) {
+			log_info("pool %s: upstream pool changed: %d address(es) now",
+				 next->pools[i].name, nr.nspecs[i]);
+			log_pool(next->pools[i].name, nr.specs[i], nr.nspecs[i]);
+		}
+	}
 	for (uint32_t i = 0; i < a->run.cfg->nlisteners; i++) {
 		const struct config_listener *l = &a->run.cfg->listeners[i];
 		int ni = config_find_listener(next, l->name);
@@ -585,8 +595,8 @@ static void reresolve(struct app *a)
 	}
 	for (uint32_t i = 0; i < cfg->npools; i++)
 		if (!same_pool(nr.specs[i], nr.nspecs[i], a->run.specs[i], a->run.nspecs[i])) {
-			log_info("pool %s changed: %d address(es) now", cfg->pools[i].name,
-				 nr.nspecs[i]);
+			log_info("pool %s: upstream pool changed: %d address(es) now",
+				 cfg->pools[i].name, nr.nspecs[i]);
 			log_pool(cfg->pools[i].name, nr.specs[i], nr.nspecs[i]);
 		}
 	for (uint32_t i = 0; i < a->nworkers; i++)

@@ -397,9 +397,9 @@ static void backend_outcome(struct session_env *e, struct session *s, bool ok)
 
 	e->backends_dirty = true;
 	if (backend_report(p->bp, id, ok, e->now_ms))
-		log_warn("worker %d: pool %s: upstream %s is %s", e->worker_id, p->cfg.name,
+		log_warn("worker %d: upstream %s is %s (pool %s)", e->worker_id,
 			 addr_format(&p->baddr[id], buf, sizeof(buf)),
-			 ok ? "up again" : "down (connects keep failing)");
+			 ok ? "up again" : "down (connects keep failing)", p->cfg.name);
 	upool_watch_backup(p, id, e->worker_id);
 }
 
