@@ -21,12 +21,13 @@ usage() {
 root="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." && pwd -P)"
 cd -- "$root"
 
-all_targets=(proxyproto config)
-# The pure-logic sources the targets link against (config.c needs addr, backend and log).
-lib_src=(src/addr.c src/backend.c src/config.c src/log.c src/proxyproto.c)
+all_targets=(proxyproto config sni)
+# The pure-logic sources the targets link against (config.c needs acl, addr, backend, log
+# and sni).
+lib_src=(src/acl.c src/addr.c src/backend.c src/config.c src/log.c src/proxyproto.c src/sni.c)
 # -max_len per target: proxyproto never needs more than PROXYPROTO_MAX_LEN (1040) bytes;
 # config lines are at most 1023 characters and a file has several.
-declare -A max_len=([proxyproto]=2048 [config]=4096)
+declare -A max_len=([proxyproto]=2048 [config]=4096 [sni]=20480)
 
 seconds=60
 brief=0

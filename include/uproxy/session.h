@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 
 #include "uproxy/proxyproto.h"
+#include "uproxy/sni.h"
 #include "uproxy/stats.h"
 #include "uproxy/timer.h"
 
@@ -104,9 +105,9 @@ struct session_pre {
 	uint32_t hello_len, hello_off;
 };
 
-/* Room for a 16 KiB ClientHello (SNI_MAX_HELLO) in up to 4 TLS records, and a little more:
- * what one waiting client can pin. */
-#define SESSION_HELLO_MAX (16384u + 64u)
+/* Room for the largest ClientHello the parser decides on (16 KiB of handshake in up to 64
+ * records): what one waiting client can pin, for at most its listener's sni-timeout. */
+#define SESSION_HELLO_MAX SNI_MAX_INPUT
 
 /* session.truncated bits. */
 #define SESSION_LOST_CLIENT   1u /* bytes for the client were dropped */
