@@ -361,7 +361,9 @@ static void teardown(struct session_env *e, struct session *s, enum close_reason
 
 	if (closing(s))
 		return;
-	lost = lost_sides(e, s);
+	/* A refused client was never forwarded: nothing of it is "lost" (if it sent bytes, the
+	 * kernel's close of a socket with unread input is an RST anyway). */
+	lost = reason == CLOSE_DENIED || reason == CLOSE_LIMITED ? 0 : lost_sides(e, s);
 	if (lost != 0) {
 		s->truncated = (uint8_t)lost;
 		if (lost & SESSION_LOST_CLIENT) {
@@ -474,8 +476,7 @@ static const struct sockaddr *client_sa(const struct session_env *e, const struc
 }
 
 /* The listener's access list and per-client limits. Returns false after closing a refused
- * client (at once, with an RST: nothing of it was forwarded, and no TIME_WAIT is left behind
- * however many an attacker opens). */
+ * client at once (a FIN; an RST if it had sent bytes already: nothing of it is forwarded). */
 static bool admit(struct session_env *e, struct session *s)
 {
 	struct svc *v = sv(e, s);
@@ -493,7 +494,7 @@ static bool admit(struct session_env *e, struct session *s)
 				 v->cfg.name,
 				 addr_format(&e->peer_addrs[session_slot(e, s)], buf, sizeof(buf)),
 				 suppressed);
-		teardown(e, s, CLOSE_DENIED, true);
+		teardown(e, s, CLOSE_DENIED, false);
 		return false;
 	}
 	if (v->climit != NULL) {
@@ -515,7 +516,7 @@ static bool admit(struct session_env *e, struct session *s)
 				 v->cfg.name,
 				 addr_format(&e->peer_addrs[session_slot(e, s)], buf, sizeof(buf)),
 				 what[k], suppressed);
-		teardown(e, s, CLOSE_LIMITED, true);
+		teardown(e, s, CLOSE_LIMITED, false);
 		return false;
 	}
 	return true;
