@@ -200,7 +200,7 @@ static const struct opt_def opts[] = {
 	{ OPT_CLIENT_TABLE_FULL, "client-table-full", 0, "open|closed", SC_LISTENER, false, L(client_table_fail_open), 0, 0,
 	  "a new client address when the table is full: open = served without\n"
 	  "limits, closed = refused (default: open)." },
-	{ OPT_SNI_ROUTE, "sni-route", 0, "NAME=POOL", SC_LISTENER, false, L2(sni_routes, nsni_routes), 0, 0,
+	{ OPT_SNI_ROUTE, "sni-route", 0, "NAME=POOL", SC_LISTENER, false, NONE, 0, 0,
 	  "TLS passthrough: a client whose ClientHello names NAME (exact, or\n"
 	  "*.example.com) goes to the [pool POOL]; names matching no route go\n"
 	  "to the listener's own pool (or are closed if it has none)." },
@@ -1012,8 +1012,7 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 			}
 		}
 		for (uint32_t r = 0; r < l->nsni_routes; r++) {
-			const struct pool_ref *ref =
-				lm->set[OPT_SNI_ROUTE] ? &ps->sni_pool[i][r] : &ps->top_sni_pool[r];
+			const struct pool_ref *ref = &ps->sni_pool[i][r];
 			int pi = pool_index(cfg, ref->name);
 
 			if (pi < 0 || (uint32_t)pi >= nnamed)

@@ -360,6 +360,13 @@ static int bind_listener(struct app *a, const struct config_listener *l, bool ac
 			return -1;
 		}
 		ps->nsocks = n;
+		if (w == 0 && a->nworkers > 1 && (l->max_conns_per_client || l->rate_per_client) &&
+		    (l->accept_proxy || activated))
+			log_warn("listener %s: with %s, clients cannot be steered to workers by "
+				 "their "
+				 "address: per-client limits apply in each of the %u workers",
+				 l->name, l->accept_proxy ? "accept-proxy" : "socket activation",
+				 a->nworkers);
 		if (a->nworkers > 1 && !l->listen.unix_sock && !activated &&
 		    (l->max_conns_per_client > 0 || l->rate_per_client > 0)) {
 			for (int k = 0; k < n; k++)

@@ -264,7 +264,28 @@ static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *p
 				  w->id, c->name, c->client_table_size);
 			w->plan_failed = true;
 		}
+	} else if (limits && climit_entries(sv->climit) != c->client_table_size &&
+		   climit_held(sv->climit) == 0) {
+		/* A new size: a new table (it holds nothing worth keeping). */
+		struct climit *t =
+			climit_new(c->client_table_size, c->max_conns_per_client,
+				   c->rate_per_client, c->rate_burst, c->client_table_fail_open);
+
+		if (t == NULL) {
+			log_error("worker %d: listener %s: out of memory for a client table of %u "
+				  "entries; keeping the old one",
+				  w->id, c->name, c->client_table_size);
+			climit_set_limits(sv->climit, c->max_conns_per_client, c->rate_per_client,
+					  c->rate_burst, c->client_table_fail_open);
+		} else {
+			climit_free(sv->climit);
+			sv->climit = t;
+		}
 	} else if (limits) {
+		if (climit_entries(sv->climit) != c->client_table_size && w->id == 0)
+			log_warn("listener %s: client-table-size %u is applied once its clients "
+				 "are gone (the table of %u holds open connections)",
+				 c->name, c->client_table_size, climit_entries(sv->climit));
 		climit_set_limits(sv->climit, c->max_conns_per_client, c->rate_per_client,
 				  c->rate_burst, c->client_table_fail_open);
 	} else if (sv->climit != NULL && climit_held(sv->climit) == 0) {
