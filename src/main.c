@@ -367,7 +367,7 @@ static int bind_listener(struct app *a, const struct config_listener *l, bool ac
 				 "address: per-client limits apply in each of the %u workers",
 				 l->name, l->accept_proxy ? "accept-proxy" : "socket activation",
 				 a->nworkers);
-		if (a->nworkers > 1 && !l->listen.unix_sock && !activated &&
+		if (a->nworkers > 1 && !l->listen.unix_sock && !activated && !l->accept_proxy &&
 		    (l->max_conns_per_client > 0 || l->rate_per_client > 0)) {
 			for (int k = 0; k < n; k++)
 				if (steer_attach(ps->socks[k].fd, a->nworkers,
