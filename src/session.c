@@ -345,8 +345,9 @@ static unsigned int lost_sides(struct session_env *e, const struct session *s)
 	if (s->dir[DIR_U2C].queued > 0 || unread_bytes(s->fd[SIDE_UPSTREAM]) > 0)
 		lost |= SESSION_LOST_CLIENT;
 	if (s->dir[DIR_C2U].queued > 0 || unread_bytes(s->fd[SIDE_CLIENT]) > 0 ||
-	    e->pre[session_slot(e, s)].len > e->pre[session_slot(e, s)].off ||
-	    e->pre[session_slot(e, s)].hello_len > e->pre[session_slot(e, s)].hello_off)
+	    (s->pre_used &&
+	     (e->pre[session_slot(e, s)].len > e->pre[session_slot(e, s)].off ||
+	      e->pre[session_slot(e, s)].hello_len > e->pre[session_slot(e, s)].hello_off)))
 		lost |= SESSION_LOST_UPSTREAM;
 	return lost;
 }
@@ -592,9 +593,14 @@ void session_start(struct session_env *e, struct session *s, int client_fd, unsi
 		if (getpeername(client_fd, &pa->u.sa, &pa->len) == 0)
 			s->have_peer = 1;
 	}
-	pr->len = pr->off = 0;
-	pr->hello = NULL;
-	pr->hello_len = pr->hello_off = 0;
+	/* The slot's pre-send area is touched only by listeners that use it, so that idle
+	 * sessions of plain listeners pin no more memory than before. */
+	s->pre_used = v->cfg.send_proxy || v->cfg.accept_proxy || v->cfg.nsni_routes > 0;
+	if (s->pre_used) {
+		pr->len = pr->off = 0;
+		pr->hello = NULL;
+		pr->hello_len = pr->hello_off = 0;
+	}
 	if (v->cfg.send_proxy || v->cfg.accept_proxy) {
 		memset(&pr->src, 0, sizeof(pr->src));
 		memset(&pr->dst, 0, sizeof(pr->dst));
@@ -772,6 +778,8 @@ static void presend_start(struct session_env *e, struct session *s)
 {
 	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
+	if (!s->pre_used)
+		return;
 	if (sv(e, s)->cfg.send_proxy) {
 		uint8_t hdr[PROXYPROTO_V1_BUILD_MAX];
 		const struct addr *src = pr->src.len ? &pr->src : NULL;
@@ -1186,9 +1194,11 @@ unsigned int session_handle(struct session_env *e, struct session *s, const stru
 			climit_release(sv(e, s)->climit, s->climit_slot);
 			s->climit_held = 0;
 		}
-		free(pr->hello);
-		pr->hello = NULL;
-		pr->hello_len = pr->hello_off = 0;
+		if (s->pre_used) {
+			free(pr->hello);
+			pr->hello = NULL;
+			pr->hello_len = pr->hello_off = 0;
+		}
 		queue_drop(e, &s->dir[DIR_C2U]);
 		queue_drop(e, &s->dir[DIR_U2C]);
 		backend_drop(e, s);

@@ -134,6 +134,7 @@ struct session {
 	uint8_t pool;	     /* the pool it forwards to (session_env.pools index), or UINT8_MAX */
 	uint8_t sni_wait;    /* AWAIT_HEADER: reading the ClientHello (not a PROXY header) */
 	uint8_t climit_held; /* holds climit_slot in its listener's client table */
+	uint8_t pre_used;    /* its session_pre is in use (PROXY protocol, sni-route) */
 	uint32_t climit_slot;
 	uint32_t backend; /* backend id held, or SESSION_NO_BACKEND */
 	uint16_t tried[SESSION_MAX_TRIES];
