@@ -1039,7 +1039,9 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 		struct config_listener *l;
 
 		if (cfg->nlisteners >= CONFIG_MAX_LISTENERS)
-			ERR("more than %u listeners", CONFIG_MAX_LISTENERS);
+			ERR("%smore than %u listeners (the top-level one and %u sections)",
+			    at(ps, tm->line[OPT_LISTEN], w, sizeof(w)), CONFIG_MAX_LISTENERS,
+			    cfg->nlisteners);
 		for (uint32_t i = 0; i < cfg->nlisteners; i++)
 			if (strcmp(cfg->listeners[i].name, "default") == 0)
 				ERR("%s: the name 'default' is taken by the top-level listener "
@@ -1063,7 +1065,9 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 				    "%s': use one",
 				    at(ps, ps->top_lpool.line, w, sizeof(w)), ps->top_lpool.name);
 			if (cfg->npools >= CONFIG_MAX_POOLS)
-				ERR("more than %u pools", CONFIG_MAX_POOLS);
+				ERR("%smore than %u pools (the top-level one and %u others)",
+				    at(ps, ps->top_upstream_line, w, sizeof(w)), CONFIG_MAX_POOLS,
+				    cfg->npools);
 			if (pool_index(cfg, "default") >= 0)
 				ERR("%s: the pool name 'default' is taken by the top-level "
 				    "upstreams",
@@ -1090,7 +1094,11 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 			l->sni_routes[r].pool = (uint16_t)pi;
 		}
 		if (l->pool == CONFIG_NO_POOL && l->nsni_routes == 0)
-			ERR("missing --upstream HOST:PORT (see --help)");
+			ERR("%s%s", at(ps, tm->line[OPT_LISTEN], w, sizeof(w)),
+			    tm->line[OPT_LISTEN] != 0
+				    ? "the top-level listener ('listen') has no 'upstream' or "
+				      "'pool'"
+				    : "missing --upstream HOST:PORT (see --help)");
 		if (unusable(ps, l, tm, err, errlen))
 			return CONFIG_USAGE;
 	} else if (ps->top_pool.nupstreams > 0 && ps->has_sections) {

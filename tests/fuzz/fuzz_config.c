@@ -25,9 +25,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_hostport(const struct hostport *hp)
 {
-	CHECK(hp->port != 0);
+	CHECK(hp->unix_sock ? hp->port == 0 : hp->port != 0);
 	CHECK(memchr(hp->host, '\0', sizeof(hp->host)) != NULL);
-	CHECK(hp->any == (hp->host[0] == '\0'));
+	CHECK(hp->unix_sock ? !hp->any && hp->host[0] != '\0' : hp->any == (hp->host[0] == '\0'));
 }
 
 static void check_config_text(const uint8_t *data, size_t size)
@@ -54,8 +54,7 @@ static void check_config_text(const uint8_t *data, size_t size)
 		CHECK(cp->nupstreams >= 1 && cp->nupstreams <= CONFIG_MAX_UPSTREAMS);
 		CHECK(memchr(cp->name, '\0', sizeof(cp->name)) != NULL && cp->name[0] != '\0');
 		for (uint32_t i = 0; i < cp->nupstreams; i++) {
-			if (!cp->upstreams[i].hp.unix_sock)
-				check_hostport(&cp->upstreams[i].hp);
+			check_hostport(&cp->upstreams[i].hp);
 			CHECK(!cp->upstreams[i].hp.any);
 			CHECK(cp->upstreams[i].weight >= 1);
 			CHECK(cp->upstreams[i].weight <= BACKEND_WEIGHT_MAX);
@@ -94,7 +93,8 @@ static void check_addr(const char *s)
 	addr_format_hostport(&hp, text, sizeof(text));
 	why = NULL;
 	CHECK(addr_parse(text, &back, &why) == 0);
-	CHECK(back.port == hp.port && back.any == hp.any && strcmp(back.host, hp.host) == 0);
+	CHECK(back.port == hp.port && back.any == hp.any && back.unix_sock == hp.unix_sock &&
+	      strcmp(back.host, hp.host) == 0);
 }
 
 static void check_upstream(const char *s)
