@@ -170,7 +170,8 @@ Test(ops, accesslog_text_ipv4)
 	};
 
 	expect_line(false, &e,
-		    "2023-11-14T22:13:20.123Z listener=web client=127.0.0.1:50698 upstream=127.0.0.1:8081 "
+		    "2023-11-14T22:13:20.123Z listener=web client=127.0.0.1:50698 "
+		    "upstream=127.0.0.1:8081 "
 		    "bytes_in=79 bytes_out=212 duration_ms=363 reason=normal truncated=none\n");
 }
 
@@ -183,7 +184,8 @@ Test(ops, accesslog_text_ipv6_and_no_upstream)
 	};
 
 	expect_line(false, &e,
-		    "1970-01-01T00:00:00.005Z listener=api.v2-x_1 client=[2001:db8::1]:443 upstream=- bytes_in=0 "
+		    "1970-01-01T00:00:00.005Z listener=api.v2-x_1 client=[2001:db8::1]:443 "
+		    "upstream=- bytes_in=0 "
 		    "bytes_out=0 duration_ms=0 reason=connect_failed truncated=none\n");
 }
 
@@ -213,7 +215,8 @@ Test(ops, accesslog_json_ipv4)
 	};
 
 	expect_line(true, &e,
-		    "{\"time\":\"2023-11-14T22:13:20.123Z\",\"listener\":\"web\",\"client\":\"127.0.0.1:50698\","
+		    "{\"time\":\"2023-11-14T22:13:20.123Z\",\"listener\":\"web\","
+		    "\"client\":\"127.0.0.1:50698\","
 		    "\"upstream\":\"10.1.2.3:8081\",\"bytes_client_to_upstream\":79,"
 		    "\"bytes_upstream_to_client\":212,\"duration_ms\":363,\"reason\":\"normal\","
 		    "\"truncated\":\"none\"}\n");
@@ -229,7 +232,8 @@ Test(ops, accesslog_json_ipv6_and_no_upstream)
 
 	/* no listener name: "-" */
 	expect_line(true, &e,
-		    "{\"time\":\"1970-01-01T00:00:00.000Z\",\"listener\":\"-\",\"client\":\"[::1]:40000\","
+		    "{\"time\":\"1970-01-01T00:00:00.000Z\",\"listener\":\"-\","
+		    "\"client\":\"[::1]:40000\","
 		    "\"upstream\":\"-\",\"bytes_client_to_upstream\":12,"
 		    "\"bytes_upstream_to_client\":0,\"duration_ms\":7,"
 		    "\"reason\":\"connect_failed\",\"truncated\":\"none\"}\n");
