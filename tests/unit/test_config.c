@@ -1289,3 +1289,57 @@ Test(config, top_level_defaults_reach_named_pools_and_sni_routes)
 	cr_assert_eq(cfg.pools[1].connect_timeout_ms, 9);
 	unlink(path);
 }
+
+/* ---- bugs found in src/config.c (reported to the lead): these fail until it is fixed ---- */
+
+/* Refused, at FILE:LINE line, with an error that mentions what. */
+static void refused_at(const char *t, const char *line, const char *what)
+{
+	struct config cfg;
+	char err[1024];
+
+	cr_assert_eq(text(&cfg, t, err, sizeof(err)), CONFIG_USAGE, "accepted:\n%s", t);
+	cr_assert(strncmp(err, line, strlen(line)) == 0, "error '%s' is not at '%s'", err, line);
+	cr_assert(strstr(err, what) != NULL, "error '%s' lacks '%s'", err, what);
+}
+
+/* Like a top-level upstream, a top-level 'pool' belongs to the top-level listener: without a
+ * top-level listen it was silently dropped, even naming no pool at all. */
+Test(config, top_level_pool_without_listen_is_refused)
+{
+	refused_at("pool nope\n"
+		   "[listener a]\n"
+		   "listen 127.0.0.1:7001\n"
+		   "upstream 127.0.0.1:9001\n",
+		   "test.conf:1: ", "pool");
+	refused_at("pool p\n"
+		   "[pool p]\n"
+		   "upstream 127.0.0.1:9001\n"
+		   "[listener a]\n"
+		   "listen 127.0.0.1:7001\n"
+		   "upstream 127.0.0.1:9002\n",
+		   "test.conf:1: ", "pool");
+}
+
+/* A top-level sni-route to an undefined pool is an error even when every section has routes
+ * of its own (it was checked only through a section that inherits it). */
+Test(config, top_level_sni_route_to_an_undefined_pool_is_refused)
+{
+	refused_at("sni-route a.example.com nope\n"
+		   "[pool p]\n"
+		   "upstream 127.0.0.1:9001\n"
+		   "[listener a]\n"
+		   "listen 127.0.0.1:7001\n"
+		   "upstream 127.0.0.1:9002\n"
+		   "sni-route b.example.com p\n",
+		   "test.conf:1: ", "nope");
+}
+
+/* "FILE:LINE: ..." everywhere: the file's top-level listener without upstreams is an error at
+ * its listen line, like a section's at its header. */
+Test(config, top_level_listener_without_upstream_names_its_line)
+{
+	refused_at("\n"
+		   "listen 127.0.0.1:7001\n",
+		   "test.conf:2: ", "upstream");
+}
