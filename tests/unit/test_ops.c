@@ -714,6 +714,9 @@ static char *render(int n)
 	return buf;
 }
 
+/* A worker with no listener publishes an empty table (never NULL: memcpy's source). */
+static const struct stats_listener no_listener[1];
+
 /* Every counter of one listener distinct: base + a field's own offset. */
 static struct stats_listener listener_at(const char *name, uint32_t active, uint64_t base)
 {
@@ -1017,8 +1020,8 @@ Test(ops, stats_render_histogram_cumulative)
 	/* bucket 0 (≤ 100 us) has 0 and 100; +Inf has 2 s + 1 us and 60 s */
 	cr_assert_eq(per_bucket[0], 2);
 	cr_assert_eq(per_bucket[STATS_CONNECT_BUCKETS], 2);
-	stats_publish(&snaps[0], 0, &st[0], &ls[0], NULL, 0, NULL, 0, NULL, 0);
-	stats_publish(&snaps[1], 0, &st[1], &ls[1], NULL, 0, NULL, 0, NULL, 0);
+	stats_publish(&snaps[0], 0, &st[0], &ls[0], NULL, 0, no_listener, 0, NULL, 0);
+	stats_publish(&snaps[1], 0, &st[1], &ls[1], NULL, 0, no_listener, 0, NULL, 0);
 	text = render(2);
 	parse_metrics(text, &parsed);
 	for (int i = 0; i < parsed.n; i++) {
@@ -1137,7 +1140,7 @@ Test(ops, stats_render_upstreams_deduplicated)
 	/* with no upstream, pool or listener known anywhere: the families are there, without
 	 * samples */
 	memset(snaps, 0, 3 * sizeof(*snaps));
-	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, NULL, 0, NULL, 0);
+	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, no_listener, 0, NULL, 0);
 	text = render(1);
 	parse_metrics(text, &parsed);
 	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_up"), 0);
@@ -1165,7 +1168,7 @@ Test(ops, stats_render_small_buffer)
 	snaps = calloc(1, sizeof(*snaps));
 	cr_assert_not_null(snaps);
 	fill_worker(&st, &ls, 3);
-	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, NULL, 0, NULL, 0);
+	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, no_listener, 0, NULL, 0);
 	need = stats_render(NULL, 0, snaps, 1);
 	full = render(1);
 	memset(small, 'Z', sizeof(small));
