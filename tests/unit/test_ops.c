@@ -164,12 +164,14 @@ Test(ops, accesslog_text_ipv4)
 {
 	struct addr c = v4("127.0.0.1", 50698), u = v4("127.0.0.1", 8081);
 	struct accesslog_entry e = {
-		.end_realtime_ms = 1700000000123ULL, .client = &c, .upstream = &u,
-		.bytes_in = 79, .bytes_out = 212, .duration_ms = 363, .reason = "normal",
+		.end_realtime_ms = 1700000000123ULL, .listener = "web", .client = &c,
+		.upstream = &u, .bytes_in = 79, .bytes_out = 212, .duration_ms = 363,
+		.reason = "normal",
 	};
 
 	expect_line(false, &e,
-		    "2023-11-14T22:13:20.123Z client=127.0.0.1:50698 upstream=127.0.0.1:8081 "
+		    "2023-11-14T22:13:20.123Z listener=web client=127.0.0.1:50698 "
+		    "upstream=127.0.0.1:8081 "
 		    "bytes_in=79 bytes_out=212 duration_ms=363 reason=normal truncated=none\n");
 }
 
@@ -177,12 +179,13 @@ Test(ops, accesslog_text_ipv6_and_no_upstream)
 {
 	struct addr c = v6("2001:db8::1", 443);
 	struct accesslog_entry e = {
-		.end_realtime_ms = 5, .client = &c, .upstream = NULL,
+		.end_realtime_ms = 5, .listener = "api.v2-x_1", .client = &c, .upstream = NULL,
 		.bytes_in = 0, .bytes_out = 0, .duration_ms = 0, .reason = "connect_failed",
 	};
 
 	expect_line(false, &e,
-		    "1970-01-01T00:00:00.005Z client=[2001:db8::1]:443 upstream=- bytes_in=0 "
+		    "1970-01-01T00:00:00.005Z listener=api.v2-x_1 client=[2001:db8::1]:443 "
+		    "upstream=- bytes_in=0 "
 		    "bytes_out=0 duration_ms=0 reason=connect_failed truncated=none\n");
 }
 
@@ -195,8 +198,9 @@ Test(ops, accesslog_text_big_numbers_and_unknown_client)
 		.duration_ms = 86400000, .reason = "client_reset",
 	};
 
+	/* no listener name: "-" */
 	expect_line(false, &e,
-		    "2023-11-14T22:13:20.999Z client=- upstream=[::1]:9000 "
+		    "2023-11-14T22:13:20.999Z listener=- client=- upstream=[::1]:9000 "
 		    "bytes_in=18446744073709551615 bytes_out=1099511627776 duration_ms=86400000 "
 		    "reason=client_reset truncated=none\n");
 }
@@ -205,12 +209,14 @@ Test(ops, accesslog_json_ipv4)
 {
 	struct addr c = v4("127.0.0.1", 50698), u = v4("10.1.2.3", 8081);
 	struct accesslog_entry e = {
-		.end_realtime_ms = 1700000000123ULL, .client = &c, .upstream = &u,
-		.bytes_in = 79, .bytes_out = 212, .duration_ms = 363, .reason = "normal",
+		.end_realtime_ms = 1700000000123ULL, .listener = "web", .client = &c,
+		.upstream = &u, .bytes_in = 79, .bytes_out = 212, .duration_ms = 363,
+		.reason = "normal",
 	};
 
 	expect_line(true, &e,
-		    "{\"time\":\"2023-11-14T22:13:20.123Z\",\"client\":\"127.0.0.1:50698\","
+		    "{\"time\":\"2023-11-14T22:13:20.123Z\",\"listener\":\"web\","
+		    "\"client\":\"127.0.0.1:50698\","
 		    "\"upstream\":\"10.1.2.3:8081\",\"bytes_client_to_upstream\":79,"
 		    "\"bytes_upstream_to_client\":212,\"duration_ms\":363,\"reason\":\"normal\","
 		    "\"truncated\":\"none\"}\n");
@@ -224,8 +230,10 @@ Test(ops, accesslog_json_ipv6_and_no_upstream)
 		.bytes_in = 12, .bytes_out = 0, .duration_ms = 7, .reason = "connect_failed",
 	};
 
+	/* no listener name: "-" */
 	expect_line(true, &e,
-		    "{\"time\":\"1970-01-01T00:00:00.000Z\",\"client\":\"[::1]:40000\","
+		    "{\"time\":\"1970-01-01T00:00:00.000Z\",\"listener\":\"-\","
+		    "\"client\":\"[::1]:40000\","
 		    "\"upstream\":\"-\",\"bytes_client_to_upstream\":12,"
 		    "\"bytes_upstream_to_client\":0,\"duration_ms\":7,"
 		    "\"reason\":\"connect_failed\",\"truncated\":\"none\"}\n");
@@ -706,8 +714,78 @@ static char *render(int n)
 	return buf;
 }
 
+/* A worker with no listener publishes an empty table (never NULL: memcpy's source). */
+static const struct stats_listener no_listener[1];
+
+/* Every counter of one listener distinct: base + a field's own offset. */
+static struct stats_listener listener_at(const char *name, uint32_t active, uint64_t base)
+{
+	struct stats_listener l;
+
+	memset(&l, 0, sizeof(l));
+	snprintf(l.name, sizeof(l.name), "%s", name);
+	l.active = active;
+	l.st.accepted = base + 1;
+	for (int r = 0; r < CLOSE__COUNT; r++)
+		l.st.closed[r] = base + 10 + (uint64_t)r;
+	l.st.bytes[0] = base * 1000000 + 5;
+	l.st.bytes[1] = base * 2000000 + 6;
+	l.st.truncated[0] = base + 35;
+	l.st.truncated[1] = base + 36;
+	l.st.denied = base + 50;
+	for (int k = 0; k < 3; k++)
+		l.st.limited[k] = base + 60 + (uint64_t)k;
+	l.st.sni_routed = base + 70;
+	l.st.overflow = base + 80;
+	return l;
+}
+
+static struct stats_pool pool_named(const char *name, bool on_backup)
+{
+	struct stats_pool p;
+
+	memset(&p, 0, sizeof(p));
+	snprintf(p.name, sizeof(p.name), "%s", name);
+	p.on_backup = on_backup;
+	return p;
+}
+
+/* The value of sample name{listener="l"[,label="v"]}. */
+static void expect_l(const struct parsed *ps, const char *name, const char *l, const char *label,
+		     const char *v, unsigned long long want)
+{
+	char key[200];
+
+	if (label != NULL)
+		snprintf(key, sizeof(key), "%s{listener=\"%s\",%s=\"%s\"}", name, l, label, v);
+	else
+		snprintf(key, sizeof(key), "%s{listener=\"%s\"}", name, l);
+	expect_u(ps, key, want);
+}
+
 Test(ops, stats_render_sums_workers)
 {
+	static const char *const reasons[] = { "normal",  "client_reset", "upstream_reset",
+					       "connect_failed", "shutdown", "resource",
+					       "timeout", "protocol",	  "denied",
+					       "limited" };
+	static const char *const limits[] = { "conns", "rate", "table" };
+	/* a listener runs in every worker: same name, summed; worker 1 lists them in another
+	 * order and has one (tls, just added by SIGHUP) that worker 0 does not have yet */
+	struct stats_listener l0[2] = { listener_at("web", 2, 100), listener_at("api", 3, 200) };
+	struct stats_listener l1[3] = { listener_at("api", 40, 7000), listener_at("web", 5, 8000),
+					listener_at("tls", 6, 9000) };
+	static const struct {
+		const char *name;
+		uint64_t b0, b1; /* the bases summed; 0: absent in that worker */
+		int nw;		 /* workers that have it */
+		uint64_t active;
+	} want[] = {
+		{ "web", 100, 8000, 2, 7 },
+		{ "api", 200, 7000, 2, 43 },
+		{ "tls", 9000, 0, 1, 6 },
+	};
+	struct stats_pool p0[1] = { pool_named("web", false) };
 	struct worker_stats st[2];
 	struct loop_stats ls[2];
 	struct stats_backend b0[2], b1[2];
@@ -724,8 +802,8 @@ Test(ops, stats_render_sums_workers)
 	b0[1] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 1, .up = 1 };
 	b1[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 3, .up = 0 };
 	b1[1] = (struct stats_backend){ .addr = v6("::1", 9000), .active = 4, .up = 1 };
-	stats_publish(&snaps[0], 5, &st[0], &ls[0], b0, 2);
-	stats_publish(&snaps[1], 6, &st[1], &ls[1], b1, 2);
+	stats_publish(&snaps[0], 5, &st[0], &ls[0], b0, 2, l0, 2, p0, 1);
+	stats_publish(&snaps[1], 49, &st[1], &ls[1], b1, 2, l1, 3, p0, 1);
 	cr_assert_eq(snaps[0].seq % 2, 0, "seqlock left odd");
 	cr_assert_gt(snaps[0].seq, 0);
 
@@ -735,42 +813,86 @@ Test(ops, stats_render_sums_workers)
 
 		cr_assert_not_null(copy);
 		stats_read(&snaps[1], copy);
-		cr_assert_eq(copy->active, 6);
+		cr_assert_eq(copy->active, 49);
 		cr_assert_eq(copy->st.accepted, 7001);
 		cr_assert_eq(copy->ls.cqes, 7042);
 		cr_assert_eq(copy->nbackends, 2);
 		cr_assert(addr_equal(&copy->backends[1].addr, &b1[1].addr));
+		cr_assert_eq(copy->nlisteners, 3);
+		cr_assert_str_eq(copy->listeners[2].name, "tls");
+		cr_assert_eq(copy->listeners[2].st.denied, 9050);
+		cr_assert_eq(copy->listeners[0].active, 40);
+		cr_assert_eq(copy->npools, 1);
+		cr_assert_str_eq(copy->pools[0].name, "web");
 		free(copy);
 	}
-	/* republishing with backends NULL keeps the table */
-	stats_publish(&snaps[1], 6, &st[1], &ls[1], NULL, 0);
+	/* republishing with backends NULL keeps the backend and pool tables, not the
+	 * listeners: those are always the ones given */
+	stats_publish(&snaps[1], 49, &st[1], &ls[1], NULL, 0, l1, 1, NULL, 0);
 	cr_assert_eq(snaps[1].nbackends, 2);
+	cr_assert_eq(snaps[1].npools, 1);
+	cr_assert_eq(snaps[1].nlisteners, 1);
+	stats_publish(&snaps[1], 49, &st[1], &ls[1], NULL, 0, l1, 3, NULL, 0);
+	cr_assert_eq(snaps[1].nbackends, 2);
+	cr_assert_eq(snaps[1].nlisteners, 3);
 
+	stats_reloads[0] = 5;
+	stats_reloads[1] = 2;
 	text = render(2);
 	parse_metrics(text, &parsed);
 
 	expect_u(&parsed, "uproxy_workers{backend=\"epoll\"}", 2);
-	expect_u(&parsed, "uproxy_connections_accepted_total", 101 + 7001);
-	expect_u(&parsed, "uproxy_connections_active", 11);
-	static const char *const reasons[] = { "normal", "client_reset", "upstream_reset",
-					       "connect_failed", "shutdown", "resource",
-					       "timeout", "protocol" };
-
 	cr_assert_eq(sizeof(reasons) / sizeof(reasons[0]), CLOSE__COUNT);
-	for (int r = 0; r < CLOSE__COUNT; r++) {
-		char key[128];
-
-		snprintf(key, sizeof(key), "uproxy_connections_closed_total{reason=\"%s\"}",
-			 reasons[r]);
-		expect_u(&parsed, key, 100 + 10 + (unsigned)r + 7000 + 10 + (unsigned)r);
+	for (int r = 0; r < CLOSE__COUNT; r++)
 		cr_assert_str_eq(close_reason_name((enum close_reason)r), reasons[r]);
+	/* the per-session series: one sample per listener (and label), never one per worker */
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_accepted_total"), 3);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_active"), 3);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_closed_total{"),
+		     3 * (CLOSE__COUNT + 1));
+	cr_assert_eq(count_prefix(&parsed, "uproxy_bytes_total{"), 3 * 2);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_truncated_total{"), 3 * 2);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_denied_total{"), 3);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_limited_total{"), 3 * 3);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_sni_routed_total{"), 3);
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		const char *n = want[i].name;
+		uint64_t b = want[i].b0 + want[i].b1, k = (uint64_t)want[i].nw;
+
+		expect_l(&parsed, "uproxy_connections_accepted_total", n, NULL, NULL, b + k * 1);
+		expect_l(&parsed, "uproxy_connections_active", n, NULL, NULL, want[i].active);
+		for (int r = 0; r < CLOSE__COUNT; r++)
+			expect_l(&parsed, "uproxy_connections_closed_total", n, "reason",
+				 reasons[r], b + k * (10 + (uint64_t)r));
+		/* accepted beyond every free slot (or while stopping): the listener's overflow */
+		expect_l(&parsed, "uproxy_connections_closed_total", n, "reason", "limit",
+			 b + k * 80);
+		expect_l(&parsed, "uproxy_bytes_total", n, "direction", "client_to_upstream",
+			 b * 1000000 + k * 5);
+		expect_l(&parsed, "uproxy_bytes_total", n, "direction", "upstream_to_client",
+			 b * 2000000 + k * 6);
+		expect_l(&parsed, "uproxy_connections_truncated_total", n, "side", "client",
+			 b + k * 35);
+		expect_l(&parsed, "uproxy_connections_truncated_total", n, "side", "upstream",
+			 b + k * 36);
+		expect_l(&parsed, "uproxy_connections_denied_total", n, NULL, NULL, b + k * 50);
+		for (int j = 0; j < 3; j++)
+			expect_l(&parsed, "uproxy_connections_limited_total", n, "limit",
+				 limits[j], b + k * (60 + (uint64_t)j));
+		expect_l(&parsed, "uproxy_sni_routed_total", n, NULL, NULL, b + k * 70);
 	}
-	expect_u(&parsed, "uproxy_connections_closed_total{reason=\"limit\"}", 104 + 7004);
-	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_closed_total{"), CLOSE__COUNT + 1);
-	expect_u(&parsed, "uproxy_bytes_total{direction=\"client_to_upstream\"}",
-		 100000005ULL + 7000000005ULL);
-	expect_u(&parsed, "uproxy_bytes_total{direction=\"upstream_to_client\"}",
-		 200000006ULL + 14000000006ULL);
+	/* spot checks written out, so a wrong helper cannot hide a wrong label */
+	expect_u(&parsed, "uproxy_connections_accepted_total{listener=\"web\"}", 101 + 8001);
+	expect_u(&parsed, "uproxy_connections_denied_total{listener=\"api\"}", 250 + 7050);
+	expect_u(&parsed, "uproxy_connections_limited_total{listener=\"tls\",limit=\"table\"}",
+		 9062);
+	expect_u(&parsed, "uproxy_connections_closed_total{listener=\"web\",reason=\"denied\"}",
+		 118 + 8018);
+	/* process-wide */
+	expect_u(&parsed, "uproxy_config_reloads_total{result=\"ok\"}", 5);
+	expect_u(&parsed, "uproxy_config_reloads_total{result=\"failed\"}", 2);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_config_reloads_total"), 2);
+	/* the worker-wide series */
 	expect_u(&parsed, "uproxy_upstream_connect_attempts_total", 120 + 7020);
 	expect_u(&parsed, "uproxy_upstream_connect_failures_total", 121 + 7021);
 	expect_u(&parsed, "uproxy_buffer_ring_exhausted_total", 130 + 7030);
@@ -778,8 +900,6 @@ Test(ops, stats_render_sums_workers)
 	expect_u(&parsed, "uproxy_stale_cqes_total", 132 + 7032);
 	expect_u(&parsed, "uproxy_access_log_dropped_total", 133 + 7033);
 	expect_u(&parsed, "uproxy_fallback_receives_total", 134 + 7034);
-	expect_u(&parsed, "uproxy_connections_truncated_total{side=\"client\"}", 135 + 7035);
-	expect_u(&parsed, "uproxy_connections_truncated_total{side=\"upstream\"}", 136 + 7036);
 	expect_u(&parsed, "uproxy_accept_errors_total", 102 + 7002);
 	expect_u(&parsed, "uproxy_ring_enters_total", 140 + 7040);
 	expect_u(&parsed, "uproxy_ring_submissions_total", 141 + 7041);
@@ -802,6 +922,11 @@ Test(ops, stats_render_help_and_type_for_each_metric)
 		{ "uproxy_connections_active", "gauge" },
 		{ "uproxy_connections_closed_total", "counter" },
 		{ "uproxy_bytes_total", "counter" },
+		{ "uproxy_connections_denied_total", "counter" },
+		{ "uproxy_connections_limited_total", "counter" },
+		{ "uproxy_sni_routed_total", "counter" },
+		{ "uproxy_pool_backup_active", "gauge" },
+		{ "uproxy_config_reloads_total", "counter" },
 		{ "uproxy_upstream_connect_attempts_total", "counter" },
 		{ "uproxy_upstream_connect_failures_total", "counter" },
 		{ "uproxy_upstream_connect_duration_seconds", "histogram" },
@@ -826,12 +951,14 @@ Test(ops, stats_render_help_and_type_for_each_metric)
 	struct worker_stats st;
 	struct loop_stats ls;
 	struct stats_backend b = { .addr = v4("127.0.0.1", 8081), .active = 1, .up = 1 };
+	struct stats_listener l = listener_at("web", 1, 1);
+	struct stats_pool p = pool_named("web", false);
 	char *text;
 
 	snaps = calloc(1, sizeof(*snaps));
 	cr_assert_not_null(snaps);
 	fill_worker(&st, &ls, 1);
-	stats_publish(&snaps[0], 1, &st, &ls, &b, 1);
+	stats_publish(&snaps[0], 1, &st, &ls, &b, 1, &l, 1, &p, 1);
 	text = render(1);
 	parse_metrics(text, &parsed); /* also checks each sample sits under its own TYPE */
 	cr_assert_eq(parsed.nhelp, nf, "%d HELP lines, want %d", parsed.nhelp, nf);
@@ -893,8 +1020,8 @@ Test(ops, stats_render_histogram_cumulative)
 	/* bucket 0 (≤ 100 us) has 0 and 100; +Inf has 2 s + 1 us and 60 s */
 	cr_assert_eq(per_bucket[0], 2);
 	cr_assert_eq(per_bucket[STATS_CONNECT_BUCKETS], 2);
-	stats_publish(&snaps[0], 0, &st[0], &ls[0], NULL, 0);
-	stats_publish(&snaps[1], 0, &st[1], &ls[1], NULL, 0);
+	stats_publish(&snaps[0], 0, &st[0], &ls[0], NULL, 0, no_listener, 0, NULL, 0);
+	stats_publish(&snaps[1], 0, &st[1], &ls[1], NULL, 0, no_listener, 0, NULL, 0);
 	text = render(2);
 	parse_metrics(text, &parsed);
 	for (int i = 0; i < parsed.n; i++) {
@@ -947,47 +1074,86 @@ Test(ops, stats_render_upstreams_deduplicated)
 {
 	struct worker_stats st;
 	struct loop_stats ls;
-	struct stats_backend b0[3], b1[2], b2[1];
+	struct stats_backend b0[4], b1[3], b2[1];
+	/* pools listed in another order by each worker; "db" only in worker 1 */
+	struct stats_pool p0[2] = { pool_named("web", false), pool_named("api", false) };
+	struct stats_pool p1[3] = { pool_named("api", true), pool_named("web", false),
+				    pool_named("db", false) };
+	/* worker 2, the last one summed, sees api healthy: on backups still, as worker 1 says */
+	struct stats_pool p2[2] = { pool_named("web", false), pool_named("api", false) };
+	struct stats_listener l = listener_at("web", 0, 0);
 	char *text;
 
 	snaps = calloc(3, sizeof(*snaps));
 	cr_assert_not_null(snaps);
 	memset(&st, 0, sizeof(st));
 	memset(&ls, 0, sizeof(ls));
-	b0[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 2, .up = 1 };
-	b0[1] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 1, .up = 1 };
-	b0[2] = (struct stats_backend){ .addr = v4("10.0.0.1", 8081), .active = 0, .up = 0 };
-	/* worker 1 sees 8082 down: down overall */
-	b1[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 3, .up = 0 };
-	b1[1] = (struct stats_backend){ .addr = v6("::1", 9000), .active = 4, .up = 1 };
-	/* worker 2 knows only 8081 and has 10 on it */
-	b2[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 10, .up = 1 };
-	stats_publish(&snaps[0], 3, &st, &ls, b0, 3);
-	stats_publish(&snaps[1], 7, &st, &ls, b1, 2);
-	stats_publish(&snaps[2], 10, &st, &ls, b2, 1);
+	b0[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 2, .up = 1,
+					.pool = 0 };
+	b0[1] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 1, .up = 1,
+					.pool = 0 };
+	b0[2] = (struct stats_backend){ .addr = v4("10.0.0.1", 8081), .active = 0, .up = 0,
+					.pool = 0 };
+	/* the same address in another pool is another series */
+	b0[3] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 7, .up = 1,
+					.backup = 1, .pool = 1 };
+	/* worker 1 sees web's 8082 down: down overall */
+	b1[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8082), .active = 3, .up = 0,
+					.pool = 1 };
+	b1[1] = (struct stats_backend){ .addr = v6("::1", 9000), .active = 4, .up = 1,
+					.pool = 0 };
+	/* and api's 8081 down, while web's 8081 stays up */
+	b1[2] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 1, .up = 0,
+					.pool = 0 };
+	/* worker 2 knows only web's 8081 and has 10 on it */
+	b2[0] = (struct stats_backend){ .addr = v4("127.0.0.1", 8081), .active = 10, .up = 1,
+					.pool = 0 };
+	stats_publish(&snaps[0], 3, &st, &ls, b0, 4, &l, 1, p0, 2);
+	stats_publish(&snaps[1], 7, &st, &ls, b1, 3, &l, 1, p1, 3);
+	stats_publish(&snaps[2], 10, &st, &ls, b2, 1, &l, 1, p2, 2);
 	text = render(3);
 	parse_metrics(text, &parsed); /* fails on any duplicated sample */
 
-	expect_u(&parsed, "uproxy_connections_active", 20);
-	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_up{"), 4);
-	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_active_sessions{"), 4);
-	expect(&parsed, "uproxy_upstream_up{upstream=\"127.0.0.1:8081\"}", "1");
-	expect(&parsed, "uproxy_upstream_up{upstream=\"127.0.0.1:8082\"}", "0");
-	expect(&parsed, "uproxy_upstream_up{upstream=\"10.0.0.1:8081\"}", "0");
-	expect(&parsed, "uproxy_upstream_up{upstream=\"[::1]:9000\"}", "1");
-	expect_u(&parsed, "uproxy_upstream_active_sessions{upstream=\"127.0.0.1:8081\"}", 12);
-	expect_u(&parsed, "uproxy_upstream_active_sessions{upstream=\"127.0.0.1:8082\"}", 4);
-	expect_u(&parsed, "uproxy_upstream_active_sessions{upstream=\"10.0.0.1:8081\"}", 0);
-	expect_u(&parsed, "uproxy_upstream_active_sessions{upstream=\"[::1]:9000\"}", 4);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_up{"), 5);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_active_sessions{"), 5);
+	expect(&parsed, "uproxy_upstream_up{pool=\"web\",upstream=\"127.0.0.1:8081\"}", "1");
+	expect(&parsed, "uproxy_upstream_up{pool=\"web\",upstream=\"127.0.0.1:8082\"}", "0");
+	expect(&parsed, "uproxy_upstream_up{pool=\"web\",upstream=\"10.0.0.1:8081\"}", "0");
+	expect(&parsed, "uproxy_upstream_up{pool=\"api\",upstream=\"127.0.0.1:8081\"}", "0");
+	expect(&parsed, "uproxy_upstream_up{pool=\"api\",upstream=\"[::1]:9000\"}", "1");
+	expect_u(&parsed,
+		 "uproxy_upstream_active_sessions{pool=\"web\",upstream=\"127.0.0.1:8081\"}", 12);
+	expect_u(&parsed,
+		 "uproxy_upstream_active_sessions{pool=\"web\",upstream=\"127.0.0.1:8082\"}", 4);
+	expect_u(&parsed,
+		 "uproxy_upstream_active_sessions{pool=\"web\",upstream=\"10.0.0.1:8081\"}", 0);
+	expect_u(&parsed,
+		 "uproxy_upstream_active_sessions{pool=\"api\",upstream=\"127.0.0.1:8081\"}", 8);
+	expect_u(&parsed, "uproxy_upstream_active_sessions{pool=\"api\",upstream=\"[::1]:9000\"}",
+		 4);
+	/* a pool is on its backups if any worker says so; one sample per pool name */
+	cr_assert_eq(count_prefix(&parsed, "uproxy_pool_backup_active{"), 3);
+	expect(&parsed, "uproxy_pool_backup_active{pool=\"web\"}", "0");
+	expect(&parsed, "uproxy_pool_backup_active{pool=\"api\"}", "1");
+	expect(&parsed, "uproxy_pool_backup_active{pool=\"db\"}", "0");
 	free(text);
 
-	/* with no upstream known anywhere: the families are there, without samples */
+	/* with no upstream, pool or listener known anywhere: the families are there, without
+	 * samples */
 	memset(snaps, 0, 3 * sizeof(*snaps));
-	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0);
+	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, no_listener, 0, NULL, 0);
 	text = render(1);
 	parse_metrics(text, &parsed);
 	cr_assert_eq(count_prefix(&parsed, "uproxy_upstream_up"), 0);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_pool_backup_active"), 0);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_accepted_total"), 0);
+	cr_assert_eq(count_prefix(&parsed, "uproxy_connections_denied_total"), 0);
 	cr_assert_not_null(strstr(text, "# TYPE uproxy_upstream_up gauge\n"));
+	cr_assert_not_null(strstr(text, "# TYPE uproxy_pool_backup_active gauge\n"));
+	cr_assert_not_null(strstr(text, "# TYPE uproxy_connections_accepted_total counter\n"));
+	/* the reload counters are process-wide: there even with no worker data */
+	expect_u(&parsed, "uproxy_config_reloads_total{result=\"ok\"}", 0);
+	expect_u(&parsed, "uproxy_config_reloads_total{result=\"failed\"}", 0);
 	free(text);
 	free(snaps);
 }
@@ -1003,7 +1169,7 @@ Test(ops, stats_render_small_buffer)
 	snaps = calloc(1, sizeof(*snaps));
 	cr_assert_not_null(snaps);
 	fill_worker(&st, &ls, 3);
-	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0);
+	stats_publish(&snaps[0], 0, &st, &ls, NULL, 0, no_listener, 0, NULL, 0);
 	need = stats_render(NULL, 0, snaps, 1);
 	full = render(1);
 	memset(small, 'Z', sizeof(small));

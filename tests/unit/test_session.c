@@ -18,6 +18,7 @@
 #include "uproxy/bufring.h"
 #include "uproxy/config.h"
 #include "uproxy/loop.h"
+#include "uproxy/service.h"
 #include "uproxy/session.h"
 #include "uproxy/timer.h"
 
@@ -28,15 +29,20 @@
 #define T_SLOTS	    4u
 #define T_UPSTREAMS 3
 #define T_IDLE_MS   1000u
+#define T_IDLE2_MS  3000u /* listener 1's */
+#define T_CONNECT_MS  1500u /* pool 0's connect timeout (not the 5000 default) */
+#define T_CONNECT2_MS 2500u /* pool 1's */
 #define T_T0	    100000u /* the clock at set-up */
 
 static struct {
 	struct loop *l;
 	struct bufring bufs;
 	struct timer_wheel *wheel;
-	struct backend_pool *pool;
-	struct addr baddr[BACKEND_MAX];
-	struct config cfg;
+	struct backend_pool *pool; /* = up[0].bp */
+	struct addr baddr[2][BACKEND_MAX];
+	struct config cfg;  /* global options only */
+	struct svc svc[2];  /* the listeners: their cfg holds the listener options */
+	struct upool up[2]; /* the pools: their cfg holds the pool options */
 	struct worker_stats st;
 	struct session slab[T_SLOTS];
 	struct session_pre pre[T_SLOTS];
@@ -74,10 +80,65 @@ static int new_pair(int *peer)
 	return sv[0];
 }
 
+/* Fills pool slot i: n upstreams 127.0.0.1:port0.., the parser's pool defaults but for
+ * connect_ms (non-default, so a test sees whose value a connect uses). */
+static void fixture_pool(unsigned int i, const char *name, int n, uint16_t port0,
+			 uint32_t connect_ms)
+{
+	struct upool *u = &F.up[i];
+	struct backend_spec specs[T_UPSTREAMS];
+	struct backend_opts bo;
+
+	backend_opts_defaults(&bo);
+	cr_assert_eq(backend_pool_new(&bo, &u->bp), 0);
+	memset(specs, 0, sizeof(specs));
+	for (int k = 0; k < n; k++) {
+		specs[k].addr.u.in4.sin_family = AF_INET;
+		specs[k].addr.u.in4.sin_addr.s_addr = htonl(0x7f000001);
+		specs[k].addr.u.in4.sin_port = htons((uint16_t)(port0 + k));
+		specs[k].addr.len = sizeof(struct sockaddr_in);
+		specs[k].weight = 1;
+	}
+	cr_assert_eq(backend_pool_update(u->bp, specs, n), 0);
+	u->baddr = F.baddr[i];
+	for (uint32_t id = 0; id < backend_slots(u->bp); id++) {
+		struct backend_info bi;
+
+		if (backend_info(u->bp, id, &bi) == 0)
+			u->baddr[id] = bi.addr;
+	}
+	snprintf(u->cfg.name, sizeof(u->cfg.name), "%s", name);
+	u->cfg.nupstreams = (uint32_t)n;
+	u->cfg.balance = BALANCE_ROUNDROBIN;
+	u->cfg.connect_timeout_ms = connect_ms;
+	u->cfg.retries = CONFIG_DEFAULT_RETRIES;
+	u->cfg.fail_threshold = BACKEND_FAIL_THRESHOLD_DEFAULT;
+	u->cfg.fail_timeout_s = BACKEND_FAIL_TIMEOUT_MS_DEFAULT / 1000;
+	u->used = true;
+	u->refs = 1; /* its listener routes to it */
+}
+
+/* Fills listener slot i, forwarding to pool slot pool, with the parser's listener defaults
+ * but for idle_ms. */
+static void fixture_svc(unsigned int i, const char *name, uint16_t pool, uint32_t idle_ms)
+{
+	struct svc *v = &F.svc[i];
+
+	snprintf(v->cfg.name, sizeof(v->cfg.name), "%s", name);
+	v->cfg.unix_mode = CONFIG_DEFAULT_UNIX_MODE;
+	v->cfg.pool = pool;
+	v->cfg.idle_timeout_ms = idle_ms;
+	v->cfg.fin_timeout_ms = CONFIG_DEFAULT_FIN_TIMEOUT_MS;
+	v->cfg.drain_timeout_ms = CONFIG_DEFAULT_DRAIN_TIMEOUT_MS;
+	v->cfg.client_table_size = CONFIG_DEFAULT_CLIENT_TABLE;
+	v->cfg.client_table_fail_open = true;
+	v->cfg.sni_timeout_ms = CONFIG_DEFAULT_SNI_TIMEOUT_MS;
+	v->pool = pool;
+	v->used = true;
+}
+
 static void setup(void)
 {
-	struct backend_opts bo;
-	struct backend_spec specs[T_UPSTREAMS];
 	char why[128];
 
 	memset(&F, 0, sizeof(F));
@@ -89,38 +150,29 @@ static void setup(void)
 	    bufring_init(&F.bufs, F.l, 0, T_BUFFERS, T_BUFSIZE, 2 * T_SLOTS, why, sizeof(why)), 0,
 	    "%s", why);
 	cr_assert_eq(timer_wheel_new(T_T0, &F.wheel), 0);
-	backend_opts_defaults(&bo);
-	cr_assert_eq(backend_pool_new(&bo, &F.pool), 0);
-	memset(specs, 0, sizeof(specs));
-	for (int i = 0; i < T_UPSTREAMS; i++) {
-		specs[i].addr.u.in4.sin_family = AF_INET;
-		specs[i].addr.u.in4.sin_addr.s_addr = htonl(0x7f000001);
-		specs[i].addr.u.in4.sin_port = htons((uint16_t)(9001 + i));
-		specs[i].addr.len = sizeof(struct sockaddr_in);
-		specs[i].weight = 1;
-	}
-	cr_assert_eq(backend_pool_update(F.pool, specs, T_UPSTREAMS), 0);
-	for (uint32_t id = 0; id < backend_slots(F.pool); id++) {
-		struct backend_info bi;
-
-		if (backend_info(F.pool, id, &bi) == 0)
-			F.baddr[id] = bi.addr;
-	}
 	config_defaults(&F.cfg);
 	F.cfg.buffers = T_BUFFERS;
 	F.cfg.buffer_size = T_BUFSIZE;
-	F.cfg.idle_timeout_ms = T_IDLE_MS;
+	/* listener 0 "web" -> pool 0 "web" (3 upstreams); listener 1 "api" -> pool 1 "api" (1
+	 * upstream, other timeouts): every test but the two-listener one uses only slot 0 */
+	fixture_pool(0, "web", T_UPSTREAMS, 9001, T_CONNECT_MS);
+	fixture_pool(1, "api", 1, 9101, T_CONNECT2_MS);
+	fixture_svc(0, "web", 0, T_IDLE_MS);
+	fixture_svc(1, "api", 1, T_IDLE2_MS);
+	F.pool = F.up[0].bp;
 	for (uint32_t i = 0; i < T_SLOTS; i++)
 		F.slab[i].fd[0] = F.slab[i].fd[1] = -1;
 	F.e = (struct session_env){
 	    .loop = F.l,
 	    .bufs = &F.bufs,
 	    .wheel = F.wheel,
-	    .pool = F.pool,
-	    .baddr = F.baddr,
+	    .svcs = F.svc,
+	    .pools = F.up,
 	    .cfg = &F.cfg,
 	    .st = &F.st,
 	    .slab = F.slab,
+	    .peer_addrs = F.peer, /* the worker always allocates both per slot */
+	    .pre = F.pre,
 	    .now_ms = T_T0,
 	    .high_water = SESSION_HIGH_WATER,
 	};
@@ -130,7 +182,8 @@ static void teardown_fx(void)
 {
 	for (int i = 0; i < F.nfds; i++)
 		close(F.fds[i]);
-	backend_pool_free(F.pool);
+	backend_pool_free(F.up[0].bp);
+	backend_pool_free(F.up[1].bp);
 	timer_wheel_free(F.wheel);
 	bufring_destroy(&F.bufs);
 	fake_loop_free(F.l);
@@ -226,13 +279,13 @@ static void start_streaming(struct session *s, int *cfd, int *ufd)
 
 	*cfd = new_pair(NULL);
 	*ufd = new_pair(NULL);
-	session_start(&F.e, s, *cfd);
+	session_start(&F.e, s, *cfd, 0);
 	need(s->state == SS_CONNECTING);
 	complete(s, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true), *ufd, 0);
 	r = fake_find(F.l, FK_CONNECT_TIMEOUT, OP_CONNECT, SIDE_UPSTREAM, true);
 	need(r != NULL);
 	need(r->fd == *ufd);
-	need(r->ms == F.cfg.connect_timeout_ms);
+	need(r->ms == T_CONNECT_MS); /* the pool's, not a default */
 	complete(s, r, 0, 0);
 	/* the linked timeout ends with -ECANCELED once its connect completed */
 	complete(s, fake_find(F.l, FK_LINK_TIMEOUT, OP_LINK_TIMEOUT, SIDE_UPSTREAM, true),
@@ -299,6 +352,12 @@ Test(session, happy_path_forwards_bytes_and_releases_once)
 	cr_assert_eq(bi.active, 1);
 	pool_before = bufring_available(&F.bufs);
 	cr_assert_eq(pool_before, T_BUFFERS);
+	/* the session is the listener's and holds its pool */
+	cr_assert_eq(s->svc, 0);
+	cr_assert_eq(s->pool, 0);
+	cr_assert_eq(F.svc[0].sessions, 1);
+	cr_assert_eq(F.svc[0].st.accepted, 1);
+	cr_assert_eq(F.up[0].refs, 2, "the session does not hold its pool");
 
 	/* client -> upstream: one send of exactly those bytes, from the pool buffer itself */
 	{
@@ -380,6 +439,10 @@ Test(session, happy_path_forwards_bytes_and_releases_once)
 	cr_assert_eq(backend_info(F.pool, s->tried[0], &bi), 0);
 	cr_assert_eq(bi.active, 0, "the backend still counts the session");
 	cr_assert_eq(F.st.bytes[DIR_U2C], sizeof(down1) + sizeof(down2) - 2);
+	/* the listener's own counters agree with the worker's */
+	cr_assert_eq(F.svc[0].st.bytes[DIR_C2U], sizeof(up_msg) - 1);
+	cr_assert_eq(F.svc[0].st.bytes[DIR_U2C], sizeof(down1) + sizeof(down2) - 2);
+	cr_assert_eq(F.svc[0].st.truncated[SIDE_CLIENT] + F.svc[0].st.truncated[SIDE_UPSTREAM], 0);
 }
 
 /* ---- 2. short send ---- */
@@ -462,11 +525,11 @@ Test(session, connect_refused_retries_next_upstream_then_closes_client)
 	int cfd, u1, u2;
 	unsigned int out;
 
-	F.cfg.retries = 1; /* two attempts in all */
+	F.up[0].cfg.retries = 1; /* two attempts in all */
 	cfd = new_pair(NULL);
 	u1 = new_pair(NULL);
 	u2 = new_pair(NULL);
-	session_start(&F.e, s, cfd);
+	session_start(&F.e, s, cfd, 0);
 	complete(s, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true), u1, 0);
 	c1 = fake_find(F.l, FK_CONNECT_TIMEOUT, OP_CONNECT, SIDE_UPSTREAM, true);
 	cr_assert_not_null(c1);
@@ -628,6 +691,8 @@ Test(session, idle_timeout_with_bytes_queued_resets_both)
 	cr_assert_eq(s->truncated & SESSION_LOST_CLIENT, SESSION_LOST_CLIENT,
 		     "700 bytes for the client dropped without a flag");
 	cr_assert_eq(F.st.truncated[SIDE_CLIENT], 1);
+	cr_assert_eq(F.svc[0].st.truncated[SIDE_CLIENT], 1, "the listener did not count the loss");
+	cr_assert_eq(F.svc[0].st.truncated[SIDE_UPSTREAM], 0);
 	cr_assert_eq(linger_of(cfd, &secs), 1, "the client sees a FIN for a cut stream");
 	cr_assert_eq(secs, 0);
 	cr_assert_eq(linger_of(ufd, &secs), 1);
@@ -670,7 +735,7 @@ Test(session, idle_timeout_with_unread_input_resets)
 	cfd = new_pair(&cpeer);
 	ufd = new_pair(NULL);
 	/* hand-made start so the client end can hold unread bytes */
-	session_start(&F.e, s, cfd);
+	session_start(&F.e, s, cfd, 0);
 	complete(s, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true), ufd, 0);
 	complete(s, fake_find(F.l, FK_CONNECT_TIMEOUT, OP_CONNECT, SIDE_UPSTREAM, true), 0, 0);
 	complete(s, fake_find(F.l, FK_LINK_TIMEOUT, OP_LINK_TIMEOUT, SIDE_UPSTREAM, true),
@@ -682,6 +747,85 @@ Test(session, idle_timeout_with_unread_input_resets)
 	cr_assert_eq(linger_of(cfd, &secs), 1);
 	cr_assert_eq(linger_of(ufd, &secs), 1);
 	cr_assert_eq(settle(s), SESSION_OUT_RELEASED);
+}
+
+/* ---- 5b. two listeners: each session uses its own listener's settings, pool and counters ---- */
+
+Test(session, second_listener_uses_its_own_pool_timeouts_and_counters)
+{
+	struct session *a = &F.slab[0], *b = &F.slab[2];
+	struct fake_req *r;
+	struct backend_info bi;
+	int acfd, aufd, bcfd, bufd;
+
+	start_streaming(a, &acfd, &aufd); /* listener 0, at T0 */
+	bcfd = new_pair(NULL);
+	bufd = new_pair(NULL);
+	session_start(&F.e, b, bcfd, 1);
+	cr_assert_eq(b->state, SS_CONNECTING);
+	cr_assert_eq(b->svc, 1);
+	cr_assert_eq(b->pool, 1, "listener 1's session forwards to pool 0");
+	cr_assert_eq(F.up[1].refs, 2);
+	cr_assert_eq(F.up[0].refs, 2, "pool 0 held by listener 0's session only");
+	complete(b, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true), bufd, 0);
+	r = fake_find(F.l, FK_CONNECT_TIMEOUT, OP_CONNECT, SIDE_UPSTREAM, true);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->fd, bufd);
+	cr_assert_eq(r->ms, T_CONNECT2_MS, "connect timeout not pool 1's");
+	cr_assert_eq(ntohs(((const struct sockaddr_in *)&r->sa)->sin_port), 9101,
+		     "connected outside pool 1");
+	complete(b, r, 0, 0);
+	complete(b, fake_find(F.l, FK_LINK_TIMEOUT, OP_LINK_TIMEOUT, SIDE_UPSTREAM, true),
+		 -ECANCELED, 0);
+	cr_assert_eq(b->state, SS_STREAMING);
+	cr_assert_eq(backend_info(F.up[1].bp, b->backend, &bi), 0);
+	cr_assert_eq(bi.active, 1);
+	cr_assert_eq(backend_info(F.up[0].bp, a->backend, &bi), 0);
+	cr_assert_eq(bi.active, 1);
+
+	/* 5 bytes through b: counted on listener 1 (and the worker), not on listener 0 */
+	r = NULL;
+	for (size_t i = 0; i < fake_nreqs(F.l); i++) {
+		struct fake_req *q = fake_req(F.l, i);
+
+		if (q->pending && q->kind == FK_RECV_MULTISHOT && q->fd == bcfd)
+			r = q;
+	}
+	cr_assert_not_null(r, "no recv armed on listener 1's client");
+	deliver(b, r, "hello", 5);
+	r = NULL;
+	for (size_t i = 0; i < fake_nreqs(F.l); i++) {
+		struct fake_req *q = fake_req(F.l, i);
+
+		if (q->pending && q->kind == FK_SEND && q->fd == bufd)
+			r = q;
+	}
+	cr_assert_not_null(r);
+	cr_assert_arr_eq(r->data, "hello", 5);
+	complete(b, r, 5, 0); /* at T0: b's deadline is T0 + T_IDLE2_MS */
+	cr_assert_eq(F.svc[1].st.accepted, 1);
+	cr_assert_eq(F.svc[0].st.accepted, 1);
+	cr_assert_eq(F.svc[1].st.bytes[DIR_C2U], 5);
+	cr_assert_eq(F.svc[0].st.bytes[DIR_C2U], 0);
+	cr_assert_eq(F.st.bytes[DIR_C2U], 5);
+	cr_assert_eq(F.svc[1].sessions, 1);
+	cr_assert_eq(F.svc[0].sessions, 1);
+
+	/* each its own idle timeout: a at T0 + 1000, b only at T0 + 3000 */
+	cr_assert_eq(advance_to(T_T0 + T_IDLE_MS), 1);
+	cr_assert_eq(a->state, SS_CLOSING);
+	cr_assert_eq(a->reason, CLOSE_TIMEOUT);
+	cr_assert_eq(b->state, SS_STREAMING, "listener 1's session took listener 0's timeout");
+	cr_assert_eq(settle(a), SESSION_OUT_RELEASED);
+	cr_assert_eq(advance_to(T_T0 + T_IDLE2_MS - 1), 0);
+	cr_assert_eq(b->state, SS_STREAMING);
+	cr_assert_eq(advance_to(T_T0 + T_IDLE2_MS), 1);
+	cr_assert_eq(b->state, SS_CLOSING);
+	cr_assert_eq(b->reason, CLOSE_TIMEOUT);
+	cr_assert_eq(settle(b), SESSION_OUT_RELEASED);
+	cr_assert_eq(F.released, 2);
+	cr_assert_eq(backend_info(F.up[1].bp, b->tried[0], &bi), 0);
+	cr_assert_eq(bi.active, 0, "pool 1's backend still counts the session");
 }
 
 /* ---- 6. pool empty ---- */
@@ -750,12 +894,12 @@ static void drive_into(struct session *s, enum session_state st)
 	case SS_FREE:
 		break;
 	case SS_AWAIT_HEADER:
-		F.cfg.accept_proxy = true;
-		session_start(&F.e, s, new_pair(NULL));
-		F.cfg.accept_proxy = false;
+		F.svc[0].cfg.accept_proxy = true;
+		session_start(&F.e, s, new_pair(NULL), 0);
+		F.svc[0].cfg.accept_proxy = false;
 		break;
 	case SS_CONNECTING:
-		session_start(&F.e, s, new_pair(NULL));
+		session_start(&F.e, s, new_pair(NULL), 0);
 		complete(s, fake_find(F.l, FK_SOCKET, OP_SOCKET, SIDE_UPSTREAM, true),
 			 new_pair(NULL), 0);
 		break;
@@ -810,11 +954,11 @@ static void drive_event(struct session *s, enum session_event ev)
 
 	switch (ev) {
 	case SE_START:
-		session_start(&F.e, s, new_pair(NULL));
+		session_start(&F.e, s, new_pair(NULL), 0);
 		break;
 	case SE_START_PROXY:
-		F.cfg.accept_proxy = true;
-		session_start(&F.e, s, new_pair(NULL));
+		F.svc[0].cfg.accept_proxy = true;
+		session_start(&F.e, s, new_pair(NULL), 0);
 		break;
 	case SE_HEADER_DONE:
 		r = fake_find(F.l, FK_RECV_BUF, OP_HDR_RECV, SIDE_CLIENT, true);
@@ -907,8 +1051,6 @@ Test(session, table_agrees_with_the_handlers_for_every_pair)
 {
 	unsigned int allowed = 0;
 
-	F.e.pre = F.pre;
-	F.e.peer_addrs = F.peer;
 	for (int from = 0; from < SS__COUNT; from++) {
 		for (int ev = 0; ev < SE__COUNT; ev++) {
 			enum session_state want = session_transition(from, ev);
