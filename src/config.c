@@ -990,8 +990,8 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 				    cfg->pools[pool_index(cfg, l->name)].where);
 			inherit(&lsect_pool[i], &ps->top_pool, pm, SC_POOL);
 			cfg->pools[cfg->npools] = lsect_pool[i];
-			snprintf(cfg->pools[cfg->npools].name, CONFIG_NAME_MAX, "%s", l->name);
-			snprintf(cfg->pools[cfg->npools].where, CONFIG_WHERE_MAX, "%s", l->where);
+			memcpy(cfg->pools[cfg->npools].name, l->name, CONFIG_NAME_MAX);
+			memcpy(cfg->pools[cfg->npools].where, l->where, CONFIG_WHERE_MAX);
 			l->pool = (uint16_t)cfg->npools++;
 		} else {
 			for (size_t k = 0; k < NOPTS; k++)
@@ -1105,6 +1105,14 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 		ERR("%s'upstream' at the top level belongs to the top-level listener, which has no "
 		    "'listen'",
 		    at(ps, ps->top_upstream_line, w, sizeof(w)));
+	} else if (ps->top_lpool.name[0] != '\0' || ps->top.nsni_routes > 0) {
+		/* Only the top-level listener can use them: without it they would be ignored. */
+		bool pool = ps->top_lpool.name[0] != '\0';
+
+		ERR("%s'%s' at the top level belongs to the top-level listener, which has no "
+		    "'listen'",
+		    at(ps, pool ? ps->top_lpool.line : ps->top_sni_pool[0].line, w, sizeof(w)),
+		    pool ? "pool" : "sni-route");
 	}
 	if (need_listener && cfg->nlisteners == 0)
 		ERR("missing --listen [HOST]:PORT (see --help)");
@@ -1287,7 +1295,10 @@ int config_find_pool(const struct config *cfg, const char *name)
 
 bool config_listener_equal(const struct config_listener *a, const struct config_listener *b)
 {
-	return memcmp(a, b, sizeof(*a)) == 0;
+	/* Where it is written does not change what it does (a comment line added above). */
+	return memcmp(a, b, offsetof(struct config_listener, where)) == 0 &&
+	       memcmp(&a->listen, &b->listen,
+		      sizeof(*a) - offsetof(struct config_listener, listen)) == 0;
 }
 
 bool config_pool_equal(const struct config_pool *a, const struct config_pool *b)

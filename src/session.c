@@ -892,6 +892,10 @@ static void on_connect(struct session_env *e, struct session *s, int res)
 
 	if (closing(s))
 		return;
+	/* A connect completion while not connecting (none was asked for): refuse loudly
+	 * before touching a pool the session does not hold. */
+	if (session_transition((enum session_state)s->state, SE_CONNECTED) == SS__COUNT)
+		fire(e, s, SE_CONNECTED);
 	if (res < 0) {
 		const struct addr *a = &up(e, s)->baddr[s->backend];
 

@@ -82,10 +82,12 @@ void stats_publish(struct stats_snapshot *snap, uint32_t active, const struct wo
 		snap->nbackends = nb;
 		memcpy(snap->backends, backends, (size_t)nb * sizeof(*backends));
 		snap->npools = np;
-		memcpy(snap->pools, pools, (size_t)np * sizeof(*pools));
+		if (np > 0)
+			memcpy(snap->pools, pools, (size_t)np * sizeof(*pools));
 	}
 	snap->nlisteners = nl;
-	memcpy(snap->listeners, ls_, (size_t)nl * sizeof(*ls_));
+	if (nl > 0)
+		memcpy(snap->listeners, ls_, (size_t)nl * sizeof(*ls_));
 	__atomic_store_n(&snap->seq, seq + 2, __ATOMIC_RELEASE);
 }
 

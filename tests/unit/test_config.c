@@ -1264,16 +1264,18 @@ Test(config, top_level_defaults_reach_named_pools_and_sni_routes)
 	char path[PATH_MAX], err[512];
 	struct config cfg;
 
-	/* top-level sni-route lines are the routes of every section without its own */
-	ok_text(&cfg, "sni-route a.example.com p\n"
-		      "[pool p]\n"
-		      "upstream 127.0.0.1:9001\n"
-		      "[listener s]\n"
-		      "listen 127.0.0.1:8443\n");
-	cr_assert_eq(cfg.listeners[0].nsni_routes, 1);
-	cr_assert_str_eq(cfg.listeners[0].sni_routes[0].pattern, "a.example.com");
-	cr_assert_eq(cfg.listeners[0].sni_routes[0].pool, 0);
-	cr_assert_eq(cfg.listeners[0].pool, CONFIG_NO_POOL);
+	/* sni-route lines are a listener's own: at the top level they belong to the top-level
+	 * listener, never to a section (which would silently turn into an SNI listener) */
+	cr_assert_eq(text(&cfg,
+			  "sni-route a.example.com p\n"
+			  "[pool p]\n"
+			  "upstream 127.0.0.1:9001\n"
+			  "[listener s]\n"
+			  "listen 127.0.0.1:8443\n",
+			  err, sizeof(err)),
+		     CONFIG_USAGE);
+	cr_assert_str_eq(err, "test.conf:1: 'sni-route' at the top level belongs to the top-level "
+			      "listener, which has no 'listen'");
 	/* a command-line pool option is a [pool] section's default too */
 	conf_file(path, "[pool p]\n"
 			"upstream 127.0.0.1:9001\n"
@@ -1321,8 +1323,8 @@ Test(config, top_level_pool_without_listen_is_refused)
 		   "test.conf:1: ", "pool");
 }
 
-/* A top-level sni-route to an undefined pool is an error even when every section has routes
- * of its own (it was checked only through a section that inherits it). */
+/* A top-level sni-route is an error without a top-level listener, even when every section has
+ * routes of its own (it was once accepted, naming a pool that does not exist). */
 Test(config, top_level_sni_route_to_an_undefined_pool_is_refused)
 {
 	refused_at("sni-route a.example.com nope\n"
@@ -1332,7 +1334,7 @@ Test(config, top_level_sni_route_to_an_undefined_pool_is_refused)
 		   "listen 127.0.0.1:7001\n"
 		   "upstream 127.0.0.1:9002\n"
 		   "sni-route b.example.com p\n",
-		   "test.conf:1: ", "nope");
+		   "test.conf:1: ", "sni-route");
 }
 
 /* "FILE:LINE: ..." everywhere: the file's top-level listener without upstreams is an error at
