@@ -1271,7 +1271,8 @@ Test(config, top_level_defaults_reach_named_pools_and_sni_routes)
 			  "[pool p]\n"
 			  "upstream 127.0.0.1:9001\n"
 			  "[listener s]\n"
-			  "listen 127.0.0.1:8443\n",
+			  "listen 127.0.0.1:8443\n"
+			  "upstream 127.0.0.1:9002\n",
 			  err, sizeof(err)),
 		     CONFIG_USAGE);
 	cr_assert_str_eq(err, "test.conf:1: 'sni-route' at the top level belongs to the top-level "
