@@ -4,8 +4,9 @@
  * drain timeout cuts idle sessions, the proxy exits as soon as the last one
  * ends, a second signal closes everything at once) and SIGHUP (the upstream
  * list applies at once without dropping a session; a broken file changes
- * nothing; other options only warn). The zero-downtime restart is
- * restart.sh: it needs a network namespace. */
+ * nothing; a changed listener option applies to new sessions, a global one
+ * only warns). The zero-downtime restart is restart.sh: it needs a network
+ * namespace. */
 #include "harness.h"
 
 #include <criterion/criterion.h>
@@ -580,15 +581,28 @@ Test(lifecycle, sighup_bad_config_keeps_pool, .timeout = 30, .fini = conf_dir_re
 	backend_stop(&b);
 }
 
+/* The design figure for the idle timeout given by the SIGHUP below, and the bounds of a
+ * silent session's close: 100 ms early for the timer's tick, 1 s late for a loaded machine
+ * (as timeouts/idle_timeout). */
+#define HUP_IDLE_MS 500
+#define HUP_IDLE_MIN_MS (HUP_IDLE_MS - 100)
+#define HUP_IDLE_MAX_MS (HUP_IDLE_MS + 1000)
+/* Sessions held at once while the reloaded file says max-conns 2. */
+#define HUP_HELD 4
+
+/* A listener option (idle-timeout) changed by SIGHUP applies to new sessions at once while
+ * open ones keep theirs; a global one (max-conns, then buffers) only warns that it needs a
+ * restart and is not applied. */
 Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = conf_dir_remove)
 {
 	struct backend a, b;
 	struct proxy px;
-	char dir[64], path[128];
-	uint64_t extra = 0;
+	char dir[64], path[128], *err;
+	uint64_t extra = 0, t0, t_old, ms;
 	uint16_t port;
 	enum io_end e;
-	int fd;
+	long off;
+	int fd, old, held[HUP_HELD];
 
 	conf_dir_make(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
@@ -598,21 +612,82 @@ Test(lifecycle, sighup_other_option_warns, .timeout = 30, .fini = conf_dir_remov
 	backend_run(&b, BK_ECHO);
 	start_on_config(&px, path, a.port, &port);
 
-	/* only idle-timeout changes: it needs a restart, so SIGHUP warns and
-	 * keeps the running value (600000 ms by default) */
-	file_write_atomic(path, "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout 300\n",
-			  port, a.port);
+	/* a session opened before the reload: it keeps the running idle-timeout (600000 ms by
+	 * default) */
+	old = connect_or_fail(px.port);
+	cr_assert(echo_roundtrip(old, 0xe7ff, 64, 3000), "echo before the SIGHUP failed");
+	t_old = now_ms();
+
+	/* idle-timeout (a listener option) and max-conns (a global one) change */
+	file_write_atomic(path,
+			  "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout %d\n"
+			  "max-conns 2\n",
+			  port, a.port, HUP_IDLE_MS);
+	err = proxy_stderr(&px);
+	off = (long)strlen(err);
+	free(err);
 	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
-	cr_assert(wait_log(&px, "needs a restart", 1000), "SIGHUP changed idle-timeout: no warning "
-		  "that it needs a restart within 1 s");
+	cr_assert_geq(proxy_wait_log(&px, "they need a restart", off, 1000), 0,
+		      "SIGHUP changed max-conns: no warning that it needs a restart within 1 s:\n%s",
+		      proxy_stderr(&px));
+	cr_assert_geq(proxy_wait_log(&px, "SIGHUP: config re-read", off, 1000), 0,
+		      "no 'SIGHUP: config re-read' within 1 s:\n%s", proxy_stderr(&px));
+	sleep_ms(100); /* the worker takes the new plan on its next loop turn */
+
+	/* a new session gets the new idle-timeout */
 	fd = connect_or_fail(px.port);
 	cr_assert(echo_roundtrip(fd, 0xe800, 64, 3000), "echo after the SIGHUP failed");
-	e = io_wait_close(fd, 1500, &extra);
-	cr_assert_eq(e, IO_TIMEOUT, "idle-timeout 300 from a SIGHUP applied to a running proxy: "
-		     "a silent client saw %s within 1.5 s", io_end_name(e));
-	cr_assert(echo_roundtrip(fd, 0xe801, 64, 3000), "echo 1.5 s after the SIGHUP failed");
+	t0 = now_ms();
+	e = io_wait_close(fd, HUP_IDLE_MAX_MS + 500, &extra);
+	ms = now_ms() - t0;
+	cr_assert(e == IO_EOF || e == IO_RESET, "idle-timeout %d from a SIGHUP: a silent new "
+		  "session saw %s within %d ms, want the proxy to close it", HUP_IDLE_MS,
+		  io_end_name(e), HUP_IDLE_MAX_MS + 500);
+	cr_assert(ms >= HUP_IDLE_MIN_MS && ms <= HUP_IDLE_MAX_MS, "idle-timeout %d from a SIGHUP: "
+		  "a silent new session was closed after %llu ms, want %d..%d", HUP_IDLE_MS,
+		  (unsigned long long)ms, HUP_IDLE_MIN_MS, HUP_IDLE_MAX_MS);
 	close(fd);
+
+	/* the session opened before keeps its own: still open after 4 times the new timeout */
+	ms = now_ms() - t_old;
+	if (ms < 4 * HUP_IDLE_MS) {
+		e = io_wait_close(old, (int)(4 * HUP_IDLE_MS - ms), &extra);
+		cr_assert_eq(e, IO_TIMEOUT, "a session opened before the SIGHUP saw %s after "
+			     "%llu ms of silence: the new idle-timeout %d was applied to it",
+			     io_end_name(e),
+			     (unsigned long long)(now_ms() - t_old), HUP_IDLE_MS);
+	}
+	cr_assert(echo_roundtrip(old, 0xe801, 64, 3000), "echo on the session opened before the "
+		  "SIGHUP failed after %llu ms of silence", (unsigned long long)(now_ms() - t_old));
+
+	/* max-conns 2 was not applied: the old session and HUP_HELD new ones are served at once */
+	for (int i = 0; i < HUP_HELD; i++) {
+		held[i] = connect_or_fail(px.port);
+		cr_assert(echo_roundtrip(held[i], 0xe810 + (uint64_t)i, 64, 3000), "session %d of "
+			  "%d held at once (the file says max-conns 2, which needs a restart): no "
+			  "echo", i + 2, HUP_HELD + 1);
+	}
+	for (int i = 0; i < HUP_HELD; i++) {
+		cr_assert(echo_roundtrip(held[i], 0xe820 + (uint64_t)i, 64, 3000), "second echo on "
+			  "held session %d failed", i + 2);
+		close(held[i]);
+	}
+	close(old);
 	cr_assert_eq(serve_which(&px, &a, &b, 0xe802, "session after the SIGHUP"), 0);
+
+	/* a second SIGHUP that changes buffers alone warns again */
+	file_write_atomic(path,
+			  "listen 127.0.0.1:%u\nupstream 127.0.0.1:%u\nidle-timeout %d\n"
+			  "max-conns 2\nbuffers 64\n",
+			  port, a.port, HUP_IDLE_MS);
+	err = proxy_stderr(&px);
+	off = (long)strlen(err);
+	free(err);
+	cr_assert_eq(kill(px.proc.pid, SIGHUP), 0);
+	cr_assert_geq(proxy_wait_log(&px, "they need a restart", off, 1000), 0,
+		      "SIGHUP changed buffers: no warning that it needs a restart within 1 s:\n%s",
+		      proxy_stderr(&px));
+	cr_assert_eq(serve_which(&px, &a, &b, 0xe803, "session after the second SIGHUP"), 0);
 	term_and_wait(&px, 3000);
 	proc_release(&px.proc);
 	backend_stop(&a);

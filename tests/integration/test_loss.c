@@ -99,8 +99,10 @@ out:
 
 /* ---- metrics and access log ---------------------------------------------------- */
 
-#define TRUNC_CLIENT   "uproxy_connections_truncated_total{side=\"client\"}"
-#define TRUNC_UPSTREAM "uproxy_connections_truncated_total{side=\"upstream\"}"
+/* The sessions come through the command line's listener, named "default". */
+#define TRUNC_KEY(side) "uproxy_connections_truncated_total{listener=\"default\",side=\"" side "\"}"
+#define TRUNC_CLIENT   TRUNC_KEY("client")
+#define TRUNC_UPSTREAM TRUNC_KEY("upstream")
 
 struct trunc_counts {
 	double client, upstream;

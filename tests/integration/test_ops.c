@@ -24,11 +24,14 @@
 
 /* ---- metrics helpers ------------------------------------------------------ */
 
-#define ACCEPTED "uproxy_connections_accepted_total"
-#define ACTIVE "uproxy_connections_active"
-#define CLOSED(r) "uproxy_connections_closed_total{reason=\"" r "\"}"
-#define BYTES_C2U "uproxy_bytes_total{direction=\"client_to_upstream\"}"
-#define BYTES_U2C "uproxy_bytes_total{direction=\"upstream_to_client\"}"
+/* The per-session series carry the listener; the command line's one is named "default" (and
+ * so is its implicit pool). Exact keys, as /metrics renders them: a missing sample fails. */
+#define LST "listener=\"default\""
+#define ACCEPTED "uproxy_connections_accepted_total{" LST "}"
+#define ACTIVE "uproxy_connections_active{" LST "}"
+#define CLOSED(r) "uproxy_connections_closed_total{" LST ",reason=\"" r "\"}"
+#define BYTES_C2U "uproxy_bytes_total{" LST ",direction=\"client_to_upstream\"}"
+#define BYTES_U2C "uproxy_bytes_total{" LST ",direction=\"upstream_to_client\"}"
 #define ATTEMPTS "uproxy_upstream_connect_attempts_total"
 #define FAILURES "uproxy_upstream_connect_failures_total"
 #define CONNECT_COUNT "uproxy_upstream_connect_duration_seconds_count"
@@ -46,9 +49,10 @@ static const char *workers_key(int n)
 	return k;
 }
 
+/* The key of metric for upstream 127.0.0.1:port of the default listener's (implicit) pool. */
 static void up_key(char *buf, size_t len, const char *metric, uint16_t port)
 {
-	snprintf(buf, len, "%s{upstream=\"127.0.0.1:%u\"}", metric, port);
+	snprintf(buf, len, "%s{pool=\"default\",upstream=\"127.0.0.1:%u\"}", metric, port);
 }
 
 /* A proxy in front of backend b (mode), with --stats on a free port and more arguments. */
@@ -108,8 +112,7 @@ static void scrape_settled(uint16_t sport, const struct mset *base, double want_
 		for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
 			char key[96];
 
-			snprintf(key, sizeof(key), "uproxy_connections_closed_total{reason=\"%s\"}",
-				 reasons[i]);
+			snprintf(key, sizeof(key), CLOSED("%s"), reasons[i]);
 			closed += metrics_delta(base, m, key);
 		}
 		if ((metrics_val(m, ACTIVE) == 0 && closed >= want_closed) || now_ms() >= deadline)
@@ -299,7 +302,7 @@ Test(ops, metrics_404_405, .timeout = 30)
 	expect_status(sport, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
 		      405, NULL);
 	expect_status(sport, "garbage\r\n\r\n", 400, NULL);
-	expect_status(sport, METRICS_REQ, 200, "\nuproxy_connections_accepted_total ");
+	expect_status(sport, METRICS_REQ, 200, "\n" ACCEPTED " ");
 	expect_status(sport, "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200,
 		      "# TYPE uproxy_bytes_total counter\n");
 	expect_status(sport, "GET /metrics HTTP/1.0\n\n", 200, workers_key(1));
@@ -459,11 +462,12 @@ Test(ops, metrics_workers_summed, .timeout = 30)
 TestSuite(access_log, .init = alog_make, .fini = alog_remove);
 
 struct text_line {
-	char time[32], client[64], upstream[64], reason[32], truncated[16];
+	char time[32], listener[40], client[64], upstream[64], reason[32], truncated[16];
 	unsigned long long in, out, ms;
 };
 
-/* Parses one text line strictly: every field, in order, nothing more. */
+/* Parses one text line strictly: every field, in order, nothing more. Every session in these
+ * tests comes through the command line's listener, so the line must name "default". */
 static void parse_text_line(const char *line, struct text_line *t)
 {
 	int end = -1;
@@ -471,12 +475,13 @@ static void parse_text_line(const char *line, struct text_line *t)
 
 	memset(t, 0, sizeof(*t));
 	cr_assert_eq(sscanf(line,
-			    "%31s client=%63s upstream=%63s bytes_in=%llu bytes_out=%llu "
-			    "duration_ms=%llu reason=%31s truncated=%15s%n",
-			    t->time, t->client, t->upstream, &t->in, &t->out, &t->ms, t->reason,
-			    t->truncated, &end),
-		     8, "bad access-log line '%s'", line);
+			    "%31s listener=%39s client=%63s upstream=%63s bytes_in=%llu "
+			    "bytes_out=%llu duration_ms=%llu reason=%31s truncated=%15s%n",
+			    t->time, t->listener, t->client, t->upstream, &t->in, &t->out, &t->ms,
+			    t->reason, t->truncated, &end),
+		     9, "bad access-log line '%s'", line);
 	cr_assert(end > 0 && line[end] == '\0', "trailing text in '%s'", line);
+	cr_assert_str_eq(t->listener, "default", "listener in '%s'", line);
 	/* 2026-11-29T03:15:04.992Z, within a minute of now */
 	cr_assert_eq(strlen(t->time), 24, "time '%s'", t->time);
 	memset(&tm, 0, sizeof(tm));
@@ -761,11 +766,11 @@ static void parse_json_line(const char *s, struct jobj *o)
 
 Test(access_log, json, .timeout = 30)
 {
-	static const char *const keys[] = { "time", "client", "upstream",
+	static const char *const keys[] = { "time", "listener", "client", "upstream",
 					    "bytes_client_to_upstream",
 					    "bytes_upstream_to_client", "duration_ms", "reason",
 					    "truncated" };
-	static const bool is_str[] = { true, true, true, false, false, false, true, true };
+	static const bool is_str[] = { true, true, true, true, false, false, false, true, true };
 	static const uint64_t sizes[2] = { 10, 5000 };
 	struct backend b;
 	struct proxy px;
@@ -792,22 +797,23 @@ Test(access_log, json, .timeout = 30)
 		cr_assert_eq(line[strlen(line) - 1], '}');
 		cr_assert_not_null(strstr(line, "\"reason\":\"normal\""), "'%s'", line);
 		parse_json_line(line, &o);
-		cr_assert_eq(o.n, 8, "%d keys in '%s', want 8", o.n, line);
-		for (int k = 0; k < 8; k++) {
+		cr_assert_eq(o.n, 9, "%d keys in '%s', want 9", o.n, line);
+		for (int k = 0; k < 9; k++) {
 			cr_assert_str_eq(o.key[k], keys[k], "key %d of '%s'", k, line);
 			cr_assert_eq(o.str[k], is_str[k], "type of \"%s\" in '%s'", keys[k], line);
 		}
 		cr_assert_eq(strlen(o.val[0]), 24, "time '%s'", o.val[0]);
 		cr_assert_eq(o.val[0][23], 'Z');
+		cr_assert_str_eq(o.val[1], "default", "listener in '%s'", line);
 		snprintf(want, sizeof(want), "127.0.0.1:%u", ports[i]);
-		cr_assert_str_eq(o.val[1], want);
-		snprintf(want, sizeof(want), "127.0.0.1:%u", b.port);
 		cr_assert_str_eq(o.val[2], want);
+		snprintf(want, sizeof(want), "127.0.0.1:%u", b.port);
+		cr_assert_str_eq(o.val[3], want);
 		snprintf(num, sizeof(num), "%llu", (unsigned long long)sizes[i]);
-		cr_assert_str_eq(o.val[3], num, "bytes_client_to_upstream in '%s'", line);
+		cr_assert_str_eq(o.val[4], num, "bytes_client_to_upstream in '%s'", line);
 		snprintf(num, sizeof(num), "%llu", (unsigned long long)(2 * sizes[i] + 1));
-		cr_assert_str_eq(o.val[4], num, "bytes_upstream_to_client in '%s'", line);
-		cr_assert_str_eq(o.val[6], "normal");
+		cr_assert_str_eq(o.val[5], num, "bytes_upstream_to_client in '%s'", line);
+		cr_assert_str_eq(o.val[7], "normal");
 	}
 	free(tail);
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
