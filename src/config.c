@@ -673,8 +673,12 @@ static enum config_result apply(struct pstate *ps, const struct opt_def *o, cons
 		char *end;
 		unsigned long m = strtoul(val, &end, 8);
 
-		if (*val == '\0' || *end != '\0' || m > 0777 || val[0] == '-' || val[0] == '+')
-			ERR("%s--unix-mode '%s': expected octal permissions such as 0660", w, val);
+		if (*val == '\0' || *end != '\0' || m > 0777 || m == 0 || val[0] == '-' ||
+		    val[0] == '+')
+			ERR("%s--unix-mode '%s': expected octal permissions from 0001 to 0777, "
+			    "such "
+			    "as 0660",
+			    w, val);
 		l->unix_mode = (uint32_t)m;
 		break;
 	}
@@ -936,6 +940,11 @@ static bool unusable(const struct pstate *ps, const struct config_listener *l,
 			 at(ps, m->line[id], w, sizeof(w)), find_id(id)->name, l->name);
 		return true;
 	}
+	if (m->set[OPT_RATE_BURST] && l->rate_per_client == 0) {
+		snprintf(err, errlen, "%srate-burst needs rate-per-client in listener '%s'",
+			 at(ps, m->line[OPT_RATE_BURST], w, sizeof(w)), l->name);
+		return true;
+	}
 	if (!l->listen.unix_sock && m->set[OPT_UNIX_MODE]) {
 		snprintf(err, errlen,
 			 "%sunix-mode applies to a unix:/PATH listener only ('%s' is not "
@@ -1099,7 +1108,9 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 				    ? "the top-level listener ('listen') has no 'upstream' or "
 				      "'pool'"
 				    : "missing --upstream HOST:PORT (see --help)");
-		if (unusable(ps, l, tm, err, errlen))
+		/* With sections, the top level's values are their defaults too: only a file
+		 * without sections says they are meant for the top-level listener alone. */
+		if (!ps->has_sections && unusable(ps, l, tm, err, errlen))
 			return CONFIG_USAGE;
 	} else if (ps->top_pool.nupstreams > 0 && ps->has_sections) {
 		ERR("%s'upstream' at the top level belongs to the top-level listener, which has no "
@@ -1130,9 +1141,6 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 				    addr_format_hostport(&l->listen, a, sizeof(a)),
 				    cfg->listeners[j].name, cfg->listeners[j].where);
 		}
-		if (l->rate_burst != 0 && l->rate_per_client == 0)
-			ERR("%s: listener '%s': rate-burst needs rate-per-client", l->where,
-			    l->name);
 	}
 	return CONFIG_OK;
 }

@@ -23,7 +23,6 @@
 #include "uproxy/config.h"
 #include "uproxy/log.h"
 #include "uproxy/listener.h"
-#include "uproxy/steer.h"
 #include "uproxy/worker.h"
 
 /* fds kept aside from the per-session budget: rings, signalfd, eventfds, listeners, stdio;
@@ -360,24 +359,43 @@ static int bind_listener(struct app *a, const struct config_listener *l, bool ac
 			return -1;
 		}
 		ps->nsocks = n;
-		if (w == 0 && a->nworkers > 1 && (l->max_conns_per_client || l->rate_per_client) &&
-		    (l->accept_proxy || activated))
-			log_warn("listener %s: with %s, clients cannot be steered to workers by "
-				 "their "
-				 "address: per-client limits apply in each of the %u workers",
-				 l->name, l->accept_proxy ? "accept-proxy" : "socket activation",
-				 a->nworkers);
-		if (a->nworkers > 1 && !l->listen.unix_sock && !activated && !l->accept_proxy &&
-		    (l->max_conns_per_client > 0 || l->rate_per_client > 0)) {
-			for (int k = 0; k < n; k++)
-				if (steer_attach(ps->socks[k].fd, a->nworkers,
-						 ps->socks[k].addr.u.sa.sa_family, why,
-						 sizeof(why)) < 0 &&
-				    w == 0)
-					log_warn("listener %s: cannot steer clients to workers by "
-						 "address (%s); per-client limits apply per worker",
-						 l->name, why);
-		}
+	}
+	return 0;
+}
+
+/* Two listeners on one address spelled two ways (localhost:80 and 127.0.0.1:80) pass the
+ * config's text check, and with SO_REUSEPORT both binds would succeed and split the clients:
+ * compared here once the names are resolved. Returns 0, or -1 with err. */
+static int listeners_overlap(const struct config *cfg, char *err, size_t errlen)
+{
+	static struct addr addrs[CONFIG_MAX_LISTENERS][ADDR_MAX_RESOLVED];
+	int n[CONFIG_MAX_LISTENERS];
+	char why[256], a[ADDR_STRLEN];
+
+	for (uint32_t i = 0; i < cfg->nlisteners; i++) {
+		const struct hostport *hp = &cfg->listeners[i].listen;
+
+		n[i] = 0;
+		if (hp->any || hp->unix_sock || hp->port == 0)
+			continue;
+		/* A name that does not resolve is the bind's error to report (exit 1). */
+		n[i] = addr_resolve(hp, addrs[i], ADDR_MAX_RESOLVED, why, sizeof(why));
+		if (n[i] < 0)
+			n[i] = 0;
+		for (uint32_t j = 0; j < i; j++)
+			for (int x = 0; x < n[i]; x++)
+				for (int y = 0; y < n[j]; y++)
+					if (addr_equal(&addrs[i][x], &addrs[j][y])) {
+						snprintf(err, errlen,
+							 "%s: listener '%s' listens on %s, as does "
+							 "listener '%s' (%s)",
+							 cfg->listeners[i].where,
+							 cfg->listeners[i].name,
+							 addr_format(&addrs[i][x], a, sizeof(a)),
+							 cfg->listeners[j].name,
+							 cfg->listeners[j].where);
+						return -1;
+					}
 	}
 	return 0;
 }
@@ -399,6 +417,8 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 	char why[512];
 
 	memset(plans, 0, a->nworkers * sizeof(*plans));
+	if (listeners_overlap(next, a->err, sizeof(a->err)) < 0)
+		return -1;
 	for (uint32_t w = 0; w < a->nworkers; w++) {
 		plans[w] = calloc(1, sizeof(*plans[w]));
 		if (plans[w] == NULL) {
@@ -448,14 +468,29 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 
 		if (fd == -2)
 			goto fail;
+		/* systemd's sockets serve the first listener of the start-up config for good. */
+		bool activated = a->nact > 0 && strcmp(l->name, a->cfg->listeners[0].name) == 0 &&
+				 (prev == NULL ? i == 0 : keep);
+		bool shared = activated || l->listen.unix_sock;
+
+		if (a->nworkers > 1 && (l->max_conns_per_client || l->rate_per_client) &&
+		    (l->accept_proxy || shared))
+			log_warn("listener %s: with %s, clients cannot be steered to workers by "
+				 "their "
+				 "address: per-client limits apply in each of the %u workers",
+				 l->name,
+				 l->accept_proxy       ? "accept-proxy"
+				 : l->listen.unix_sock ? "a unix socket"
+						       : "socket activation",
+				 a->nworkers);
 		for (uint32_t w = 0; w < a->nworkers; w++) {
 			plans[w]->svcs[i].cfg = *l;
 			plans[w]->svcs[i].alog_fd = fd;
 			plans[w]->svcs[i].nsocks = keep ? -1 : 0;
+			plans[w]->svcs[i].shared_socks = shared;
 			plans[w]->nsvcs = i + 1;
 		}
-		if (!keep &&
-		    bind_listener(a, l, prev == NULL && i == 0 && a->nact > 0, plans, i) < 0)
+		if (!keep && bind_listener(a, l, activated, plans, i) < 0)
 			goto fail;
 		if (keep && l->listen.unix_sock &&
 		    l->unix_mode != prev->cfg->listeners[old].unix_mode &&
@@ -464,7 +499,7 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 				 l->listen.host, l->unix_mode, strerror(errno));
 		if (keep)
 			nr->unix_l[i] = prev->unix_l[old];
-		else if (l->listen.unix_sock && !(prev == NULL && i == 0 && a->nact > 0))
+		else if (l->listen.unix_sock && !activated)
 			nr->unix_l[i] = plans[0]->svcs[i].socks[0];
 		else
 			nr->unix_l[i].unix_file = false;
@@ -903,6 +938,18 @@ static int check_config(const struct config *cfg)
 			problems++;
 		}
 	}
+	if (problems == 0 && listeners_overlap(cfg, why, sizeof(why)) < 0) {
+		fprintf(stderr, "uproxy: %s\n", why);
+		problems++;
+	}
+	if (cfg->stats.port != 0 && !cfg->stats.any) {
+		struct addr addrs[ADDR_MAX_RESOLVED];
+
+		if (addr_resolve(&cfg->stats, addrs, ADDR_MAX_RESOLVED, why, sizeof(why)) < 0) {
+			fprintf(stderr, "uproxy: --stats: %s\n", why);
+			problems++;
+		}
+	}
 	if (cfg->user[0] != '\0' && getpwnam(cfg->user) == NULL) {
 		fprintf(stderr, "uproxy: --user %s: no such user\n", cfg->user);
 		problems++;
@@ -940,6 +987,11 @@ int main(int argc, char **argv)
 		status = check_config(a->cfg);
 		free(a->cfg);
 		return status;
+	}
+	if (listeners_overlap(a->cfg, a->err, sizeof(a->err)) < 0) {
+		fprintf(stderr, "uproxy: %s\n", a->err);
+		free(a->cfg);
+		return 2;
 	}
 	log_set_level(a->cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);

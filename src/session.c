@@ -610,7 +610,7 @@ void session_start(struct session_env *e, struct session *s, int client_fd, unsi
 		if (getsockname(client_fd, &pr->dst.u.sa, &pr->dst.len) < 0)
 			memset(&pr->dst, 0, sizeof(pr->dst));
 	}
-	if (v->cfg.keepalive[SIDE_CLIENT].on)
+	if (v->cfg.keepalive[SIDE_CLIENT].on && !v->cfg.listen.unix_sock)
 		sock_set_keepalive(client_fd, v->cfg.keepalive[SIDE_CLIENT].idle_s,
 				   v->cfg.keepalive[SIDE_CLIENT].interval_s,
 				   v->cfg.keepalive[SIDE_CLIENT].count);
@@ -650,9 +650,10 @@ static bool sni_decide(struct session_env *e, struct session *s)
 	if (r == SNI_FOUND) {
 		int i = sni_route_match(v->cfg.sni_routes, v->cfg.nsni_routes, name);
 
-		if (i >= 0)
+		if (i >= 0) {
 			pool = v->route_pool[i];
-		v->st.sni_routed++;
+			v->st.sni_routed++;
+		}
 		log_debug("listener %s: server name '%s' -> pool %s", v->cfg.name, name,
 			  pool == UPOOL_NONE ? "(none)" : e->pools[pool].cfg.name);
 	} else if (r == SNI_NO_SNI || r == SNI_NOT_TLS) {

@@ -106,3 +106,14 @@ int steer_attach(int fd, unsigned int nworkers, int family, char *why, size_t wh
 	}
 	return 0;
 }
+
+int steer_detach(int fd)
+{
+	int dummy = 0;
+
+	/* SO_DETACH_REUSEPORT_BPF (5.3): ENOENT when nothing is attached, which is fine. */
+	if (setsockopt(fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &dummy, sizeof(dummy)) < 0 &&
+	    errno != ENOENT)
+		return -errno;
+	return 0;
+}

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "uproxy/climit.h"
+#include "uproxy/steer.h"
 #include "uproxy/util.h"
 
 static unsigned int roundup_pow2(unsigned int v)
@@ -239,6 +240,31 @@ static struct accesslog *alog_for(struct worker *w, int fd, bool json)
 	return al;
 }
 
+/* Per-client limits are exact only if each client always lands on the same worker: with
+ * several workers, the reuseport group of the listener's sockets gets a program that picks
+ * the worker from the client address (on), or loses it again (off). Every worker sets it on
+ * its own sockets; the group shares one program. */
+static void svc_steer(struct worker *w, uint32_t v, bool on)
+{
+	struct svc *sv = &w->svcs[v];
+	char why[256];
+
+	if (w->npeers < 2 || sv->steered == on)
+		return;
+	for (int i = 0; i < sv->nsocks; i++) {
+		struct listener *l = &sv->socks[i];
+		int rc = on ? steer_attach(l->fd, (unsigned int)w->npeers, l->addr.u.sa.sa_family,
+					   why, sizeof(why))
+			    : steer_detach(l->fd);
+
+		if (rc < 0 && w->id == 0)
+			log_warn("listener %s: %s; per-client limits apply per worker",
+				 sv->cfg.name,
+				 on ? why : "cannot detach the client steering program");
+	}
+	sv->steered = on;
+}
+
 /* Sets listener v's settings from ps; map turns plan pool indices into pool slots. */
 static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *ps, const int *map)
 {
@@ -283,8 +309,9 @@ static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *p
 		}
 	} else if (limits) {
 		if (climit_entries(sv->climit) != c->client_table_size && w->id == 0)
-			log_warn("listener %s: client-table-size %u is applied once its clients "
-				 "are gone (the table of %u holds open connections)",
+			log_warn("listener %s: client-table-size %u is applied by the first reload "
+				 "that finds its table empty (the table of %u holds open "
+				 "connections)",
 				 c->name, c->client_table_size, climit_entries(sv->climit));
 		climit_set_limits(sv->climit, c->max_conns_per_client, c->rate_per_client,
 				  c->rate_burst, c->client_table_fail_open);
@@ -295,6 +322,7 @@ static void svc_configure(struct worker *w, uint32_t v, const struct plan_svc *p
 		/* Sessions still hold entries: keep the table, with no limit on new clients. */
 		climit_set_limits(sv->climit, 0, 0, 0, true);
 	}
+	svc_steer(w, v, limits && !c->accept_proxy && !ps->shared_socks);
 	sv->needs_peer = sv->alog != NULL || c->nacl > 0 || limits || c->send_proxy ||
 			 c->accept_proxy ||
 			 (sv->pool != UPOOL_NONE && w->pools[sv->pool].cfg.balance == BALANCE_HASH);

@@ -61,6 +61,7 @@ struct svc {
 	bool used;
 	bool removing;		 /* SIGHUP removed it: not accepting, draining */
 	bool needs_peer;	 /* a feature needs each client's address */
+	bool steered;		 /* its sockets' reuseport group picks workers by client address */
 	struct timer_node drain; /* after removal: --drain-timeout, then close the rest */
 	struct listener_stats st;
 	struct log_ratelimit rl_deny, rl_limit;
@@ -76,7 +77,8 @@ void upool_watch_backup(struct upool *u, uint32_t id, int worker_id);
 struct plan_svc {
 	struct config_listener cfg;
 	struct listener socks[SVC_MAX_SOCKS];
-	int nsocks; /* -1: keep the sockets the running listener of this name has */
+	int nsocks;	   /* -1: keep the sockets the running listener of this name has */
+	bool shared_socks; /* one socket dup'd to every worker (unix, systemd): no steering */
 	int alog_fd;
 };
 

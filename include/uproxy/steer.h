@@ -20,6 +20,10 @@
  * -errno with why filled. */
 int steer_attach(int fd, unsigned int nworkers, int family, char *why, size_t whylen);
 
+/* Takes the program off fd's reuseport group again (the kernel's hash picks once more).
+ * Returns 0 (also when none was attached) or -errno. */
+int steer_detach(int fd);
+
 /* The worker index steer_attach's program picks for the IPv4 address (network byte order, 4
  * bytes) or IPv6 address (16 bytes) at addr: the same computation in C, for tests and logs. */
 unsigned int steer_index(const void *addr, size_t len, unsigned int nworkers);

@@ -47,8 +47,8 @@ Test(config, minimal_with_defaults)
 	struct config cfg;
 	char err[256];
 
-	cr_assert_eq(PARSE(&cfg, err, "--listen", ":8080", "--upstream", "127.0.0.1:80"),
-		     CONFIG_OK, "%s", err);
+	cr_assert_eq(PARSE(&cfg, err, "--listen", ":8080", "--upstream", "127.0.0.1:80"), CONFIG_OK,
+		     "%s", err);
 	cr_assert(cfg.listeners[0].listen.any);
 	cr_assert_eq(cfg.listeners[0].listen.port, 8080);
 	cr_assert_eq(cfg.pools[0].nupstreams, 1);
@@ -109,12 +109,13 @@ Test(config, help_and_version_exit_zero)
 	char err[256], *text = NULL;
 	size_t len = 0;
 	FILE *out = open_memstream(&text, &len);
-	const char *names[] = { "--listen", "--upstream", "--log-level", "--buffer-size",
-				"--buffers", "--max-conns", "--workers", "--help", "--version",
-				"--config", "--balance", "--connect-timeout", "--retries",
-				"--fail-threshold", "--fail-timeout", "--health-interval",
-				"--resolve-interval", "--idle-timeout", "--fin-timeout",
-				"--drain-timeout" };
+	const char *names[] = {
+		"--listen",	      "--upstream",	  "--log-level",    "--buffer-size",
+		"--buffers",	      "--max-conns",	  "--workers",	    "--help",
+		"--version",	      "--config",	  "--balance",	    "--connect-timeout",
+		"--retries",	      "--fail-threshold", "--fail-timeout", "--health-interval",
+		"--resolve-interval", "--idle-timeout",	  "--fin-timeout",  "--drain-timeout"
+	};
 
 	cr_assert_eq(parse(&cfg, err, sizeof(err), out, "--help", (char *)NULL), CONFIG_EXIT);
 	fflush(out);
@@ -182,9 +183,9 @@ Test(config, upstream_pool_and_policies)
 
 	cr_assert_eq(PARSE(&cfg, err, "-l", ":1", "-u", "a:1,weight=3", "-u", "[::1]:2",
 			   "--balance", "hash", "--retries", "5", "--connect-timeout", "250",
-			   "--fail-threshold", "1", "--fail-timeout", "2", "--health-interval", "500",
-			   "--resolve-interval", "0", "--idle-timeout", "1000", "--fin-timeout", "700",
-			   "--drain-timeout", "0"),
+			   "--fail-threshold", "1", "--fail-timeout", "2", "--health-interval",
+			   "500", "--resolve-interval", "0", "--idle-timeout", "1000",
+			   "--fin-timeout", "700", "--drain-timeout", "0"),
 		     CONFIG_OK, "%s", err);
 	cr_assert_eq(cfg.pools[0].nupstreams, 2);
 	cr_assert_eq(cfg.pools[0].upstreams[0].weight, 3);
@@ -802,14 +803,12 @@ Test(config, keepalive_values_and_errors)
 Test(config, unix_mode_values_and_errors)
 {
 	struct config cfg;
-	static const char *const bad[] = { "0778", "01000", "1000", "-1", "+7",
-					   "abc",  "0x1",   "9",    "07a" };
+	static const char *const bad[] = { "0778", "01000", "1000", "-1",  "+7",
+					   "abc",  "0x1",   "9",    "07a", "0" };
 	static const struct {
 		const char *v;
 		uint32_t mode;
-	} good[] = {
-		{ "0660", 0660 }, { "600", 0600 }, { "0777", 0777 }, { "0", 0 }, { "00640", 0640 }
-	};
+	} good[] = { { "0660", 0660 }, { "600", 0600 }, { "0777", 0777 }, { "00640", 0640 } };
 
 	/* a top-level value is the default of every section (and, as a default, no error on a
 	 * TCP section): the octal parse seen through the inheritance */
@@ -835,11 +834,13 @@ Test(config, unix_mode_values_and_errors)
 			 "unix-mode %s\n",
 			 bad[i]);
 		snprintf(want, sizeof(want),
-			 "test.conf:4: --unix-mode '%s': expected octal permissions such as 0660",
+			 "test.conf:4: --unix-mode '%s': expected octal permissions from 0001 to "
+			 "0777, such as 0660",
 			 bad[i]);
 		file_error_is(t, want);
 	}
-	USAGE("--unix-mode '8': expected octal permissions such as 0660", "--unix-mode", "8");
+	USAGE("--unix-mode '8': expected octal permissions from 0001 to 0777, such as 0660",
+	      "--unix-mode", "8");
 }
 
 /* Whether addr_parse knows unix: addresses (the unix branch); until then the tests that need
@@ -1119,7 +1120,7 @@ Test(config, section_errors_name_file_and_line)
 		      "listen 127.0.0.1:7001\n"
 		      "upstream 127.0.0.1:9001\n"
 		      "rate-burst 10\n",
-		      "test.conf:1: listener 'a': rate-burst needs rate-per-client");
+		      "test.conf:4: rate-burst needs rate-per-client in listener 'a'");
 	/* the name default */
 	file_error_is("listen 127.0.0.1:7000\n"
 		      "upstream 127.0.0.1:9000\n"
