@@ -320,25 +320,54 @@ uint16_t sock_local_port(int fd)
 	return ntohs(a.sin_port);
 }
 
-int tcp_connect_rcvbuf(uint16_t port, int rcvbuf)
+/* Connects the non-blocking fd to d and waits (≤ 2 s) until it is connected; asserts, what
+ * naming the connection. */
+static void connect_wait(int fd, const struct sockaddr_storage *d, socklen_t len,
+			 const char *what)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	struct pollfd p;
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
 	int err = 0;
 	socklen_t elen = sizeof(err);
 
+	if (connect(fd, (const struct sockaddr *)d, len) == 0)
+		return;
+	cr_assert_eq(errno, EINPROGRESS, "%s: %s", what, strerror(errno));
+	cr_assert_eq(poll(&p, 1, 2000), 1, "%s: no answer in 2 s", what);
+	cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
+	cr_assert_eq(err, 0, "%s: %s", what, strerror(err));
+}
+
+int tcp_connect_rcvbuf(uint16_t port, int rcvbuf)
+{
+	struct sockaddr_storage d;
+	socklen_t len = loopback(AF_INET, port, &d);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	char what[48];
+
 	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0,
 		     "SO_RCVBUF: %s", strerror(errno));
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		cr_assert_eq(errno, EINPROGRESS, "connect to port %u: %s", port, strerror(errno));
-		p = (struct pollfd){ .fd = fd, .events = POLLOUT };
-		cr_assert_eq(poll(&p, 1, 2000), 1, "connect to port %u: no answer in 2 s", port);
-		cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
-		cr_assert_eq(err, 0, "connect to port %u: %s", port, strerror(err));
-	}
+	snprintf(what, sizeof(what), "connect to port %u", port);
+	connect_wait(fd, &d, len, what);
+	return fd;
+}
+
+int tcp_connect_from(const char *src, uint16_t port)
+{
+	struct sockaddr_storage s, d;
+	int family = strchr(src, ':') ? AF_INET6 : AF_INET, fd;
+	socklen_t len = loopback(family, 0, &s);
+	void *sa = family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&s)->sin6_addr
+				      : (void *)&((struct sockaddr_in *)&s)->sin_addr;
+	char what[96];
+
+	cr_assert_eq(inet_pton(family, src, sa), 1, "bad source %s", src);
+	loopback(family, port, &d);
+	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	cr_assert_eq(bind(fd, (struct sockaddr *)&s, len), 0, "bind %s: %s", src, strerror(errno));
+	snprintf(what, sizeof(what), "connect from %s to port %u", src, port);
+	connect_wait(fd, &d, len, what);
 	return fd;
 }
 
@@ -1113,6 +1142,21 @@ void raise_nofile(void)
 
 /* ---- the proxy under test ------------------------------------------------ */
 
+/* Once the proxy is up and idle: its fd count once steady for 200 ms (≤ 2 s), and its RSS. */
+static void take_baselines(struct proxy *px)
+{
+	px->base_fds = count_fds(px->proc.pid);
+	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
+		int n;
+
+		sleep_ms(20);
+		n = count_fds(px->proc.pid);
+		steady = n == px->base_fds ? steady + 1 : 0;
+		px->base_fds = n;
+	}
+	px->base_rss_kib = rss_kib(px->proc.pid);
+}
+
 static void fmt_loopback(char *buf, size_t len, uint16_t port)
 {
 	snprintf(buf, len, "127.0.0.1:%u", port);
@@ -1182,16 +1226,7 @@ void proxy_start(struct proxy *px, const struct proxy_cfg *cfg)
 	 * steady for 200 ms), then take the baselines */
 	for (int i = 0; i < 100 && proxy_sock_count(px->port, px->up_port) > 0; i++)
 		sleep_ms(10);
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int n;
-
-		sleep_ms(20);
-		n = count_fds(px->proc.pid);
-		steady = n == px->base_fds ? steady + 1 : 0;
-		px->base_fds = n;
-	}
-	px->base_rss_kib = rss_kib(px->proc.pid);
+	take_baselines(px);
 }
 
 bool proxy_stop(struct proxy *px)
@@ -1279,23 +1314,61 @@ long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout
 	}
 }
 
+int proxy_log_count(struct proxy *px, const char *needle)
+{
+	char *err = proxy_stderr(px), *p = err;
+	int n = 0;
+
+	while ((p = strstr(p, needle)) != NULL) {
+		n++;
+		p += strlen(needle);
+	}
+	free(err);
+	return n;
+}
+
 /* ---- backends ---------------------------------------------------------------- */
 
-void backend_bind(struct backend *b, int family)
+void backend_adopt(struct backend *b, int lfd)
 {
 	struct sockaddr_storage ss;
-	socklen_t len = loopback(family, 0, &ss);
+	socklen_t len = sizeof(ss);
 
 	memset(b, 0, sizeof(*b));
 	pthread_mutex_init(&b->mu, NULL);
-	b->family = family;
-	b->lfd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(b->lfd, 0, "backend socket: %s", strerror(errno));
-	cr_assert_eq(bind(b->lfd, (struct sockaddr *)&ss, len), 0, "backend bind: %s",
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&ss, &len), 0, "backend getsockname: %s",
 		     strerror(errno));
-	b->port = bound_port(b->lfd);
+	b->lfd = lfd;
+	b->family = ss.ss_family;
+	b->port = bound_port(lfd);
 	b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	cr_assert_geq(b->stop_efd, 0);
+}
+
+/* A blocking socket bound to the loopback address of family on port (0: any free one), with
+ * SO_REUSEADDR when reuse; asserts. */
+static int bind_loopback(int family, uint16_t port, bool reuse)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = loopback(family, port, &ss);
+	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+	cr_assert_geq(fd, 0, "backend socket: %s", strerror(errno));
+	if (reuse)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	cr_assert_eq(bind(fd, (struct sockaddr *)&ss, len), 0, "backend bind to port %u: %s", port,
+		     strerror(errno));
+	return fd;
+}
+
+void backend_bind(struct backend *b, int family)
+{
+	backend_adopt(b, bind_loopback(family, 0, false));
+}
+
+void backend_bind_on(struct backend *b, uint16_t port)
+{
+	backend_adopt(b, bind_loopback(AF_INET, port, true));
 }
 
 struct bconn {
@@ -1838,6 +1911,18 @@ void file_write_atomic(const char *path, const char *fmt, ...)
 	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
 }
 
+bool text_names_line(const char *text, const char *path, int line)
+{
+	char want[192];
+	size_t n;
+
+	n = (size_t)snprintf(want, sizeof(want), "%s:%d", path, line);
+	for (const char *p = strstr(text, want); p; p = strstr(p + 1, want))
+		if (p[n] < '0' || p[n] > '9')
+			return true;
+	return false;
+}
+
 int text_line_of(const char *text, const char *needle)
 {
 	const char *hit = strstr(text, needle);
@@ -1888,17 +1973,38 @@ bool proxy_spawn_ports(struct proxy *px, const char *const args[], const uint16_
 			       "3 s (%s); stderr:\n%s", n, ports[0],
 			       status_str(&px->proc, st, sizeof(st)), err);
 	}
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int c;
-
-		sleep_ms(20);
-		c = count_fds(px->proc.pid);
-		steady = c == px->base_fds ? steady + 1 : 0;
-		px->base_fds = c;
-	}
-	px->base_rss_kib = rss_kib(px->proc.pid);
+	take_baselines(px);
 	return true;
+}
+
+void proxy_spawn_listen(struct proxy *px, const char *host, uint16_t up_port,
+			const char *const args[], proxy_conf_fn *conf, void *arg)
+{
+	char listen[64];
+	const char *argv[46];
+
+	for (int attempt = 0; attempt < 3; attempt++) {
+		uint16_t port = free_port();
+		size_t n = 0;
+
+		if (host != NULL) {
+			snprintf(listen, sizeof(listen), "%s:%u", host, port);
+			argv[n++] = "--listen";
+			argv[n++] = listen;
+		} else {
+			conf(port, arg);
+		}
+		for (size_t i = 0; args[i] != NULL; i++) {
+			cr_assert_lt(n, 45, "too many arguments for uproxy");
+			argv[n++] = args[i];
+		}
+		argv[n] = NULL;
+		if (proxy_spawn_ports(px, argv, &port, 1)) {
+			px->up_port = up_port;
+			return;
+		}
+	}
+	cr_assert_fail("uproxy found its listen port taken 3 times running");
 }
 
 /* ---- a listener that never answers ----------------------------------------- */
@@ -2050,6 +2156,25 @@ void metrics_parse(const char *body, struct mset *m)
 		cr_assert(*end == '\0' && end != sp + 1, "%s has value '%s'", line, sp + 1);
 		m->n++;
 	}
+}
+
+void metrics_wait(uint16_t port, const char *key, double want, int timeout_ms, const char *what)
+{
+	static struct mset m;
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	double v = -1;
+	bool have;
+
+	for (;;) {
+		metrics_scrape(port, &m);
+		have = metrics_get(&m, key, &v);
+		if ((have && v == want) || now_ms() >= deadline)
+			break;
+		sleep_ms(20);
+	}
+	cr_assert(have, "%s%s/metrics has no %s", what ? what : "", what ? ": " : "", key);
+	cr_assert_eq(v, want, "%s%s%s is %g after %d ms, want %g", what ? what : "",
+		     what ? ": " : "", key, v, timeout_ms, want);
 }
 
 bool metrics_get(const struct mset *m, const char *key, double *v)
@@ -2238,10 +2363,17 @@ void alog_find_line(const char *tail, const char *needle, char *out, size_t len)
 
 void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t len)
 {
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	char needle[48], *s;
+	char needle[48];
 
 	snprintf(needle, sizeof(needle), " client=127.0.0.1:%u ", client_port);
+	alog_wait_line(needle, timeout_ms, out, len);
+}
+
+void alog_wait_line(const char *needle, int timeout_ms, char *out, size_t len)
+{
+	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	char *s;
+
 	for (;;) {
 		const char *end, *hit;
 
@@ -2257,7 +2389,7 @@ void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t le
 		free(s);
 		sleep_ms(20);
 	}
-	cr_assert_fail("no access-log line for%swithin %d ms; the log holds:\n%s", needle,
+	cr_assert_fail("no access-log line with '%s' within %d ms; the log holds:\n%s", needle,
 		       timeout_ms, s);
 }
 

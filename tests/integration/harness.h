@@ -54,6 +54,10 @@ void close_rst(int fd);
 /* Non-blocking connect to the loopback address of family, bounded by
  * timeout_ms; returns a non-blocking fd, or -1 with errno set. */
 int tcp_connect(int family, uint16_t port, int timeout_ms);
+/* A connected non-blocking socket from src (an address of 127.0.0.0/8 or ::1, port 0) to the
+ * loopback port of the same family, for tests of per-client-address rules; asserts, waits at
+ * most 2 s. */
+int tcp_connect_from(const char *src, uint16_t port);
 /* The local port of a connected IPv4 socket; asserts. */
 uint16_t sock_local_port(int fd);
 /* A connected non-blocking IPv4 socket to 127.0.0.1:port whose SO_RCVBUF was set to rcvbuf
@@ -189,6 +193,8 @@ char *proxy_stderr(struct proxy *px);
 /* Waits ≤ timeout_ms for needle in the proxy's stderr at or after offset from; returns its
  * offset, or -1. */
 long proxy_wait_log(struct proxy *px, const char *needle, long from, int timeout_ms);
+/* How many times needle is in the proxy's stderr so far. */
+int proxy_log_count(struct proxy *px, const char *needle);
 
 int count_fds(pid_t pid);
 /* Soft "Max open files" from /proc/PID/limits, -1 if unknown. */
@@ -246,6 +252,12 @@ struct backend {
 /* Binds a loopback port (family AF_INET or AF_INET6) without listening:
  * connections to it are refused until backend_run. Asserts on failure. */
 void backend_bind(struct backend *b, int family);
+/* backend_bind on 127.0.0.1:port with SO_REUSEADDR, so a stopped backend can bind its port
+ * again while its old connections linger in TIME_WAIT (every socket on it must set it). */
+void backend_bind_on(struct backend *b, uint16_t port);
+/* Makes b a backend of lfd, a bound socket that is not listening yet (family and port read
+ * from it): for a socket bound elsewhere, such as in another network namespace. */
+void backend_adopt(struct backend *b, int lfd);
 void backend_run(struct backend *b, enum backend_mode mode);
 void backend_stop(struct backend *b);
 /* Waits for a sink result with len > 0. */
@@ -289,6 +301,9 @@ void file_write_atomic(const char *path, const char *fmt, ...)
 /* The 1-based number of the first line of text holding needle; asserts there is one. Config
  * tests use it to name the line an error must point at without counting by hand. */
 int text_line_of(const char *text, const char *needle);
+/* true if text names "path:line" (not followed by another digit): an error that points at
+ * that line of the file. */
+bool text_names_line(const char *text, const char *path, int line);
 
 /* Spawns uproxy with args (NULL-terminated; they name the ports, usually through --config) and
  * waits ≤ 3 s until every one of ports[0..n) listens on 127.0.0.1, without connecting (no
@@ -296,6 +311,15 @@ int text_line_of(const char *text, const char *needle);
  * baseline. Returns false when it exited 1 (a port was taken meanwhile: pick others and retry);
  * asserts on any other failure. */
 bool proxy_spawn_ports(struct proxy *px, const char *const args[], const uint16_t ports[], int n);
+/* Writes a config file for a proxy that will listen on port, before it starts. */
+typedef void proxy_conf_fn(uint16_t port, void *arg);
+/* Starts uproxy [--listen host:<free port>] args... (NULL-terminated) and waits (≤ 3 s) until
+ * it listens, without connecting to it: no readiness session reaches an upstream or a counter.
+ * With host NULL, conf(port, arg) writes a config file naming the port instead. Tries other
+ * ports while one is taken meanwhile (exit 1); asserts on any other failure. up_port is the
+ * port assert_proxy_idle watches. */
+void proxy_spawn_listen(struct proxy *px, const char *host, uint16_t up_port,
+			const char *const args[], proxy_conf_fn *conf, void *arg);
 
 /* ---- a listener that never answers ------------------------------------------ */
 
@@ -351,6 +375,10 @@ bool metrics_get(const struct mset *m, const char *key, double *v);
 double metrics_val(const struct mset *m, const char *key);
 /* metrics_val(b, key) - metrics_val(a, key). */
 double metrics_delta(const struct mset *a, const struct mset *b, const char *key);
+/* Scrapes 127.0.0.1:port until sample key == want (≤ timeout_ms: the workers publish their
+ * counters periodically) and asserts it; a missing key is a failure too. what (may be NULL)
+ * names the moment in the message. */
+void metrics_wait(uint16_t port, const char *key, double want, int timeout_ms, const char *what);
 /* The sum of the samples of metric name (exactly that name, no suffix) whose labels include
  * every one of the NULL-terminated labels (each 'key="value"'), in any order; returns how
  * many samples matched. */
@@ -375,5 +403,8 @@ void alog_find_line(const char *tail, const char *needle, char *out, size_t len)
 /* Waits ≤ timeout_ms for the whole line of alog_path for the client on 127.0.0.1:client_port
  * and copies it (without its newline) into out; asserts. */
 void alog_wait_client(uint16_t client_port, int timeout_ms, char *out, size_t len);
+/* Waits ≤ timeout_ms for the first whole line of alog_path holding needle and copies it
+ * (without its newline) into out; asserts. */
+void alog_wait_line(const char *needle, int timeout_ms, char *out, size_t len);
 
 #endif

@@ -28,45 +28,6 @@
  * listener): where the rules deny that address, it is one more denial to count. */
 #define PROBE 1
 
-/* A connected non-blocking socket from src (an address of 127.0.0.0/8 or ::1, port 0) to the
- * loopback port of the same family; asserts, waits at most 2 s. */
-static int connect_from(const char *src, uint16_t port)
-{
-	struct sockaddr_storage s = { 0 }, d = { 0 };
-	int family = strchr(src, ':') ? AF_INET6 : AF_INET, fd, err = 0;
-	socklen_t len, elen = sizeof(err);
-	struct pollfd p;
-
-	if (family == AF_INET) {
-		struct sockaddr_in *si = (struct sockaddr_in *)&s, *di = (struct sockaddr_in *)&d;
-
-		si->sin_family = di->sin_family = AF_INET;
-		cr_assert_eq(inet_pton(AF_INET, src, &si->sin_addr), 1, "bad source %s", src);
-		di->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		di->sin_port = htons(port);
-		len = sizeof(*si);
-	} else {
-		struct sockaddr_in6 *si = (struct sockaddr_in6 *)&s, *di = (struct sockaddr_in6 *)&d;
-
-		si->sin6_family = di->sin6_family = AF_INET6;
-		cr_assert_eq(inet_pton(AF_INET6, src, &si->sin6_addr), 1, "bad source %s", src);
-		di->sin6_addr = in6addr_loopback;
-		di->sin6_port = htons(port);
-		len = sizeof(*si);
-	}
-	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	cr_assert_eq(bind(fd, (struct sockaddr *)&s, len), 0, "bind %s: %s", src, strerror(errno));
-	if (connect(fd, (struct sockaddr *)&d, len) < 0) {
-		cr_assert_eq(errno, EINPROGRESS, "connect from %s: %s", src, strerror(errno));
-		p = (struct pollfd){ .fd = fd, .events = POLLOUT };
-		cr_assert_eq(poll(&p, 1, 2000), 1, "connect from %s: not done in 2 s", src);
-		getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
-		cr_assert_eq(err, 0, "connect from %s: %s", src, strerror(err));
-	}
-	return fd;
-}
-
 /* The client on fd must be closed by the proxy within REFUSE_MS (EOF or RST) and receive
  * nothing; it first sends a few bytes, which must never reach the upstream. Closes fd. */
 static void expect_refused(int fd, const char *what)
@@ -133,26 +94,6 @@ static uint16_t start(struct backend *b, struct proxy *px, bool listen6, const c
 	return sport;
 }
 
-/* Scrapes until key == want (≤ timeout_ms: the workers publish their counters periodically)
- * and asserts it; a missing key is a failure too. */
-static void metric_expect(uint16_t sport, const char *key, double want, int timeout_ms)
-{
-	static struct mset m;
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	double v = NAN;
-	bool have;
-
-	do {
-		metrics_scrape(sport, &m);
-		have = metrics_get(&m, key, &v);
-		if (have && v == want)
-			return;
-		sleep_ms(20);
-	} while (now_ms() < deadline);
-	cr_assert(have, "/metrics has no %s", key);
-	cr_assert_eq(v, want, "%s = %g, want %g", key, v, want);
-}
-
 /* The upstream has accepted exactly want connections and received exactly bytes. */
 static void upstream_saw(struct backend *b, int want, uint64_t bytes, const char *what)
 {
@@ -180,14 +121,14 @@ Test(access, deny_one_allow_all, .timeout = 30)
 	struct proxy px;
 	uint16_t sport = start(&b, &px, false, ARGS("--deny", "127.0.0.2/32", "--allow", "all"));
 
-	expect_refused(connect_from("127.0.0.2", px.port), "127.0.0.2 (denied)");
+	expect_refused(tcp_connect_from("127.0.0.2", px.port), "127.0.0.2 (denied)");
 	upstream_saw(&b, 0, 0, "after the denied client");
-	expect_served(connect_from("127.0.0.3", px.port), 0xacc3, N, "127.0.0.3 (allowed)");
+	expect_served(tcp_connect_from("127.0.0.3", px.port), 0xacc3, N, "127.0.0.3 (allowed)");
 	upstream_saw(&b, 1, N, "after the allowed client");
-	expect_refused(connect_from("127.0.0.2", px.port), "127.0.0.2 again");
-	expect_served(connect_from("127.0.0.1", px.port), 0xacc1, N, "127.0.0.1 (allowed)");
+	expect_refused(tcp_connect_from("127.0.0.2", px.port), "127.0.0.2 again");
+	expect_served(tcp_connect_from("127.0.0.1", px.port), 0xacc1, N, "127.0.0.1 (allowed)");
 	upstream_saw(&b, 2, 2 * N, "after both allowed clients");
-	metric_expect(sport, DENIED_KEY, 2, 2000);
+	metrics_wait(sport, DENIED_KEY, 2, 2000, NULL);
 	finish(&b, &px, "after two denied and two served clients");
 }
 
@@ -198,13 +139,13 @@ Test(access, allow_net_deny_all, .timeout = 30)
 	uint16_t sport =
 		start(&b, &px, false, ARGS("--allow", "127.0.0.0/24", "--deny", "all"));
 
-	expect_refused(connect_from("127.0.1.1", px.port), "127.0.1.1 (outside the /24)");
-	expect_refused(connect_from("127.1.0.1", px.port), "127.1.0.1 (outside the /24)");
+	expect_refused(tcp_connect_from("127.0.1.1", px.port), "127.0.1.1 (outside the /24)");
+	expect_refused(tcp_connect_from("127.1.0.1", px.port), "127.1.0.1 (outside the /24)");
 	upstream_saw(&b, 0, 0, "after the denied clients");
-	expect_served(connect_from("127.0.0.200", px.port), 0xa200, N, "127.0.0.200 (inside)");
-	expect_served(connect_from("127.0.0.5", px.port), 0xa005, N, "127.0.0.5 (inside)");
+	expect_served(tcp_connect_from("127.0.0.200", px.port), 0xa200, N, "127.0.0.200 (inside)");
+	expect_served(tcp_connect_from("127.0.0.5", px.port), 0xa005, N, "127.0.0.5 (inside)");
 	upstream_saw(&b, 2, 2 * N, "after the allowed clients");
-	metric_expect(sport, DENIED_KEY, 2, 2000);
+	metrics_wait(sport, DENIED_KEY, 2, 2000, NULL);
 	finish(&b, &px, "after the /24 test");
 }
 
@@ -218,17 +159,17 @@ Test(access, ipv6_loopback, .timeout = 30)
 		cr_skip_test("::1 is not available on this machine");
 	/* ::1 denied: an IPv6 rule matches an IPv6 client */
 	sport = start(&b, &px, true, ARGS("--deny", "::1", "--allow", "all"));
-	expect_refused(connect_from("::1", px.port), "::1 with deny ::1");
+	expect_refused(tcp_connect_from("::1", px.port), "::1 with deny ::1");
 	upstream_saw(&b, 0, 0, "after ::1 was denied");
-	metric_expect(sport, DENIED_KEY, 1 + PROBE, 2000);
+	metrics_wait(sport, DENIED_KEY, 1 + PROBE, 2000, NULL);
 	finish(&b, &px, "after ::1 was denied");
 
 	/* other IPv6 and IPv4 rules leave ::1 alone; no match allows */
 	sport = start(&b, &px, true,
 		      ARGS("--deny", "2001:db8::/32", "--deny", "::2", "--deny", "0.0.0.0/0"));
-	expect_served(connect_from("::1", px.port), 0xa6, N, "::1 matching no rule");
+	expect_served(tcp_connect_from("::1", px.port), 0xa6, N, "::1 matching no rule");
 	upstream_saw(&b, 1, N, "after ::1 was served");
-	metric_expect(sport, DENIED_KEY, 0, 2000);
+	metrics_wait(sport, DENIED_KEY, 0, 2000, NULL);
 	finish(&b, &px, "after ::1 was served");
 }
 
@@ -242,24 +183,25 @@ Test(access, first_match_wins, .timeout = 30)
 	sport = start(&b, &px, false,
 		      ARGS("--allow", "127.0.0.4", "--deny", "127.0.0.0/24", "--allow",
 			   "127.0.1.0/24", "--deny", "127.0.1.9"));
-	expect_served(connect_from("127.0.0.4", px.port), 0xf4, N, "127.0.0.4 (allow .4 first)");
-	expect_refused(connect_from("127.0.0.5", px.port), "127.0.0.5 (deny /24)");
-	expect_served(connect_from("127.0.1.9", px.port), 0xf9, N,
+	expect_served(tcp_connect_from("127.0.0.4", px.port), 0xf4, N,
+		      "127.0.0.4 (allow .4 first)");
+	expect_refused(tcp_connect_from("127.0.0.5", px.port), "127.0.0.5 (deny /24)");
+	expect_served(tcp_connect_from("127.0.1.9", px.port), 0xf9, N,
 		      "127.0.1.9 (the allow /24 before the deny .9)");
-	expect_served(connect_from("127.0.2.1", px.port), 0xf21, N, "127.0.2.1 (no match)");
+	expect_served(tcp_connect_from("127.0.2.1", px.port), 0xf21, N, "127.0.2.1 (no match)");
 	upstream_saw(&b, 3, 3 * N, "first order");
-	metric_expect(sport, DENIED_KEY, 1 + PROBE, 2000); /* 127.0.0.1 is in the denied /24 */
+	metrics_wait(sport, DENIED_KEY, 1 + PROBE, 2000, NULL); /* 127.0.0.1 is in the denied /24 */
 	finish(&b, &px, "after the first order");
 
 	/* the same rules the other way round: the wide deny comes first and decides */
 	sport = start(&b, &px, false,
 		      ARGS("--deny", "127.0.0.0/24", "--allow", "127.0.0.4", "--deny", "127.0.1.9",
 			   "--allow", "127.0.1.0/24"));
-	expect_refused(connect_from("127.0.0.4", px.port), "127.0.0.4 (deny /24 first)");
-	expect_refused(connect_from("127.0.1.9", px.port), "127.0.1.9 (deny .9 first)");
-	expect_served(connect_from("127.0.1.8", px.port), 0xf18, N, "127.0.1.8 (allow /24)");
+	expect_refused(tcp_connect_from("127.0.0.4", px.port), "127.0.0.4 (deny /24 first)");
+	expect_refused(tcp_connect_from("127.0.1.9", px.port), "127.0.1.9 (deny .9 first)");
+	expect_served(tcp_connect_from("127.0.1.8", px.port), 0xf18, N, "127.0.1.8 (allow /24)");
 	upstream_saw(&b, 1, N, "reversed order");
-	metric_expect(sport, DENIED_KEY, 2 + PROBE, 2000);
+	metrics_wait(sport, DENIED_KEY, 2 + PROBE, 2000, NULL);
 	finish(&b, &px, "after the reversed order");
 }
 
@@ -283,8 +225,8 @@ Test(access, denied_counted_log_ratelimited, .timeout = 60) /* serial */
 	free(err);
 	t0 = now_ms();
 	for (int i = 0; i < 1000; i++)
-		expect_refused(connect_from("127.0.0.2", px.port), "one of 1000 denied");
-	metric_expect(sport, DENIED_KEY, 1000, 3000);
+		expect_refused(tcp_connect_from("127.0.0.2", px.port), "one of 1000 denied");
+	metrics_wait(sport, DENIED_KEY, 1000, 3000, NULL);
 	sleep_ms(100); /* a line written after the counter moved */
 	span = now_ms() - t0;
 	err = proxy_stderr(&px);
@@ -323,15 +265,15 @@ Test(access, accept_proxy_header_address_checked, .timeout = 30)
 	sport = start(&b, &px, false,
 		      ARGS("--accept-proxy", "--deny", "10.1.2.3", "--allow", "10.0.0.0/8",
 			   "--deny", "all"));
-	fd = connect_from("127.0.0.1", px.port);
+	fd = tcp_connect_from("127.0.0.1", px.port);
 	cr_assert_eq(io_write_all(fd, deny_hdr, strlen(deny_hdr), 2000, &done), IO_DONE);
 	expect_refused(fd, "PROXY header naming 10.1.2.3");
 	upstream_saw(&b, 0, 0, "after the denied PROXY source");
 
-	fd = connect_from("127.0.0.1", px.port);
+	fd = tcp_connect_from("127.0.0.1", px.port);
 	cr_assert_eq(io_write_all(fd, allow_hdr, strlen(allow_hdr), 2000, &done), IO_DONE);
 	expect_served(fd, 0xbb, N, "PROXY header naming 10.1.2.4");
 	upstream_saw(&b, 1, N, "after the allowed PROXY source (header not forwarded)");
-	metric_expect(sport, DENIED_KEY, 1, 2000);
+	metrics_wait(sport, DENIED_KEY, 1, 2000, NULL);
 	finish(&b, &px, "after the PROXY header checks");
 }

@@ -12,16 +12,12 @@
  * session, or a failed connect, on some upstream. */
 #include "harness.h"
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 /* Bytes each session sends (and gets back). */
@@ -34,83 +30,6 @@
 #define MARGIN_MS 300
 
 /* ---- local helpers ------------------------------------------------------ */
-
-/* Starts uproxy --listen 127.0.0.1:<free port> args... and waits (≤ 3 s) until it listens,
- * without connecting to it. up_port is the port assert_proxy_idle watches. */
-static void start_proxy(struct proxy *px, uint16_t up_port, const char *const args[])
-{
-	char listen[64], st[64];
-	char *argv[64];
-
-	memset(px, 0, sizeof(*px));
-	px->up_port = up_port;
-	px->family = AF_INET;
-	for (int attempt = 0; attempt < 3; attempt++) {
-		size_t n = 0;
-		bool ready = false;
-
-		px->port = free_port();
-		snprintf(listen, sizeof(listen), "127.0.0.1:%u", px->port);
-		argv[n++] = (char *)uproxy_bin();
-		argv[n++] = "--listen";
-		argv[n++] = listen;
-		for (size_t i = 0; args[i] && n < 63; i++)
-			argv[n++] = (char *)args[i];
-		argv[n] = NULL;
-		cr_assert_eq(proc_spawn(&px->proc, argv, 0, 0), 0, "cannot spawn %s", argv[0]);
-		for (int i = 0; i < 150 && !ready; i++) {
-			if (proc_wait(&px->proc, 0))
-				break;
-			ready = tcp4_listening(px->port);
-			if (!ready)
-				sleep_ms(20);
-		}
-		if (ready)
-			break;
-		if (!px->proc.reaped)
-			proc_kill(&px->proc);
-		char *err = proc_stderr(&px->proc);
-		bool retry = WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1 &&
-			     attempt < 2;
-
-		if (!retry)
-			cr_assert_fail(
-				"uproxy --listen %s not listening within 3 s (%s); stderr:\n%s",
-				listen, status_str(&px->proc, st, sizeof(st)), err);
-		free(err);
-		proc_release(&px->proc);
-	}
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int n;
-
-		sleep_ms(20);
-		n = count_fds(px->proc.pid);
-		steady = n == px->base_fds ? steady + 1 : 0;
-		px->base_fds = n;
-	}
-}
-
-/* Like backend_bind, on a given loopback port, with SO_REUSEADDR. */
-static void backend_bind_port(struct backend *b, uint16_t port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET,
-				 .sin_port = htons(port),
-				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	memset(b, 0, sizeof(*b));
-	pthread_mutex_init(&b->mu, NULL);
-	b->family = AF_INET;
-	b->port = port;
-	b->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(b->lfd, 0, "backend socket: %s", strerror(errno));
-	setsockopt(b->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	cr_assert_eq(bind(b->lfd, (struct sockaddr *)&a, sizeof(a)), 0,
-		     "backend bind to port %u again: %s", port, strerror(errno));
-	b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	cr_assert_geq(b->stop_efd, 0);
-}
 
 /* The primary (index 0) and the backup (index 1). */
 struct pair {
@@ -145,41 +64,47 @@ static int serve_where(struct pair *pr, uint16_t port, uint64_t seed, const char
 	return d[0] ? 0 : 1;
 }
 
-/* How many times needle is in the proxy's stderr so far. */
-static int count_in_log(struct proxy *px, const char *needle)
+/* What both tests set up: the primary and the backup, the --stats port, the proxy's arguments
+ * and the log lines that name them. */
+struct rig {
+	struct backend prim, back;
+	struct pair pr;
+	uint16_t pport, sport;
+	char up[48], ub[48], stats[48], to_backup[160], to_primary[160], failed[96];
+	const char *args[20];
+};
+
+/* Binds both backends (not yet listening), writes the strings and the proxy's arguments: the
+ * pool of both, one worker, --fail-threshold 1, --retries 1, --stats, debug logs, and how the
+ * dead primary is probed (opt val: --health-interval or --fail-timeout). The primary sets
+ * SO_REUSEADDR from the start: its connections closed when it is stopped (health probes in
+ * flight) linger in TIME_WAIT, and only sockets that all set it let the restarted primary bind
+ * its port again. */
+static void rig_init(struct rig *r, const char *opt, const char *val)
 {
-	char *err = proxy_stderr(px), *p = err;
-	int n = 0;
+	const char *args[] = { "-u", r->up, "-u", r->ub,
+			       "--fail-threshold", "1", "--retries", "1",
+			       "--workers", "1", "--stats", r->stats,
+			       "--log-level", "debug", opt, val,
+			       NULL };
 
-	while ((p = strstr(p, needle))) {
-		n++;
-		p += strlen(needle);
-	}
-	free(err);
-	return n;
-}
-
-/* Waits (≤ timeout_ms) until the metrics on stats_port show key == want; asserts. */
-static void wait_gauge(uint16_t stats_port, const char *key, double want, int timeout_ms,
-		       const char *what)
-{
-	static struct mset m;
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	double v = -1;
-	bool have = false;
-
-	for (;;) {
-		metrics_scrape(stats_port, &m);
-		have = metrics_get(&m, key, &v);
-		if (have && v == want)
-			return;
-		if (now_ms() >= deadline)
-			break;
-		sleep_ms(20);
-	}
-	if (!have)
-		cr_assert_fail("%s: /metrics has no %s", what, key);
-	cr_assert_fail("%s: %s is %g after %d ms, want %g", what, key, v, timeout_ms, want);
+	backend_bind_on(&r->prim, free_port());
+	backend_bind(&r->back, AF_INET);
+	r->pr = (struct pair){ .b = { &r->prim, &r->back } };
+	r->pport = r->prim.port;
+	r->sport = free_port();
+	snprintf(r->up, sizeof(r->up), "127.0.0.1:%u", r->prim.port);
+	snprintf(r->ub, sizeof(r->ub), "127.0.0.1:%u,backup", r->back.port);
+	snprintf(r->stats, sizeof(r->stats), "127.0.0.1:%u", r->sport);
+	snprintf(r->to_backup, sizeof(r->to_backup),
+		 "pool default: every primary is down; traffic moves to backup(s) 127.0.0.1:%u",
+		 r->back.port);
+	snprintf(r->to_primary, sizeof(r->to_primary),
+		 "pool default: primary 127.0.0.1:%u is up again; traffic moves back from the "
+		 "backups",
+		 r->prim.port);
+	snprintf(r->failed, sizeof(r->failed), "connect to 127.0.0.1:%u failed", r->prim.port);
+	memcpy(r->args, args, sizeof(args));
 }
 
 #define GAUGE "uproxy_pool_backup_active{pool=\"default\"}"
@@ -188,107 +113,72 @@ static void wait_gauge(uint16_t stats_port, const char *key, double want, int ti
 
 Test(backup, takes_over_and_hands_back, .timeout = 40)
 {
-	struct backend prim, back;
-	struct pair pr = { .b = { &prim, &back } };
+	static struct rig r;
 	struct proxy px;
-	char up[48], ub[48], stats[48], to_backup[160], to_primary[160], failed[96];
-	uint16_t pport, sport = free_port();
-	const char *args[] = { "-u",
-			       up,
-			       "-u",
-			       ub,
-			       "--fail-threshold",
-			       "1",
-			       "--retries",
-			       "1",
-			       "--health-interval",
-			       "200",
-			       "--workers",
-			       "1",
-			       "--stats",
-			       stats,
-			       "--log-level",
-			       "debug",
-			       NULL };
 	uint64_t t0, ms;
 	int n;
 
-	/* SO_REUSEADDR from the start: the primary's connections closed when it is stopped
-	 * (health probes in flight) linger in TIME_WAIT, and only sockets that all set it let
-	 * the restarted primary bind its port again. */
-	backend_bind_port(&prim, free_port());
-	backend_bind(&back, AF_INET);
-	pport = prim.port;
-	snprintf(up, sizeof(up), "127.0.0.1:%u", prim.port);
-	snprintf(ub, sizeof(ub), "127.0.0.1:%u,backup", back.port);
-	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
-	snprintf(to_backup, sizeof(to_backup),
-		 "pool default: every primary is down; traffic moves to backup(s) 127.0.0.1:%u",
-		 back.port);
-	snprintf(to_primary, sizeof(to_primary),
-		 "pool default: primary 127.0.0.1:%u is up again; traffic moves back from the "
-		 "backups",
-		 prim.port);
-	snprintf(failed, sizeof(failed), "connect to 127.0.0.1:%u failed", prim.port);
-	backend_run(&prim, BK_ECHO);
-	backend_run(&back, BK_ECHO);
-	start_proxy(&px, prim.port, args);
+	rig_init(&r, "--health-interval", "200");
+	backend_run(&r.prim, BK_ECHO);
+	backend_run(&r.back, BK_ECHO);
+	proxy_spawn_listen(&px, "127.0.0.1", r.prim.port, r.args, NULL, NULL);
 
 	/* 1: the primary is up: every session is its, the backup receives nothing. */
-	wait_gauge(sport, GAUGE, 0, 1000, "primary up");
+	metrics_wait(r.sport, GAUGE, 0, 1000, "primary up");
 	for (int i = 0; i < 200; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary up, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x1000 + (uint64_t)i, what), 0,
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x1000 + (uint64_t)i, what), 0,
 			     "%s went to the backup", what);
 	}
-	cr_assert_eq(bytes_of(&pr, 1), 0, "the backup received %llu bytes with the primary up",
-		     bytes_of(&pr, 1));
-	cr_assert_eq(count_in_log(&px, to_backup), 0, "moved to the backups with the primary up");
+	cr_assert_eq(bytes_of(&r.pr, 1), 0, "the backup received %llu bytes with the primary up",
+		     bytes_of(&r.pr, 1));
+	cr_assert_eq(proxy_log_count(&px, r.to_backup), 0,
+		     "moved to the backups with the primary up");
 
 	/* 2: the primary dies. --fail-threshold 1: its first failed connect (or a failed health
 	 * check) marks it down; that session retries on the backup; every session is served. */
-	pr.prim_bytes = bytes_of(&pr, 0);
-	backend_stop(&prim);
+	r.pr.prim_bytes = bytes_of(&r.pr, 0);
+	backend_stop(&r.prim);
 	for (int i = 0; i < 100; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary dead, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x2000 + (uint64_t)i, what), 1,
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x2000 + (uint64_t)i, what), 1,
 			     "%s: served by the dead primary?", what);
 	}
-	n = count_in_log(&px, failed);
+	n = proxy_log_count(&px, r.failed);
 	cr_assert_leq(n, 1,
 		      "100 sessions tried the dead primary %d times, want at most once "
 		      "(--fail-threshold 1 marks it down at its first failure)",
 		      n);
-	cr_assert_geq(proxy_wait_log(&px, to_backup, 0, 1000), 0,
+	cr_assert_geq(proxy_wait_log(&px, r.to_backup, 0, 1000), 0,
 		      "the primary is dead and the backup serves, but the log has no '%s'",
-		      to_backup);
-	wait_gauge(sport, GAUGE, 1, 1000, "every primary down");
+		      r.to_backup);
+	metrics_wait(r.sport, GAUGE, 1, 1000, "every primary down");
 	/* more sessions and failed health checks later: still one line */
 	for (int i = 0; i < 20; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "still on the backup, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x3000 + (uint64_t)i, what), 1);
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x3000 + (uint64_t)i, what), 1);
 		sleep_ms(25);
 	}
-	n = count_in_log(&px, to_backup);
-	cr_assert_eq(n, 1, "'%s' logged %d times, want once", to_backup, n);
-	cr_assert_eq(count_in_log(&px, to_primary), 0, "moved back while the primary is dead");
+	n = proxy_log_count(&px, r.to_backup);
+	cr_assert_eq(n, 1, "'%s' logged %d times, want once", r.to_backup, n);
+	cr_assert_eq(proxy_log_count(&px, r.to_primary), 0, "moved back while the primary is dead");
 
 	/* 3: the primary comes back on its port: within one health interval + margin the
 	 * traffic is on it again. */
-	backend_bind_port(&prim, pport);
-	backend_run(&prim, BK_ECHO);
+	backend_bind_on(&r.prim, r.pport);
+	backend_run(&r.prim, BK_ECHO);
 	t0 = now_ms();
 	for (int i = 0;; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary restarted, session %d", i);
-		if (serve_where(&pr, px.port, 0x4000 + (uint64_t)i, what) == 0)
+		if (serve_where(&r.pr, px.port, 0x4000 + (uint64_t)i, what) == 0)
 			break;
 		cr_assert_leq(now_ms() - t0, HEALTH_MS + MARGIN_MS,
 			      "the primary listens again, yet %llu ms later sessions still go to "
@@ -301,27 +191,28 @@ Test(backup, takes_over_and_hands_back, .timeout = 40)
 		    (unsigned long long)ms);
 	cr_assert_leq(ms, HEALTH_MS + MARGIN_MS, "back on the primary after %llu ms, want ≤ %d",
 		      (unsigned long long)ms, HEALTH_MS + MARGIN_MS);
-	cr_assert_geq(proxy_wait_log(&px, to_primary, 0, 1000), 0,
-		      "traffic is back on the primary, but the log has no '%s'", to_primary);
-	wait_gauge(sport, GAUGE, 0, 1000, "primary up again");
-	unsigned long long bb = bytes_of(&pr, 1);
+	cr_assert_geq(proxy_wait_log(&px, r.to_primary, 0, 1000), 0,
+		      "traffic is back on the primary, but the log has no '%s'", r.to_primary);
+	metrics_wait(r.sport, GAUGE, 0, 1000, "primary up again");
+	unsigned long long bb = bytes_of(&r.pr, 1);
 
 	for (int i = 0; i < 100; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary back, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x5000 + (uint64_t)i, what), 0,
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x5000 + (uint64_t)i, what), 0,
 			     "%s went to the backup", what);
 	}
-	cr_assert_eq(bytes_of(&pr, 1), bb,
+	cr_assert_eq(bytes_of(&r.pr, 1), bb,
 		     "the backup received bytes after the primary "
 		     "came back");
-	cr_assert_eq(count_in_log(&px, to_primary), 1, "'%s' not logged exactly once", to_primary);
-	cr_assert_eq(count_in_log(&px, to_backup), 1, "'%s' logged again", to_backup);
+	cr_assert_eq(proxy_log_count(&px, r.to_primary), 1, "'%s' not logged exactly once",
+		     r.to_primary);
+	cr_assert_eq(proxy_log_count(&px, r.to_backup), 1, "'%s' logged again", r.to_backup);
 	assert_proxy_idle(&px, 2000, "after the sessions");
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
-	backend_stop(&prim);
-	backend_stop(&back);
+	backend_stop(&r.prim);
+	backend_stop(&r.back);
 }
 
 /* Passive health only: the dead primary is probed (half-open) every --fail-timeout; each probe
@@ -329,86 +220,51 @@ Test(backup, takes_over_and_hands_back, .timeout = 40)
  * listens again the next probe succeeds and the traffic moves back. */
 Test(backup, half_open_probes_do_not_flap, .timeout = 40)
 {
-	struct backend prim, back;
-	struct pair pr = { .b = { &prim, &back } };
+	static struct rig r;
 	struct proxy px;
-	char up[48], ub[48], stats[48], to_backup[160], to_primary[160], failed[96];
-	uint16_t pport, sport = free_port();
-	const char *args[] = { "-u",
-			       up,
-			       "-u",
-			       ub,
-			       "--fail-threshold",
-			       "1",
-			       "--fail-timeout",
-			       "1",
-			       "--retries",
-			       "1",
-			       "--workers",
-			       "1",
-			       "--stats",
-			       stats,
-			       "--log-level",
-			       "debug",
-			       NULL };
 	uint64_t t_dead, t0, ms;
 	int n, probes;
 
-	/* SO_REUSEADDR from the start: the primary's connections closed when it is stopped
-	 * (health probes in flight) linger in TIME_WAIT, and only sockets that all set it let
-	 * the restarted primary bind its port again. */
-	backend_bind_port(&prim, free_port());
-	backend_bind(&back, AF_INET);
-	pport = prim.port;
-	snprintf(up, sizeof(up), "127.0.0.1:%u", prim.port);
-	snprintf(ub, sizeof(ub), "127.0.0.1:%u,backup", back.port);
-	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
-	snprintf(to_backup, sizeof(to_backup),
-		 "pool default: every primary is down; traffic moves to backup(s) 127.0.0.1:%u",
-		 back.port);
-	snprintf(to_primary, sizeof(to_primary),
-		 "pool default: primary 127.0.0.1:%u is up again; traffic moves back from the "
-		 "backups",
-		 prim.port);
-	snprintf(failed, sizeof(failed), "connect to 127.0.0.1:%u failed", prim.port);
-	backend_run(&back, BK_ECHO);
+	rig_init(&r, "--fail-timeout", "1");
+	backend_run(&r.back, BK_ECHO);
 	/* the primary bound but not listening: refused from the start */
-	start_proxy(&px, back.port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", r.back.port, r.args, NULL, NULL);
 
 	/* The first session fails on the primary (marked down at once) and retries. */
 	t_dead = now_ms();
-	cr_assert_eq(serve_where(&pr, px.port, 0x6000, "first session"), 1);
-	cr_assert_geq(proxy_wait_log(&px, to_backup, 0, 1000), 0, "no '%s'", to_backup);
-	wait_gauge(sport, GAUGE, 1, 1000, "primary refused");
+	cr_assert_eq(serve_where(&r.pr, px.port, 0x6000, "first session"), 1);
+	cr_assert_geq(proxy_wait_log(&px, r.to_backup, 0, 1000), 0, "no '%s'", r.to_backup);
+	metrics_wait(r.sport, GAUGE, 1, 1000, "primary refused");
 	/* 2.5 s of sessions: a half-open probe at ~1 s and ~2 s, each failing, each served. */
 	for (int i = 0; now_ms() < t_dead + 2500; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary still dead, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x7000 + (uint64_t)i, what), 1);
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x7000 + (uint64_t)i, what), 1);
 		sleep_ms(20);
 	}
-	probes = count_in_log(&px, failed);
+	probes = proxy_log_count(&px, r.failed);
 	cr_assert(probes >= 2 && probes <= 3,
 		  "in 2.5 s with --fail-timeout 1 the dead primary was "
 		  "tried %d times, want 2-3 (the first session, then a probe per second)",
 		  probes);
-	n = count_in_log(&px, to_primary);
-	cr_assert_eq(n, 0, "failed half-open probes logged '%s' %d times", to_primary, n);
-	n = count_in_log(&px, to_backup);
-	cr_assert_eq(n, 1, "failed half-open probes logged '%s' %d times, want once", to_backup, n);
-	wait_gauge(sport, GAUGE, 1, 0, "after the failed probes");
+	n = proxy_log_count(&px, r.to_primary);
+	cr_assert_eq(n, 0, "failed half-open probes logged '%s' %d times", r.to_primary, n);
+	n = proxy_log_count(&px, r.to_backup);
+	cr_assert_eq(n, 1, "failed half-open probes logged '%s' %d times, want once", r.to_backup,
+		     n);
+	metrics_wait(r.sport, GAUGE, 1, 0, "after the failed probes");
 
 	/* The primary listens: the next probe (≤ --fail-timeout later) brings the traffic back. */
-	backend_stop(&prim); /* frees its port: it was bound, never listening */
-	backend_bind_port(&prim, pport);
-	backend_run(&prim, BK_ECHO);
+	backend_stop(&r.prim); /* frees its port: it was bound, never listening */
+	backend_bind_on(&r.prim, r.pport);
+	backend_run(&r.prim, BK_ECHO);
 	t0 = now_ms();
 	for (int i = 0;; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary listening, session %d", i);
-		if (serve_where(&pr, px.port, 0x8000 + (uint64_t)i, what) == 0)
+		if (serve_where(&r.pr, px.port, 0x8000 + (uint64_t)i, what) == 0)
 			break;
 		cr_assert_leq(now_ms() - t0, 1000 + MARGIN_MS,
 			      "the primary listens again, yet %llu ms later (--fail-timeout 1) "
@@ -419,17 +275,17 @@ Test(backup, half_open_probes_do_not_flap, .timeout = 40)
 	ms = now_ms() - t0;
 	cr_log_info("half-open probe brought the traffic back %llu ms after the primary listened",
 		    (unsigned long long)ms);
-	cr_assert_geq(proxy_wait_log(&px, to_primary, 0, 1000), 0, "no '%s'", to_primary);
-	wait_gauge(sport, GAUGE, 0, 1000, "primary back");
+	cr_assert_geq(proxy_wait_log(&px, r.to_primary, 0, 1000), 0, "no '%s'", r.to_primary);
+	metrics_wait(r.sport, GAUGE, 0, 1000, "primary back");
 	for (int i = 0; i < 20; i++) {
 		char what[64];
 
 		snprintf(what, sizeof(what), "primary back, session %d", i);
-		cr_assert_eq(serve_where(&pr, px.port, 0x9000 + (uint64_t)i, what), 0);
+		cr_assert_eq(serve_where(&r.pr, px.port, 0x9000 + (uint64_t)i, what), 0);
 	}
-	cr_assert_eq(count_in_log(&px, to_primary), 1);
+	cr_assert_eq(proxy_log_count(&px, r.to_primary), 1);
 	assert_proxy_idle(&px, 2000, "after the sessions");
 	cr_assert(proxy_stop(&px), "proxy did not exit 0 on SIGTERM");
-	backend_stop(&prim);
-	backend_stop(&back);
+	backend_stop(&r.prim);
+	backend_stop(&r.back);
 }

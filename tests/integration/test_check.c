@@ -3,7 +3,8 @@
  * connected nothing (its ports stay free, and it passes while another process holds them; no
  * access-log file and no unix socket file appears; the socket file of a running proxy is left
  * alone); a bad one exits 2 with one line per problem on stderr: the file and line of a parse
- * error, both lines of a duplicate address, every upstream host that does not resolve. */
+ * error, both lines of a duplicate address (also one spelled two ways, localhost:P and
+ * 127.0.0.1:P), every upstream host and a --stats host that does not resolve. */
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -61,19 +62,6 @@ static void expect_fail(const struct run_result *r, const char *what)
 		     r->code, r->out, r->err);
 	cr_assert_null(strstr(r->out, OK_LINE), "%s: exit 2 but stdout says '" OK_LINE "':\n%s",
 		       what, r->out);
-}
-
-/* true if hay holds "path:line" not followed by another digit. */
-static bool names_line(const char *hay, const char *path, int line)
-{
-	char want[192];
-	size_t n;
-
-	n = (size_t)snprintf(want, sizeof(want), "%s:%d", path, line);
-	for (const char *p = strstr(hay, want); p; p = strstr(p + 1, want))
-		if (p[n] < '0' || p[n] > '9')
-			return true;
-	return false;
 }
 
 /* A listening TCP socket on addr:port (INADDR_LOOPBACK, INADDR_ANY) or -1 with errno. */
@@ -155,6 +143,19 @@ static void write_good(const struct cfile *f, struct good *g)
 			  "access-log %s\n"
 			  "log-format json\n",
 			  g->stats, g->pa, g->alog_a, g->pb, g->alog_b);
+}
+
+/* The line of s holding needle (malloc'd), or NULL. */
+static char *line_holding(const char *s, const char *needle)
+{
+	const char *hit = strstr(s, needle), *start, *end;
+
+	if (!hit)
+		return NULL;
+	for (start = hit; start > s && start[-1] != '\n'; start--)
+		;
+	end = strchr(hit, '\n');
+	return strndup(start, end ? (size_t)(end - start) : strlen(start));
 }
 
 /* ---- good input ------------------------------------------------------------- */
@@ -312,8 +313,9 @@ Test(check, running_unix_socket_untouched, .timeout = 30, .fini = conf_dir_remov
 
 /* ---- bad input ---------------------------------------------------------------- */
 
-/* Two listeners on one address: exit 2 naming both lines. */
-Test(check, duplicate_address, .timeout = 30, .fini = conf_dir_remove)
+/* Listeners a on host_a:P and b on 127.0.0.1:P (one free port P): --check exits 2 naming
+ * both (their section or listen lines) and binds nothing. */
+static void expect_two_on_one(const char *host_a, const char *what)
 {
 	struct cfile f;
 	struct run_result r;
@@ -325,22 +327,59 @@ Test(check, duplicate_address, .timeout = 30, .fini = conf_dir_remove)
 	file_write_atomic(f.path,
 			  "# written by test_check.c\n"
 			  "[listener a]\n"
-			  "listen 127.0.0.1:%u\n"
+			  "listen %s:%u\n"
 			  "upstream 127.0.0.1:9\n"
 			  "\n"
 			  "[listener b]\n"
 			  "listen 127.0.0.1:%u\n"
 			  "upstream 127.0.0.1:7\n",
-			  p, p);
-	run(&r, (const char *const[]){ "--check", "--config", f.path, NULL },
-	    "two listeners on one address");
-	expect_fail(&r, "two listeners on one address");
+			  host_a, p, p);
+	run(&r, (const char *const[]){ "--check", "--config", f.path, NULL }, what);
+	expect_fail(&r, what);
 	/* each listener named by its section line or its listen line */
-	cr_assert(names_line(r.err, f.path, 2) || names_line(r.err, f.path, 3),
-		  "stderr does not name the first listener (%s:2 or :3):\n%s", f.path, r.err);
-	cr_assert(names_line(r.err, f.path, 6) || names_line(r.err, f.path, 7),
-		  "stderr does not name the second listener (%s:6 or :7):\n%s", f.path, r.err);
-	expect_port_free(p, "the duplicate address");
+	cr_assert(text_names_line(r.err, f.path, 2) || text_names_line(r.err, f.path, 3),
+		  "%s: stderr does not name the first listener (%s:2 or :3):\n%s", what, f.path,
+		  r.err);
+	cr_assert(text_names_line(r.err, f.path, 6) || text_names_line(r.err, f.path, 7),
+		  "%s: stderr does not name the second listener (%s:6 or :7):\n%s", what, f.path,
+		  r.err);
+	expect_port_free(p, what);
+	run_result_free(&r);
+}
+
+/* Two listeners on one address: exit 2 naming both lines. */
+Test(check, duplicate_address, .timeout = 30, .fini = conf_dir_remove)
+{
+	expect_two_on_one("127.0.0.1", "two listeners on one address");
+}
+
+/* One address spelled two ways (localhost:P, 127.0.0.1:P): the text differs, the resolved
+ * address does not; exit 2 naming both lines. */
+Test(check, duplicate_address_other_spelling, .timeout = 30, .fini = conf_dir_remove)
+{
+	expect_two_on_one("localhost", "localhost:P and 127.0.0.1:P");
+}
+
+/* A --stats host that does not resolve: exit 2 with a line naming --stats and the host (the
+ * proxy itself would fail to bind it). */
+Test(check, unresolvable_stats, .timeout = 30)
+{
+	char listen[32], up[32], *line;
+	struct run_result r;
+	const char *what = "--check --stats nosuch.invalid:9100";
+
+	snprintf(listen, sizeof(listen), "127.0.0.1:%u", free_port());
+	snprintf(up, sizeof(up), "127.0.0.1:%u", free_port());
+	run(&r,
+	    (const char *const[]){ "--check", "--listen", listen, "--upstream", up, "--stats",
+				   "nosuch.invalid:9100", NULL },
+	    what);
+	expect_fail(&r, what);
+	line = line_holding(r.err, "nosuch.invalid");
+	cr_assert_not_null(line, "%s: stderr does not name the host:\n%s", what, r.err);
+	cr_assert_not_null(strstr(line, "--stats"), "%s: the line naming the host does not name "
+			   "--stats: %s", what, line);
+	free(line);
 	run_result_free(&r);
 }
 
@@ -360,7 +399,8 @@ Test(check, unknown_key_named, .timeout = 30, .fini = conf_dir_remove)
 	run(&r, (const char *const[]){ "--check", "--config", f.path, NULL },
 	    "an unknown key on line 4");
 	expect_fail(&r, "an unknown key on line 4");
-	cr_assert(names_line(r.err, f.path, 4), "stderr does not name %s:4:\n%s", f.path, r.err);
+	cr_assert(text_names_line(r.err, f.path, 4), "stderr does not name %s:4:\n%s", f.path,
+		  r.err);
 	cr_assert_not_null(strstr(r.err, "frobnicate"), "stderr does not name the key:\n%s", r.err);
 	run_result_free(&r);
 }
@@ -383,19 +423,6 @@ Test(check, unresolvable_upstream, .timeout = 30, .fini = conf_dir_remove)
 	cr_assert_not_null(strstr(r.err, "nonexistent.invalid"), "stderr does not name the "
 			   "unresolvable host:\n%s", r.err);
 	run_result_free(&r);
-}
-
-/* The line of s holding needle (malloc'd), or NULL. */
-static char *line_holding(const char *s, const char *needle)
-{
-	const char *hit = strstr(s, needle), *start, *end;
-
-	if (!hit)
-		return NULL;
-	for (start = hit; start > s && start[-1] != '\n'; start--)
-		;
-	end = strchr(hit, '\n');
-	return strndup(start, end ? (size_t)(end - start) : strlen(start));
 }
 
 /* Every resolution failure is its own line: both hosts named, on different lines. */

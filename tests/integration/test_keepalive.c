@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -201,92 +200,42 @@ static void connect_ip(int fd, const char *ip, uint16_t port, int timeout_ms)
 	cr_assert_eq(err, 0, "connect to %s:%u: %s", ip, port, strerror(err));
 }
 
+/* An echo backend on 127.0.0.1 (any port), running; its address for -u in up. */
+static void echo_upstream(struct backend *b, char *up, size_t len)
+{
+	backend_bind(b, AF_INET);
+	backend_run(b, BK_ECHO);
+	snprintf(up, len, "127.0.0.1:%u", b->port);
+}
+
 /* An echo backend listening in the namespace on peer_ip (any port). */
 static void ns_backend(struct backend *b)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t al = sizeof(a);
+	int fd = ns_socket();
 
-	memset(b, 0, sizeof(*b));
-	pthread_mutex_init(&b->mu, NULL);
-	b->family = AF_INET;
-	b->lfd = ns_socket();
-	set_nonblock(b->lfd, false);
+	set_nonblock(fd, false);
 	inet_pton(AF_INET, vn.peer_ip, &a.sin_addr);
-	cr_assert_eq(bind(b->lfd, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s: %s", vn.peer_ip,
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s: %s", vn.peer_ip,
 		     strerror(errno));
-	getsockname(b->lfd, (struct sockaddr *)&a, &al);
-	b->port = ntohs(a.sin_port);
-	b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	cr_assert_geq(b->stop_efd, 0);
+	backend_adopt(b, fd);
 	backend_run(b, BK_ECHO);
 }
 
-/* ---- the proxy ------------------------------------------------------------- */
+/* ---- what the proxy reports ------------------------------------------------- */
 
-/* Writes a config file for a proxy that will listen on port, before it starts. */
-typedef void conf_hook(uint16_t port, void *arg);
-
-/* Starts uproxy [--listen host:<free port>] args... and waits (≤ 3 s) until it listens, without
- * connecting to it (no readiness probe through it). With host NULL, hook writes a config file
- * naming the port instead. up_port is the port assert_proxy_idle watches. */
-static void start_proxy(struct proxy *px, const char *host, uint16_t up_port,
-			const char *const args[], conf_hook *hook, void *arg)
+/* Asserts a vanished peer's session was closed (at t_closed) no earlier than idle + interval x
+ * count after the last exchange began (t_sent), and within the margin after it ended
+ * (t_last). */
+static void expect_found_in_time(uint64_t t_sent, uint64_t t_last, uint64_t t_closed)
 {
-	char listen[64], st[64];
-	char *argv[64];
-
-	memset(px, 0, sizeof(*px));
-	px->up_port = up_port;
-	px->family = AF_INET;
-	for (int attempt = 0; attempt < 3; attempt++) {
-		size_t n = 0;
-		bool ready = false;
-
-		px->port = free_port();
-		argv[n++] = (char *)uproxy_bin();
-		if (host != NULL) {
-			snprintf(listen, sizeof(listen), "%s:%u", host, px->port);
-			argv[n++] = "--listen";
-			argv[n++] = listen;
-		} else {
-			snprintf(listen, sizeof(listen), "port %u (config file)", px->port);
-			hook(px->port, arg);
-		}
-		for (size_t i = 0; args[i] && n < 63; i++)
-			argv[n++] = (char *)args[i];
-		argv[n] = NULL;
-		cr_assert_eq(proc_spawn(&px->proc, argv, 0, 0), 0, "cannot spawn %s", argv[0]);
-		for (int i = 0; i < 150 && !ready; i++) {
-			if (proc_wait(&px->proc, 0))
-				break;
-			ready = tcp4_listening(px->port);
-			if (!ready)
-				sleep_ms(20);
-		}
-		if (ready)
-			break;
-		if (!px->proc.reaped)
-			proc_kill(&px->proc);
-		char *err = proc_stderr(&px->proc);
-		bool retry = WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1 &&
-			     attempt < 2;
-
-		if (!retry)
-			cr_assert_fail("uproxy on %s not listening within 3 s (%s); stderr:\n%s",
-				       listen, status_str(&px->proc, st, sizeof(st)), err);
-		free(err);
-		proc_release(&px->proc);
-	}
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int n;
-
-		sleep_ms(20);
-		n = count_fds(px->proc.pid);
-		steady = n == px->base_fds ? steady + 1 : 0;
-		px->base_fds = n;
-	}
+	cr_assert_geq(t_closed - t_sent, KA_DEAD_MS - KA_EARLY_MS,
+		      "closed %llu ms after the last exchange began: before idle + interval x "
+		      "count = %d ms",
+		      (unsigned long long)(t_closed - t_sent), KA_DEAD_MS);
+	cr_assert_leq(t_closed - t_last, KA_DEAD_MS + KA_MARGIN_MS,
+		      "closed %llu ms after the last exchange, want ≤ %d + %d ms",
+		      (unsigned long long)(t_closed - t_last), KA_DEAD_MS, KA_MARGIN_MS);
 }
 
 /* The sum of every sample of the counter uproxy_connections_closed_total whose labels hold
@@ -299,11 +248,8 @@ static double closed_total(uint16_t stats_port, const char *reason)
 
 	snprintf(want, sizeof(want), "reason=\"%s\"", reason);
 	metrics_scrape(stats_port, &m);
-	for (int i = 0; i < m.n; i++) {
-		if (strncmp(m.s[i].key, "uproxy_connections_closed_total{", 32) == 0 &&
-		    strstr(m.s[i].key, want) != NULL)
-			sum += m.s[i].v;
-	}
+	metrics_sum(&m, "uproxy_connections_closed_total", (const char *const[]){ want, NULL },
+		    &sum);
 	return sum;
 }
 
@@ -325,41 +271,10 @@ static void expect_closed(uint16_t stats_port, const char *reason, double before
 /* Waits (≤ timeout_ms) for the access-log line holding needle; asserts it holds also. */
 static void expect_alog(const char *needle, const char *also, int timeout_ms)
 {
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+	char line[1024];
 
-	for (;;) {
-		char *s = file_read_all(alog_path, NULL), *hit = strstr(s, needle);
-
-		if (hit != NULL) {
-			char *bol = hit, *eol = strchr(hit, '\n');
-
-			while (bol > s && bol[-1] != '\n')
-				bol--;
-			if (eol != NULL)
-				*eol = '\0';
-			cr_assert_not_null(strstr(bol, also), "access-log line without '%s': %s",
-					   also, bol);
-			free(s);
-			return;
-		}
-		if (now_ms() >= deadline) {
-			cr_assert_fail(
-				"no access-log line with '%s' within %d ms; the log holds:\n%s",
-				needle, timeout_ms, s);
-		}
-		free(s);
-		sleep_ms(20);
-	}
-}
-
-/* The local port of a connected IPv4 socket (in whichever namespace). */
-static uint16_t local_port(int fd)
-{
-	struct sockaddr_in a;
-	socklen_t al = sizeof(a);
-
-	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-	return ntohs(a.sin_port);
+	alog_wait_line(needle, timeout_ms, line, sizeof(line));
+	cr_assert_not_null(strstr(line, also), "access-log line without '%s': %s", also, line);
 }
 
 /* ---- /proc/net/tcp ------------------------------------------------------------ */
@@ -601,18 +516,12 @@ Test(keepalive, timers_armed_per_side, .timeout = 30)
 	};
 	uint64_t age;
 
-	backend_bind(&ek, AF_INET);
-	backend_bind(&en, AF_INET);
-	backend_bind(&eo, AF_INET);
-	backend_run(&ek, BK_ECHO);
-	backend_run(&en, BK_ECHO);
-	backend_run(&eo, BK_ECHO);
-	snprintf(uk, sizeof(uk), "127.0.0.1:%u", ek.port);
-	snprintf(un, sizeof(un), "127.0.0.1:%u", en.port);
-	snprintf(uo, sizeof(uo), "127.0.0.1:%u", eo.port);
-	start_proxy(&pk, "127.0.0.1", ek.port, ak, NULL, NULL);
-	start_proxy(&pn, "127.0.0.1", en.port, an, NULL, NULL);
-	start_proxy(&po, "127.0.0.1", eo.port, ao, NULL, NULL);
+	echo_upstream(&ek, uk, sizeof(uk));
+	echo_upstream(&en, un, sizeof(un));
+	echo_upstream(&eo, uo, sizeof(uo));
+	proxy_spawn_listen(&pk, "127.0.0.1", ek.port, ak, NULL, NULL);
+	proxy_spawn_listen(&pn, "127.0.0.1", en.port, an, NULL, NULL);
+	proxy_spawn_listen(&po, "127.0.0.1", eo.port, ao, NULL, NULL);
 
 	sess_open(&sk, &pk, &ek, 0xa1, "keepalive 1:1:2 / 3:1:2");
 	age = now_ms() - sk.t_conn;
@@ -703,15 +612,11 @@ Test(keepalive, client_vanishes, .init = ka_init, .fini = ka_fini, .timeout = 40
 	struct pollfd p;
 
 	vnet_make();
-	backend_bind(&ek, AF_INET);
-	backend_bind(&en, AF_INET);
-	backend_run(&ek, BK_ECHO);
-	backend_run(&en, BK_ECHO);
-	snprintf(uk, sizeof(uk), "127.0.0.1:%u", ek.port);
-	snprintf(un, sizeof(un), "127.0.0.1:%u", en.port);
+	echo_upstream(&ek, uk, sizeof(uk));
+	echo_upstream(&en, un, sizeof(un));
 	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
-	start_proxy(&pk, vn.host_ip, ek.port, ak, NULL, NULL);
-	start_proxy(&pn, vn.host_ip, en.port, an, NULL, NULL);
+	proxy_spawn_listen(&pk, vn.host_ip, ek.port, ak, NULL, NULL);
+	proxy_spawn_listen(&pn, vn.host_ip, en.port, an, NULL, NULL);
 
 	ck = ns_socket();
 	cn = ns_socket();
@@ -736,17 +641,10 @@ Test(keepalive, client_vanishes, .init = ka_init, .fini = ka_fini, .timeout = 40
 		     KA_SPEC, NO_KA_MS, KA_DEAD_MS);
 	cr_log_info("vanished client: session closed %llu ms after the last exchange",
 		    (unsigned long long)(t_closed - t_last));
-	cr_assert_geq(t_closed - t_sent, KA_DEAD_MS - KA_EARLY_MS,
-		      "closed %llu ms after the "
-		      "last exchange began: before idle + interval x count = %d ms",
-		      (unsigned long long)(t_closed - t_sent), KA_DEAD_MS);
-	cr_assert_leq(t_closed - t_last, KA_DEAD_MS + KA_MARGIN_MS,
-		      "closed %llu ms after the "
-		      "last exchange, want ≤ %d + %d ms",
-		      (unsigned long long)(t_closed - t_last), KA_DEAD_MS, KA_MARGIN_MS);
+	expect_found_in_time(t_sent, t_last, t_closed);
 	/* counted, logged, and nothing left behind */
 	expect_closed(sport, "client_reset", reset0, 1);
-	snprintf(needle, sizeof(needle), " client=%s:%u ", vn.peer_ip, local_port(ck));
+	snprintf(needle, sizeof(needle), " client=%s:%u ", vn.peer_ip, sock_local_port(ck));
 	expect_alog(needle, " reason=client_reset ", 2000);
 	assert_proxy_idle(&pk, 2000, "after keepalive closed the vanished client's session");
 
@@ -825,8 +723,8 @@ Test(keepalive, upstream_vanishes, .init = ka_init, .fini = ka_fini, .timeout = 
 	conf.upstream_port = uk.port;
 	snprintf(stats, sizeof(stats), "127.0.0.1:%u", sport);
 	snprintf(upn, sizeof(upn), "%s:%u", vn.peer_ip, un.port);
-	start_proxy(&pk, NULL, uk.port, ak, write_ka_conf, &conf);
-	start_proxy(&pn, "127.0.0.1", un.port, an, NULL, NULL);
+	proxy_spawn_listen(&pk, NULL, uk.port, ak, write_ka_conf, &conf);
+	proxy_spawn_listen(&pn, "127.0.0.1", un.port, an, NULL, NULL);
 
 	ck = tcp_connect(AF_INET, pk.port, 2000);
 	cn = tcp_connect(AF_INET, pn.port, 2000);
@@ -849,14 +747,7 @@ Test(keepalive, upstream_vanishes, .init = ka_init, .fini = ka_fini, .timeout = 
 	cr_assert_eq(extra, 0, "the client got %llu bytes from nowhere", (unsigned long long)extra);
 	cr_log_info("vanished upstream: client closed (%s) %llu ms after the last exchange",
 		    io_end_name(e), (unsigned long long)(t_closed - t_last));
-	cr_assert_geq(t_closed - t_sent, KA_DEAD_MS - KA_EARLY_MS,
-		      "closed %llu ms after the "
-		      "last exchange began: before idle + interval x count = %d ms",
-		      (unsigned long long)(t_closed - t_sent), KA_DEAD_MS);
-	cr_assert_leq(t_closed - t_last, KA_DEAD_MS + KA_MARGIN_MS,
-		      "closed %llu ms after the "
-		      "last exchange, want ≤ %d + %d ms",
-		      (unsigned long long)(t_closed - t_last), KA_DEAD_MS, KA_MARGIN_MS);
+	expect_found_in_time(t_sent, t_last, t_closed);
 	expect_closed(sport, "upstream_reset", reset0, 1);
 	alog_wait_client(cport, 2000, line, sizeof(line));
 	cr_assert_not_null(strstr(line, " reason=upstream_reset "),

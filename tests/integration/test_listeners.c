@@ -5,7 +5,9 @@
  * adds a listener (bound and served at once), removes one (refused at once, its sessions drain
  * for its drain-timeout and are then reset, the others' sessions untouched) and changes one's
  * pool (new sessions to the new pool, open ones stay on the old); a bad file on SIGHUP keeps
- * the running config and is counted; a bad file at start exits 2 naming file and line.
+ * the running config and is counted (also one that puts a listener on another's address spelled
+ * another way, localhost:P next to 127.0.0.1:P); a bad file at start exits 2 naming file and
+ * line.
  *
  * Which pool served a session is read from the backends' accept counters, and the proxies
  * start without the harness's readiness probe (proxy_spawn_ports), so every counter starts at
@@ -268,19 +270,6 @@ static int expect_no_session_leak(const struct proxy *px, const uint16_t ports[]
 	cr_assert_eq(after, before, "after a session on each listener the proxy holds %d fds, "
 		     "%d before", after, before);
 	return before;
-}
-
-/* true if hay holds "path:line" not followed by another digit. */
-static bool names_line(const char *hay, const char *path, int line)
-{
-	char want[192];
-	size_t n;
-
-	n = (size_t)snprintf(want, sizeof(want), "%s:%d", path, line);
-	for (const char *p = strstr(hay, want); p; p = strstr(p + 1, want))
-		if (p[n] < '0' || p[n] > '9')
-			return true;
-	return false;
 }
 
 /* The log line of the proxy's stderr that starts at offset at (up to its newline). */
@@ -1149,8 +1138,8 @@ static void expect_refused(struct proxy *px, const struct conf *c, const int lin
 		      "stderr:\n%s", what, proxy_stderr(px));
 	line = line_at(px, at);
 	for (int i = 0; i < nlines; i++)
-		cr_assert(names_line(line, c->path, lines[i][0]) ||
-				  names_line(line, c->path, lines[i][1]),
+		cr_assert(text_names_line(line, c->path, lines[i][0]) ||
+				  text_names_line(line, c->path, lines[i][1]),
 			  "%s: the log line does not name %s:%d%s: %s", what, c->path, lines[i][0],
 			  lines[i][1] != lines[i][0] ? " (or the listen line)" : "", line);
 	if (needle)
@@ -1254,23 +1243,81 @@ Test(listeners, sighup_bad_config_keeps_running, .timeout = 60, .fini = conf_dir
 	backend_stop(&a2);
 }
 
+/* A SIGHUP adding gamma on localhost:<alpha's port> is refused, naming both listeners' lines:
+ * the text differs from alpha's 127.0.0.1:<port>, but with SO_REUSEPORT both binds would
+ * succeed and gamma would take part of alpha's clients. The old config keeps serving (alpha
+ * on its own pool, on both workers' sockets) and the failure is counted. */
+Test(listeners, sighup_same_address_other_spelling_refused, .timeout = 60,
+     .fini = conf_dir_remove)
+{
+	static struct three t;
+	static struct mset m;
+	struct backend g1;
+	struct backend *all[5];
+	char tail[160], listen[64], what[96], *text;
+	int lines[2][2];
+
+	three_init(&t);
+	t.c.global = "workers 2\n";
+	t.c.stats = true;
+	backend_bind(&g1, AF_INET);
+	backend_run(&g1, BK_ECHO);
+	memcpy(all, t.all, sizeof(t.all));
+	all[4] = &g1;
+	start_conf(&t.px, &t.c);
+	wait_reloads(t.c.stats_port, 0, 0, &m);
+
+	snprintf(tail, sizeof(tail), "\n[listener gamma]\nlisten localhost:%u\n"
+		 "upstream 127.0.0.1:%u\n", t.c.l[0].port, g1.port);
+	t.c.tail = tail;
+	text = conf_write(&t.c);
+	snprintf(listen, sizeof(listen), "listen 127.0.0.1:%u", t.c.l[0].port);
+	lines[0][0] = text_line_of(text, "[listener alpha]");
+	lines[0][1] = text_line_of(text, listen);
+	lines[1][0] = text_line_of(text, "[listener gamma]");
+	lines[1][1] = lines[1][0] + 1;
+	snprintf(what, sizeof(what), "gamma on localhost:%u, alpha's port", t.c.l[0].port);
+	expect_refused(&t.px, &t.c, lines, 2, "gamma", what);
+	free(text);
+	wait_reloads(t.c.stats_port, 0, 1, &m);
+	/* 16 sessions on alpha's port: had gamma bound, the kernel would give it about half */
+	for (int i = 0; i < 16; i++) {
+		char w[128];
+
+		snprintf(w, sizeof(w), "alpha after the refused SIGHUP, session %d", i);
+		cr_assert_eq(serve_which(t.c.l[0].port, 4096, 0xf400 + (uint64_t)i, all, 5, w), 0,
+			     "%s went to gamma's upstream", w);
+	}
+	cr_assert_eq(pool_of(&t, 1, 4096, 0xf480, "bravo after the refused SIGHUP"), 1);
+	cr_assert_eq(pool_of(&t, 2, 4096, 0xf481, "charlie after the refused SIGHUP"), 2);
+	cr_assert_eq(atomic_load(&g1.accepted), 0, "gamma's upstream saw %d connections",
+		     atomic_load(&g1.accepted));
+	wait_fds_base(&t.px, 2000, "after the refused SIGHUP");
+	three_stop(&t);
+	backend_stop(&g1);
+}
+
 /* ---- bad files at start: exit 2, naming the file and line ---------------------- */
 
-/* Runs uproxy --config path on text and asserts exit 2 within 5 s, with every one of
- * lines[0..n) named as path:LINE (either of each pair) and needle (if any) on stderr. */
-static void expect_start_error(const char *path, const char *text, const int lines[][2], int n,
-			       const char *needle, const char *what)
+/* Writes text to a file in a private directory (the test's .fini removes both), runs uproxy
+ * --config on it and asserts exit 2 within 5 s, with every one of lines[0..n) named as
+ * FILE:LINE (either of each pair) and needle (if any) on stderr. */
+static void expect_start_error(const char *text, const int lines[][2], int n, const char *needle,
+			       const char *what)
 {
+	char dir[64], path[128];
 	const char *args[] = { "--config", path, NULL };
 	struct run_result r;
 
+	conf_dir_make(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	file_write_atomic(path, "%s", text);
 	run_uproxy(&r, 5000, args);
 	cr_assert(r.exited, "%s: uproxy still running after 5 s", what);
 	cr_assert_eq(r.code, 2, "%s: exit %d, want 2; stderr:\n%s", what, r.code, r.err);
 	for (int i = 0; i < n; i++)
-		cr_assert(names_line(r.err, path, lines[i][0]) ||
-				  names_line(r.err, path, lines[i][1]),
+		cr_assert(text_names_line(r.err, path, lines[i][0]) ||
+				  text_names_line(r.err, path, lines[i][1]),
 			  "%s: stderr does not name %s:%d:\n%s", what, path, lines[i][0], r.err);
 	if (needle)
 		cr_assert_not_null(strstr(r.err, needle), "%s: stderr does not name '%s':\n%s",
@@ -1296,80 +1343,84 @@ static char *two_listeners(const char *bravo_extra, const char *tail)
 	return text;
 }
 
-/* Two listeners on one address: exit 2 naming both. */
-Test(listeners, start_duplicate_address, .timeout = 30, .fini = conf_dir_remove)
+/* Listeners charlie on host_c:P and delta on host_d:P (one free port P): exit 2 naming both
+ * (their section or listen lines). */
+static void expect_two_on_one(const char *host_c, const char *host_d, const char *what)
 {
-	char dir[64], path[128], tail[128], want[64], *text;
+	char tail[160], want[80], *text;
 	uint16_t p = free_port();
 	int lines[2][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
-	snprintf(tail, sizeof(tail), "\n[listener charlie]\nlisten 127.0.0.1:%u\n"
-		 "upstream 127.0.0.1:9\n\n[listener delta]\nlisten 127.0.0.1:%u\npool shared\n", p,
-		 p);
+	snprintf(tail, sizeof(tail), "\n[listener charlie]\nlisten %s:%u\n"
+		 "upstream 127.0.0.1:9\n\n[listener delta]\nlisten %s:%u\npool shared\n", host_c, p,
+		 host_d, p);
 	text = two_listeners(NULL, tail);
-	snprintf(want, sizeof(want), "listen 127.0.0.1:%u", p);
+	snprintf(want, sizeof(want), "listen %s:%u", host_c, p);
 	lines[0][0] = text_line_of(text, "[listener charlie]");
 	lines[0][1] = text_line_of(text, want);
 	lines[1][0] = text_line_of(text, "[listener delta]");
 	lines[1][1] = lines[1][0] + 1;
-	expect_start_error(path, text, lines, 2, NULL, "two listeners on one address");
+	expect_start_error(text, lines, 2, NULL, what);
 	free(text);
+}
+
+/* Two listeners on one address: exit 2 naming both. */
+Test(listeners, start_duplicate_address, .timeout = 30, .fini = conf_dir_remove)
+{
+	expect_two_on_one("127.0.0.1", "127.0.0.1", "two listeners on one address");
+}
+
+/* One address spelled two ways (localhost:P, 127.0.0.1:P) passes the text check but is caught
+ * once the names are resolved, before anything is bound: exit 2 naming both. */
+Test(listeners, start_same_address_other_spelling, .timeout = 30, .fini = conf_dir_remove)
+{
+	expect_two_on_one("localhost", "127.0.0.1", "localhost:P and 127.0.0.1:P");
 }
 
 /* An unknown key in a section: exit 2 naming its line and the key. */
 Test(listeners, start_unknown_key_in_section, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], *text;
+	char *text;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	text = two_listeners("frobnicate 7\n", NULL);
 	lines[0][0] = lines[0][1] = text_line_of(text, "frobnicate");
-	expect_start_error(path, text, lines, 1, "frobnicate", "an unknown key in a section");
+	expect_start_error(text, lines, 1, "frobnicate", "an unknown key in a section");
 	free(text);
 }
 
 /* A listener without upstream or pool: exit 2 naming its section line. */
 Test(listeners, start_listener_without_upstream, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], tail[96], *text;
+	char tail[96], *text;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	snprintf(tail, sizeof(tail), "\n[listener charlie]\nlisten 127.0.0.1:%u\n"
 		 "idle-timeout 5000\n", free_port());
 	text = two_listeners(NULL, tail);
 	lines[0][0] = lines[0][1] = text_line_of(text, "[listener charlie]");
-	expect_start_error(path, text, lines, 1, NULL, "a listener without upstream or pool");
+	expect_start_error(text, lines, 1, NULL, "a listener without upstream or pool");
 	free(text);
 }
 
 /* A global-only key (workers) in a section: exit 2 naming its line. */
 Test(listeners, start_global_key_in_section, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], *text;
+	char *text;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	text = two_listeners("workers 2\n", NULL);
 	lines[0][0] = lines[0][1] = text_line_of(text, "workers 2");
-	expect_start_error(path, text, lines, 1, "workers", "'workers' inside a section");
+	expect_start_error(text, lines, 1, "workers", "'workers' inside a section");
 	free(text);
 }
 
 /* The same listener name twice: exit 2 naming the second. */
 Test(listeners, start_duplicate_listener_name, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], tail[96], *text, *second;
+	char tail[96], *text, *second;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	snprintf(tail, sizeof(tail), "\n[listener alpha]\nlisten 127.0.0.1:%u\n"
 		 "upstream 127.0.0.1:9\n", free_port());
 	text = two_listeners(NULL, tail);
@@ -1379,37 +1430,33 @@ Test(listeners, start_duplicate_listener_name, .timeout = 30, .fini = conf_dir_r
 	for (const char *c = text; c < second; c++)
 		lines[0][0] += *c == '\n';
 	lines[0][1] = lines[0][0];
-	expect_start_error(path, text, lines, 1, "alpha", "the listener name alpha twice");
+	expect_start_error(text, lines, 1, "alpha", "the listener name alpha twice");
 	free(text);
 }
 
 /* A listener on a pool that is not defined: exit 2 naming it. */
 Test(listeners, start_undefined_pool, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], tail[96], *text;
+	char tail[96], *text;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	snprintf(tail, sizeof(tail), "\n[listener charlie]\nlisten 127.0.0.1:%u\npool nosuch\n",
 		 free_port());
 	text = two_listeners(NULL, tail);
 	lines[0][0] = text_line_of(text, "pool nosuch");
 	lines[0][1] = text_line_of(text, "[listener charlie]");
-	expect_start_error(path, text, lines, 1, "nosuch", "a listener on an undefined pool");
+	expect_start_error(text, lines, 1, "nosuch", "a listener on an undefined pool");
 	free(text);
 }
 
 /* A section of an unknown kind: exit 2 naming its line. */
 Test(listeners, start_unknown_section, .timeout = 30, .fini = conf_dir_remove)
 {
-	char dir[64], path[128], *text;
+	char *text;
 	int lines[1][2];
 
-	conf_dir_make(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/uproxy.conf", dir);
 	text = two_listeners(NULL, "\n[frontend charlie]\nlisten 127.0.0.1:1\n");
 	lines[0][0] = lines[0][1] = text_line_of(text, "[frontend charlie]");
-	expect_start_error(path, text, lines, 1, "frontend", "an unknown section kind");
+	expect_start_error(text, lines, 1, "frontend", "an unknown section kind");
 	free(text);
 }
