@@ -17,68 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---- local helpers ------------------------------------------------------ */
-
-/* Starts uproxy --listen 127.0.0.1:<free port> args... and waits (≤ 3 s) until
- * it listens, without connecting to it. up_port is the port assert_proxy_idle
- * watches. Fills px like proxy_start (baseline fds once steady). */
-static void start_proxy(struct proxy *px, uint16_t up_port, const char *const args[])
-{
-	char listen[64], st[64];
-	char *argv[64];
-
-	memset(px, 0, sizeof(*px));
-	px->up_port = up_port;
-	px->family = AF_INET;
-	for (int attempt = 0; attempt < 3; attempt++) {
-		size_t n = 0;
-		bool ready = false;
-
-		px->port = free_port();
-		snprintf(listen, sizeof(listen), "127.0.0.1:%u", px->port);
-		argv[n++] = (char *)uproxy_bin();
-		argv[n++] = "--listen";
-		argv[n++] = listen;
-		for (size_t i = 0; args[i] && n < 63; i++)
-			argv[n++] = (char *)args[i];
-		argv[n] = NULL;
-		cr_assert_eq(proc_spawn(&px->proc, argv, 0, 0), 0, "cannot spawn %s", argv[0]);
-		for (int i = 0; i < 150 && !ready; i++) {
-			if (proc_wait(&px->proc, 0))
-				break;
-			ready = tcp4_listening(px->port);
-			if (!ready)
-				sleep_ms(20);
-		}
-		if (ready)
-			break;
-		if (!px->proc.reaped)
-			proc_kill(&px->proc);
-		char *err = proc_stderr(&px->proc);
-		bool retry = WIFEXITED(px->proc.status) && WEXITSTATUS(px->proc.status) == 1 &&
-			     attempt < 2;
-
-		if (!retry)
-			cr_assert_fail("uproxy --listen %s not listening within 3 s (%s); stderr:\n%s",
-				       listen, status_str(&px->proc, st, sizeof(st)), err);
-		free(err);
-		proc_release(&px->proc);
-	}
-	px->base_fds = count_fds(px->proc.pid);
-	for (int i = 0, steady = 0; i < 100 && steady < 10; i++) {
-		int n;
-
-		sleep_ms(20);
-		n = count_fds(px->proc.pid);
-		steady = n == px->base_fds ? steady + 1 : 0;
-		px->base_fds = n;
-	}
-}
 
 static void up_arg(char *buf, size_t len, uint16_t port, unsigned int weight)
 {
@@ -86,26 +28,6 @@ static void up_arg(char *buf, size_t len, uint16_t port, unsigned int weight)
 		snprintf(buf, len, "127.0.0.1:%u,weight=%u", port, weight);
 	else
 		snprintf(buf, len, "127.0.0.1:%u", port);
-}
-
-/* Like backend_bind, on a given loopback port (SO_REUSEADDR). */
-static void backend_bind_port(struct backend *b, uint16_t port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
-				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	memset(b, 0, sizeof(*b));
-	pthread_mutex_init(&b->mu, NULL);
-	b->family = AF_INET;
-	b->port = port;
-	b->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(b->lfd, 0, "backend socket: %s", strerror(errno));
-	setsockopt(b->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	cr_assert_eq(bind(b->lfd, (struct sockaddr *)&a, sizeof(a)), 0,
-		     "backend bind to port %u again: %s", port, strerror(errno));
-	b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	cr_assert_geq(b->stop_efd, 0);
 }
 
 /* Non-blocking connect from source address src (host order, port 0) to
@@ -248,7 +170,7 @@ static void pool_up(struct proxy *px, struct backend *bk, int n, const char *bal
 	for (size_t i = 0; more && more[i]; i++)
 		args[k++] = more[i];
 	args[k] = NULL;
-	start_proxy(px, bk[0].port, args);
+	proxy_spawn_listen(px, "127.0.0.1", bk[0].port, args, NULL, NULL);
 	for (int i = 0; i < n; i++)
 		backend_run(&bk[i], BK_ECHO);
 }
@@ -531,7 +453,7 @@ static void retry_phase(struct backend *dead, struct backend *live, const char *
 	for (size_t i = 0; more && more[i]; i++)
 		args[k++] = more[i];
 	args[k] = NULL;
-	start_proxy(&px, live->port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", live->port, args, NULL, NULL);
 	snap(ptr, 1, before);
 	for (int i = 0; i < 50; i++) {
 		char why[128];
@@ -578,7 +500,7 @@ Test(pool, all_upstreams_dead, .timeout = 30)
 	backend_bind(&d2, AF_INET);
 	up_arg(u1, sizeof(u1), d1.port, 0);
 	up_arg(u2, sizeof(u2), d2.port, 0);
-	start_proxy(&px, d1.port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", d1.port, args, NULL, NULL);
 	fill_random(hello, sizeof(hello), 0xdead, 0);
 	for (int i = 0; i < 10; i++) {
 		int fd = tcp_connect(AF_INET, px.port, 2000);
@@ -626,7 +548,7 @@ Test(pool, connect_timeout_closes_client, .timeout = 30)
 	/* the idle check watches the proxy's fds and its listening port; the
 	 * black hole's port has our own queue fillers on it, counted below */
 	backend_bind(&spare, AF_INET);
-	start_proxy(&px, spare.port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", spare.port, args, NULL, NULL);
 	for (int i = 0; i < 3; i++) {
 		int fd = tcp_connect(AF_INET, px.port, 2000);
 		uint64_t t0 = now_ms(), extra = 0, ms;
@@ -673,7 +595,7 @@ Test(pool, connect_timeout_retries_next, .timeout = 30)
 	backend_bind(&live, AF_INET);
 	up_arg(ub, sizeof(ub), h.port, 0);
 	up_arg(ul, sizeof(ul), live.port, 0);
-	start_proxy(&px, live.port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", live.port, args, NULL, NULL);
 	backend_run(&live, BK_ECHO);
 	for (int i = 0; i < 4; i++) {
 		char why[128];
@@ -719,7 +641,7 @@ Test(pool, passive_health, .timeout = 30)
 	snprintf(down, sizeof(down), "upstream 127.0.0.1:%u is down", dead.port);
 	snprintf(up, sizeof(up), "upstream 127.0.0.1:%u is up", dead.port);
 	snprintf(failed, sizeof(failed), "connect to 127.0.0.1:%u failed", dead.port);
-	start_proxy(&px, live.port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", live.port, args, NULL, NULL);
 	backend_run(&live, BK_ECHO);
 
 	/* phase 1: DEAD fails twice (it is tried first, then every other time) */
@@ -800,7 +722,7 @@ Test(pool, active_health, .timeout = 30)
 	snprintf(down, sizeof(down), "health check: upstream 127.0.0.1:%u is down", port);
 	snprintf(up, sizeof(up), "health check: upstream 127.0.0.1:%u is up", port);
 	backend_run(&a, BK_ECHO);
-	start_proxy(&px, port, args);
+	proxy_spawn_listen(&px, "127.0.0.1", port, args, NULL, NULL);
 	cr_assert(serve_once(px.port, 0xb100, why, sizeof(why)), "first session: %s", why);
 	sleep_ms(500);
 	cr_assert_lt(proxy_wait_log(&px, down, 0, 0), 0, "the health check says a listening "
@@ -814,7 +736,7 @@ Test(pool, active_health, .timeout = 30)
 		      "no '%s'", down);
 	cr_log_info("logged down after %llu ms", (unsigned long long)(now_ms() - t0));
 	/* and comes back on the same port */
-	backend_bind_port(&a, port);
+	backend_bind_on(&a, port);
 	backend_run(&a, BK_ECHO);
 	t0 = now_ms();
 	cr_assert_geq(proxy_wait_log(&px, up, at, 1000), 0, "1 s after the upstream came back "
