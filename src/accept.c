@@ -39,11 +39,10 @@ void accept_update(struct worker *w)
 	uint32_t used = w->active + w->singles;
 	uint32_t free = w->max_sessions > used ? w->max_sessions - used : 0;
 
-	for (uint32_t v = 0; v < SVC_MAX; v++) {
+	for (uint32_t k = 0; k < w->naccepting; k++) {
+		uint32_t v = w->accepting[k];
 		struct svc *sv = &w->svcs[v];
 
-		if (!sv->used || sv->removing)
-			continue;
 		for (int i = 0; i < sv->nsocks; i++) {
 			struct listener *l = &sv->socks[i];
 

@@ -134,6 +134,15 @@ static int upool_new(struct worker *w, const struct config_pool *cfg)
 	return (int)p;
 }
 
+/* Rebuilds the list of listeners that accept (after a plan, a removal or a free). */
+static void accepting_update(struct worker *w)
+{
+	w->naccepting = 0;
+	for (uint32_t v = 0; v < SVC_MAX; v++)
+		if (w->svcs[v].used && !w->svcs[v].removing)
+			w->accepting[w->naccepting++] = (uint8_t)v;
+}
+
 /* The listener slot v can go once removed and without sessions. */
 static void svc_free(struct worker *w, uint32_t v)
 {
@@ -201,6 +210,7 @@ static void svc_remove(struct worker *w, uint32_t v)
 	struct svc *sv = &w->svcs[v];
 
 	sv->removing = true;
+	accepting_update(w);
 	svc_close_sockets(w, v);
 	if (sv->sessions == 0) {
 		if (sv->socks_closing == 0)
@@ -415,6 +425,7 @@ void worker_apply_plan(struct worker *w, struct worker_plan *plan)
 		if (w->pools[k].refs == 0)
 			upool_free(w, k);
 	}
+	accepting_update(w);
 	w->env.backends_dirty = true;
 	worker_plan_free(plan);
 }

@@ -37,6 +37,10 @@ struct worker {
 	struct bufring bufs;
 
 	struct svc svcs[SVC_MAX];
+	/* The listeners that accept (used, not removing), in slot order: what accept_update
+	 * walks every iteration without touching the 27 KiB slots of the others. */
+	uint8_t accepting[SVC_MAX];
+	uint32_t naccepting;
 	struct upool pools[UPOOL_MAX];
 	struct worker_plan *plan0; /* the first plan, applied by worker_init */
 	bool plan_failed;	   /* a listener or pool of a plan could not be set up */
