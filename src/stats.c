@@ -190,6 +190,14 @@ static uint32_t listeners_merge(const struct stats_snapshot *snaps, int n, struc
 	return na;
 }
 
+/* One listener's two samples of a series split by a second label (direction, side). */
+static void pair_series(struct out *o, const char *name, const char *listener, const char *label,
+			const char *v0, const char *v1, const uint64_t v[2])
+{
+	put(o, "%s{listener=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, listener, label, v0, v[0]);
+	put(o, "%s{listener=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, listener, label, v1, v[1]);
+}
+
 /* The per-session series, one per listener (label `listener`). */
 static void listener_series(struct out *o, const struct stats_snapshot *snaps, int n)
 {
@@ -219,28 +227,14 @@ static void listener_series(struct out *o, const struct stats_snapshot *snaps, i
 		    "\n",
 		    agg[j].name, agg[j].st.overflow);
 	head(o, "uproxy_bytes_total", "counter", "Bytes forwarded, by direction.");
-	for (uint32_t j = 0; j < na; j++) {
-		put(o,
-		    "uproxy_bytes_total{listener=\"%s\",direction=\"client_to_upstream\"} %" PRIu64
-		    "\n",
-		    agg[j].name, agg[j].st.bytes[0]);
-		put(o,
-		    "uproxy_bytes_total{listener=\"%s\",direction=\"upstream_to_client\"} %" PRIu64
-		    "\n",
-		    agg[j].name, agg[j].st.bytes[1]);
-	}
+	for (uint32_t j = 0; j < na; j++)
+		pair_series(o, "uproxy_bytes_total", agg[j].name, "direction", "client_to_upstream",
+			    "upstream_to_client", agg[j].st.bytes);
 	head(o, "uproxy_connections_truncated_total", "counter",
 	     "Sessions ended with bytes lost toward a side (that side was reset).");
-	for (uint32_t j = 0; j < na; j++) {
-		put(o,
-		    "uproxy_connections_truncated_total{listener=\"%s\",side=\"client\"} %" PRIu64
-		    "\n",
-		    agg[j].name, agg[j].st.truncated[0]);
-		put(o,
-		    "uproxy_connections_truncated_total{listener=\"%s\",side=\"upstream\"} %" PRIu64
-		    "\n",
-		    agg[j].name, agg[j].st.truncated[1]);
-	}
+	for (uint32_t j = 0; j < na; j++)
+		pair_series(o, "uproxy_connections_truncated_total", agg[j].name, "side", "client",
+			    "upstream", agg[j].st.truncated);
 	head(o, "uproxy_connections_denied_total", "counter",
 	     "Clients refused by the listener's access list.");
 	for (uint32_t j = 0; j < na; j++)

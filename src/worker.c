@@ -55,11 +55,9 @@ int worker_pool_apply(struct worker *w, uint32_t p, const struct backend_spec *s
 
 /* ---- pools and listeners: slots that live while anything uses them ---- */
 
-static void upool_free(struct worker *w, uint32_t p)
+/* A pool slot's balancer and per-id arrays (any of them may be NULL). */
+static void upool_free_arrays(struct upool *u)
 {
-	struct upool *u = &w->pools[p];
-
-	timer_cancel(w->env.wheel, &u->health);
 	backend_pool_free(u->bp);
 	free(u->baddr);
 	free(u->bgen);
@@ -68,6 +66,14 @@ static void upool_free(struct worker *w, uint32_t p)
 	u->baddr = NULL;
 	u->bgen = NULL;
 	u->probes = NULL;
+}
+
+static void upool_free(struct worker *w, uint32_t p)
+{
+	struct upool *u = &w->pools[p];
+
+	timer_cancel(w->env.wheel, &u->health);
+	upool_free_arrays(u);
 	u->used = false;
 	w->env.backends_dirty = true;
 }
@@ -115,12 +121,7 @@ static int upool_new(struct worker *w, const struct config_pool *cfg)
 	u->probes = calloc(BACKEND_MAX, sizeof(*u->probes));
 	if (u->baddr == NULL || u->bgen == NULL || u->probes == NULL ||
 	    backend_pool_new(&bo, &u->bp) < 0) {
-		free(u->baddr);
-		free(u->bgen);
-		free(u->probes);
-		u->baddr = NULL;
-		u->bgen = NULL;
-		u->probes = NULL;
+		upool_free_arrays(u);
 		log_error("worker %d: out of memory setting up pool %s", w->id, cfg->name);
 		return -1;
 	}
