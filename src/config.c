@@ -477,6 +477,7 @@ struct pstate {
 	bool upstreams_reset; /* the command line's first --upstream replaces the file's */
 	bool acl_reset, sni_reset;
 	bool has_sections;
+	bool all_errors; /* --check: report every bad line, not only the first */
 	unsigned int top_upstream_line;
 };
 
@@ -812,66 +813,78 @@ static enum config_result open_section(struct pstate *ps, char *line, char *err,
 	return CONFIG_OK;
 }
 
-/* Reads the file's lines into ps. */
+/* Applies one line of the file (n bytes at p) to ps. */
+static enum config_result parse_line(struct pstate *ps, const char *p, size_t n, char *err,
+				     size_t errlen)
+{
+	char line[1024], *k, *v, *hash;
+	const struct opt_def *o;
+
+	snprintf(ps->where, sizeof(ps->where), "%s:%u: ", ps->file, ps->lineno);
+	if (n >= sizeof(line))
+		ERR("%sline longer than %zu characters", ps->where, sizeof(line) - 1);
+	memcpy(line, p, n);
+	line[n] = '\0';
+	if (memchr(line, '\0', n) != NULL)
+		ERR("%sNUL byte in the file", ps->where);
+	hash = strchr(line, '#');
+	if (hash != NULL)
+		*hash = '\0';
+	k = line;
+	while (isspace((unsigned char)*k))
+		k++;
+	for (char *t = k + strlen(k); t > k && isspace((unsigned char)t[-1]);)
+		*--t = '\0';
+	if (*k == '\0')
+		return CONFIG_OK;
+	if (*k == '[')
+		return open_section(ps, k, err, errlen);
+	v = k;
+	while (*v && !isspace((unsigned char)*v) && *v != '=')
+		v++;
+	if (*v != '\0') {
+		*v++ = '\0';
+		while (isspace((unsigned char)*v) || *v == '=')
+			v++;
+	}
+	if (k[0] == '-')
+		ERR("%swrite '%s' without the leading dashes", ps->where, k);
+	o = find_long(k, strlen(k));
+	if (o == NULL)
+		ERR("%sunknown option '%s'", ps->where, k);
+	if (o->arg != NULL && *v == '\0')
+		ERR("%s'%s' needs a value", ps->where, k);
+	if (o->arg == NULL && *v != '\0')
+		ERR("%s'%s' takes no value", ps->where, k);
+	return apply(ps, o, v, NULL, err, errlen);
+}
+
+/* Reads the file's lines into ps. Stops at the first bad line, or with ps->all_errors (for
+ * --check) goes on and gathers one line per bad line in err, '\n'-separated. */
 static enum config_result parse_lines(struct pstate *ps, const char *text, size_t len, char *err,
 				      size_t errlen)
 {
 	const char *p = text, *end = text + len;
+	size_t used = 0;
+	char one[1024];
 
 	for (ps->lineno = 1; p < end; ps->lineno++) {
 		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *e = eol ? eol : end;
-		char line[1024], *k, *v, *hash;
-		const struct opt_def *o;
+		size_t n = (size_t)((eol ? eol : end) - p);
 		enum config_result r;
-		size_t n = (size_t)(e - p);
 
-		snprintf(ps->where, sizeof(ps->where), "%s:%u: ", ps->file, ps->lineno);
-		if (n >= sizeof(line))
-			ERR("%sline longer than %zu characters", ps->where, sizeof(line) - 1);
-		memcpy(line, p, n);
-		line[n] = '\0';
+		r = parse_line(ps, p, n, ps->all_errors ? one : err,
+			       ps->all_errors ? sizeof(one) : errlen);
 		p = eol ? eol + 1 : end;
-		if (memchr(line, '\0', n) != NULL)
-			ERR("%sNUL byte in the file", ps->where);
-		hash = strchr(line, '#');
-		if (hash != NULL)
-			*hash = '\0';
-		k = line;
-		while (isspace((unsigned char)*k))
-			k++;
-		for (char *t = k + strlen(k); t > k && isspace((unsigned char)t[-1]);)
-			*--t = '\0';
-		if (*k == '\0')
+		if (r == CONFIG_OK)
 			continue;
-		if (*k == '[') {
-			r = open_section(ps, k, err, errlen);
-			if (r != CONFIG_OK)
-				return r;
-			continue;
-		}
-		v = k;
-		while (*v && !isspace((unsigned char)*v) && *v != '=')
-			v++;
-		if (*v != '\0') {
-			*v++ = '\0';
-			while (isspace((unsigned char)*v) || *v == '=')
-				v++;
-		}
-		if (k[0] == '-')
-			ERR("%swrite '%s' without the leading dashes", ps->where, k);
-		o = find_long(k, strlen(k));
-		if (o == NULL)
-			ERR("%sunknown option '%s'", ps->where, k);
-		if (o->arg != NULL && *v == '\0')
-			ERR("%s'%s' needs a value", ps->where, k);
-		if (o->arg == NULL && *v != '\0')
-			ERR("%s'%s' takes no value", ps->where, k);
-		r = apply(ps, o, v, NULL, err, errlen);
-		if (r != CONFIG_OK)
+		if (!ps->all_errors)
 			return r;
+		if (used < errlen)
+			used += (size_t)snprintf(err + used, errlen - used, "%s%s",
+						 used ? "\n" : "", one);
 	}
-	return CONFIG_OK;
+	return used > 0 ? CONFIG_USAGE : CONFIG_OK;
 }
 
 /* Copies into dst every inheritable option of scope sc that marks did not set, from src. */
@@ -1254,6 +1267,8 @@ enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE 
 			return r;
 		if (o->id == OPT_HELP || o->id == OPT_VERSION)
 			return apply(&ps, o, val, out, err, errlen);
+		if (o->id == OPT_CHECK)
+			ps.all_errors = true;
 		if (o->id == OPT_CONFIG) {
 			if (cfg->config_path[0] != '\0')
 				ERR("--config given more than once");

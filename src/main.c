@@ -288,7 +288,7 @@ struct app {
 	int act[WORKER_MAX_LISTENERS], nact; /* sockets systemd passed */
 	struct sdnotify sn;
 	struct startup st;
-	char err[1024];
+	char err[8192];
 };
 
 /* Frees what r holds; its config too unless it is keep (the start-up one). */
@@ -727,7 +727,7 @@ static int app_bind(struct app *a)
 	}
 	a->nact = sdnotify_listen_fds(a->act, WORKER_MAX_LISTENERS, a->err, sizeof(a->err));
 	if (a->nact < 0) {
-		char msg[1100];
+		char msg[sizeof(a->err) + 64];
 
 		free(plans);
 		snprintf(msg, sizeof(msg), "socket activation: %s", a->err);
@@ -765,7 +765,7 @@ static int app_bind(struct app *a)
 		int fds[WORKER_MAX_LISTENERS];
 
 		if (n < 0) {
-			char msg[1100];
+			char msg[sizeof(a->err) + 64];
 
 			snprintf(msg, sizeof(msg), "--stats: %s", a->err);
 			return fail(msg);
@@ -979,7 +979,9 @@ int main(int argc, char **argv)
 		free(a->cfg);
 		return 0;
 	case CONFIG_USAGE:
-		fprintf(stderr, "uproxy: %s\n", a->err);
+		/* One line per problem (--check gathers every bad line of the file). */
+		for (char *line = strtok(a->err, "\n"); line != NULL; line = strtok(NULL, "\n"))
+			fprintf(stderr, "uproxy: %s\n", line);
 		free(a->cfg);
 		return 2;
 	}

@@ -458,3 +458,50 @@ Test(check, several_unresolvable_upstreams, .timeout = 30, .fini = conf_dir_remo
 	free(lb);
 	run_result_free(&r);
 }
+
+/* Every bad line of the file is its own line on stderr, each naming its FILE:LINE: one run of
+ * --check lists them all (without --check the parse stops at the first). Before, --check
+ * printed only the first one. */
+Test(check, every_bad_line_reported, .timeout = 30, .fini = conf_dir_remove)
+{
+	static const struct {
+		unsigned int line;
+		const char *what;
+	} bad[] = { { 4, "frobnicate" }, { 5, "idle-timeout" }, { 8, "retries" } };
+	struct cfile f;
+	struct run_result r;
+	char *l;
+
+	cfile_init(&f);
+	file_write_atomic(f.path,
+			  "[listener a]\n"
+			  "listen 127.0.0.1:%u\n"
+			  "upstream 127.0.0.1:9\n"
+			  "frobnicate 7\n"
+			  "idle-timeout soon\n"
+			  "[listener b]\n"
+			  "listen 127.0.0.1:%u\n"
+			  "retries 99\n"
+			  "upstream 127.0.0.1:9\n",
+			  free_port(), free_port());
+	run(&r, (const char *const[]){ "--check", "--config", f.path, NULL }, "three bad lines");
+	expect_fail(&r, "three bad lines");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char at[sizeof(f.path) + 16];
+
+		snprintf(at, sizeof(at), "%s:%u:", f.path, bad[i].line);
+		l = line_holding(r.err, at);
+		cr_assert_not_null(l, "stderr does not name %s:\n%s", at, r.err);
+		cr_assert_not_null(strstr(l, bad[i].what), "the line for %s lacks '%s': %s", at,
+				   bad[i].what, l);
+		free(l);
+	}
+	run_result_free(&r);
+	/* The same file without --check: one problem (the first), and uproxy does not start. */
+	run(&r, (const char *const[]){ "--config", f.path, NULL }, "three bad lines, no --check");
+	cr_assert(r.exited && r.code == 2, "exit %d, want 2:\n%s", r.code, r.err);
+	l = line_holding(r.err, "frobnicate");
+	cr_assert_not_null(l, "stderr lacks the first problem:\n%s", r.err);
+	free(l);
+	run_result_free(&r);
+}
