@@ -9,18 +9,12 @@
 
 #include "uproxy/util.h"
 
-/* A listening socket's tag slot: its listener and its index there. */
-static inline uint32_t sock_slot(uint32_t v, int i)
-{
-	return (v << TAG_SVC_SHIFT) | (uint32_t)i;
-}
-
 static void accept_cancel(struct worker *w, uint32_t v, int i, unsigned int kind)
 {
 	struct listener *l = &w->svcs[v].socks[i];
 
-	loop_cancel(w->env.loop, tag_make(sock_slot(v, i), 0, kind, OP_ACCEPT),
-		    tag_make(sock_slot(v, i), 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE,
+	loop_cancel(w->env.loop, tag_make(sock_tag_slot(v, i), 0, kind, OP_ACCEPT),
+		    tag_make(sock_tag_slot(v, i), 0, kind == ACC_MULTI ? CW_MULTI : CW_SINGLE,
 			     OP_CANCEL_W));
 	if (kind == ACC_MULTI)
 		l->cancel_multi = true;
@@ -59,9 +53,9 @@ void accept_update(struct worker *w)
 			}
 			if (free >= WORKER_MULTISHOT_MIN_FREE) {
 				if (!l->multi_armed && !l->single_armed) {
-					loop_accept_multishot(
-						w->env.loop, l->fd,
-						tag_make(sock_slot(v, i), 0, ACC_MULTI, OP_ACCEPT));
+					loop_accept_multishot(w->env.loop, l->fd,
+							      tag_make(sock_tag_slot(v, i), 0,
+								       ACC_MULTI, OP_ACCEPT));
 					l->multi_armed = true;
 					w->misc_inflight++;
 				}
@@ -73,8 +67,9 @@ void accept_update(struct worker *w)
 				continue;
 			}
 			if (!l->single_armed && free > 0) {
-				loop_accept(w->env.loop, l->fd,
-					    tag_make(sock_slot(v, i), 0, ACC_SINGLE, OP_ACCEPT));
+				loop_accept(
+					w->env.loop, l->fd,
+					tag_make(sock_tag_slot(v, i), 0, ACC_SINGLE, OP_ACCEPT));
 				l->single_armed = true;
 				w->singles++;
 				w->misc_inflight++;
@@ -95,8 +90,8 @@ void accept_backoff(struct worker *w)
 
 void accept_done(struct worker *w, const struct loop_cqe *c)
 {
-	uint32_t v = tag_slot(c->tag) >> TAG_SVC_SHIFT;
-	struct listener *l = &w->svcs[v].socks[tag_slot(c->tag) & ((1u << TAG_SVC_SHIFT) - 1)];
+	uint32_t v = tag_svc(c->tag);
+	struct listener *l = &w->svcs[v].socks[tag_sock(c->tag)];
 	unsigned long suppressed;
 	int res = c->res;
 

@@ -11,7 +11,6 @@ void upool_watch_backup(struct upool *u, uint32_t id, int worker_id)
 	char list[512] = "", a[ADDR_STRLEN];
 	size_t n = 0;
 
-	u->on_backup = backend_pool_using_backup(u->bp);
 	if (moved > 0) {
 		for (uint32_t i = 0; i < backend_slots(u->bp) && n < sizeof(list); i++) {
 			struct backend_info bi;

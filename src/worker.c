@@ -128,9 +128,7 @@ static int upool_new(struct worker *w, const struct config_pool *cfg)
 	u->cfg = *cfg;
 	u->used = true;
 	u->retired = false;
-	u->on_backup = false;
 	u->refs = 0;
-	u->gen++;
 	timer_node_init(&u->health, TIMER_HEALTH, p);
 	return (int)p;
 }
@@ -155,23 +153,26 @@ static void svc_free(struct worker *w, uint32_t v)
 	sv->used = false;
 }
 
-void svc_put(struct worker *w, uint32_t v)
+/* Frees removed listener v once nothing uses it: no session, no socket close in flight (no
+ * accept can complete on it any more). */
+static void svc_free_if_done(struct worker *w, uint32_t v)
 {
 	struct svc *sv = &w->svcs[v];
 
-	sv->sessions--;
 	if (sv->removing && sv->sessions == 0 && sv->socks_closing == 0)
 		svc_free(w, v);
 }
 
-/* One of listener v's sockets finished closing: no accept can complete on it any more. */
+void svc_put(struct worker *w, uint32_t v)
+{
+	w->svcs[v].sessions--;
+	svc_free_if_done(w, v);
+}
+
 void svc_socket_closed(struct worker *w, uint32_t v)
 {
-	struct svc *sv = &w->svcs[v];
-
-	sv->socks_closing--;
-	if (sv->removing && sv->sessions == 0 && sv->socks_closing == 0)
-		svc_free(w, v);
+	w->svcs[v].socks_closing--;
+	svc_free_if_done(w, v);
 }
 
 void svc_close_sockets(struct worker *w, uint32_t v)
@@ -180,7 +181,7 @@ void svc_close_sockets(struct worker *w, uint32_t v)
 
 	for (int i = 0; i < sv->nsocks; i++) {
 		struct listener *l = &sv->socks[i];
-		uint32_t slot = (v << TAG_SVC_SHIFT) | (uint32_t)i;
+		uint32_t slot = sock_tag_slot(v, i);
 
 		if (l->fd < 0)
 			continue;
@@ -194,13 +195,15 @@ void svc_close_sockets(struct worker *w, uint32_t v)
 	}
 }
 
-/* Closes every session of listener v now (its drain time is over). */
-static void svc_close_sessions(struct worker *w, uint32_t v)
+/* Closes every open session of listener v now (its drain time is over), or of every
+ * listener for SVC_ALL. */
+#define SVC_ALL UINT32_MAX
+static void close_sessions(struct worker *w, uint32_t v)
 {
 	for (uint32_t i = 0; i < w->max_sessions; i++) {
 		struct session *s = &w->env.slab[i];
 
-		if (s->state != SS_FREE && s->state != SS_CLOSING && s->svc == v)
+		if (s->state != SS_FREE && s->state != SS_CLOSING && (v == SVC_ALL || s->svc == v))
 			session_abort(&w->env, s, CLOSE_SHUTDOWN);
 	}
 }
@@ -214,12 +217,11 @@ static void svc_remove(struct worker *w, uint32_t v)
 	accepting_update(w);
 	svc_close_sockets(w, v);
 	if (sv->sessions == 0) {
-		if (sv->socks_closing == 0)
-			svc_free(w, v);
+		svc_free_if_done(w, v);
 		return;
 	}
 	if (sv->cfg.drain_timeout_ms == 0)
-		svc_close_sessions(w, v);
+		close_sessions(w, v);
 	else
 		timer_arm(w->env.wheel, &sv->drain, w->env.now_ms + sv->cfg.drain_timeout_ms);
 }
@@ -625,7 +627,7 @@ void worker_publish_stats(struct worker *w, bool backends)
 			if (!u->used || u->retired)
 				continue;
 			snprintf(pst[np].name, STATS_NAME_MAX, "%s", u->cfg.name);
-			pst[np].on_backup = u->on_backup;
+			pst[np].on_backup = backend_pool_using_backup(u->bp);
 			for (uint32_t id = 0; id < backend_slots(u->bp) && n < BACKEND_MAX; id++) {
 				struct backend_info bi;
 
@@ -676,12 +678,7 @@ void worker_close_all(struct worker *w)
 	w->closing_all = true;
 	if (w->active > 0)
 		log_info("worker %d: closing %u connections still open", w->id, w->active);
-	for (uint32_t i = 0; i < w->max_sessions; i++) {
-		struct session *s = &w->env.slab[i];
-
-		if (s->state != SS_FREE && s->state != SS_CLOSING)
-			session_abort(&w->env, s, CLOSE_SHUTDOWN);
-	}
+	close_sessions(w, SVC_ALL);
 	worker_timer_arm(w, TIMER_STOP_DEADLINE, WORKER_STOP_DEADLINE_MS);
 }
 
@@ -778,8 +775,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		accesslog_done(w->alogs[tag_slot(tag)], c->res);
 		return;
 	case OP_CANCEL_W: {
-		struct svc *sv = &w->svcs[tag_slot(tag) >> TAG_SVC_SHIFT];
-		struct listener *l = &sv->socks[tag_slot(tag) & ((1u << TAG_SVC_SHIFT) - 1)];
+		struct listener *l = &w->svcs[tag_svc(tag)].socks[tag_sock(tag)];
 
 		w->misc_inflight--;
 		if (tag_side(tag) == CW_MULTI)
@@ -787,7 +783,7 @@ static void dispatch(void *ctx, const struct loop_cqe *c)
 		else if (tag_side(tag) == CW_SINGLE)
 			l->cancel_single = false;
 		else if (tag_side(tag) == CW_STOP_CLOSE)
-			svc_socket_closed(w, tag_slot(tag) >> TAG_SVC_SHIFT);
+			svc_socket_closed(w, tag_svc(tag));
 		return;
 	}
 	default:
@@ -851,7 +847,7 @@ static void on_timer(struct timer_node *n, void *ctx)
 		w->stop_deadline_hit = true;
 		break;
 	case TIMER_SVC_DRAIN:
-		svc_close_sessions(w, n->data);
+		close_sessions(w, n->data);
 		/* After a stop signal, the last listener's drain ending closes everything. */
 		if (w->stopping && !drains_pending(w))
 			worker_close_all(w);

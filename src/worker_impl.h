@@ -29,6 +29,22 @@ struct worker_mailbox {
 #define TAG_POOL_SHIFT 10 /* BACKEND_MAX = 1024 ids per pool */
 #define TAG_SVC_SHIFT  2  /* SVC_MAX_SOCKS = 4 sockets per listener */
 
+/* The tag slot of listener v's socket i, and back. */
+static inline uint32_t sock_tag_slot(uint32_t v, int i)
+{
+	return (v << TAG_SVC_SHIFT) | (uint32_t)i;
+}
+
+static inline uint32_t tag_svc(uint64_t tag)
+{
+	return tag_slot(tag) >> TAG_SVC_SHIFT;
+}
+
+static inline int tag_sock(uint64_t tag)
+{
+	return (int)(tag_slot(tag) & ((1u << TAG_SVC_SHIFT) - 1));
+}
+
 struct worker {
 	int id;
 	struct session_env env; /* loop, buffers, wheel, svcs, pools, clock, slab, ... */

@@ -37,11 +37,9 @@ struct upool {
 	struct addr *baddr; /* per backend id: its address, stable while the id is held */
 	uint32_t *bgen;	    /* per backend id: bumped when the id names a new address */
 	struct probe *probes;
-	uint32_t refs;	/* listeners routing to it + sessions holding it + probes in flight */
-	bool used;	/* the slot is taken */
-	bool retired;	/* no longer configured: freed once refs reaches 0 */
-	bool on_backup; /* every primary is down: traffic goes to the backups */
-	uint32_t gen;	/* bumped each time the slot is taken (health probe tags) */
+	uint32_t refs; /* listeners routing to it + sessions holding it + probes in flight */
+	bool used;     /* the slot is taken */
+	bool retired;  /* no longer configured: freed once refs reaches 0 */
 	struct timer_node health; /* --health-interval */
 };
 
@@ -68,8 +66,8 @@ struct svc {
 };
 
 /* After a health change in pool u (id changed state, or UINT32_MAX for a membership
- * change): says when its traffic moves to its backups and back, and notes it for the
- * metrics. Each worker judges its own pool's health, so each says it once per move. */
+ * change): says when its traffic moves to its backups and back. Each worker judges its own
+ * pool's health, so each says it once per move. */
 void upool_watch_backup(struct upool *u, uint32_t id, int worker_id);
 
 /* What main hands a worker for one listener and one pool, at start and on every SIGHUP or
