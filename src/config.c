@@ -500,7 +500,6 @@ static struct config_listener *cur_listener(struct pstate *ps)
 
 /* A listener section's own pool lives at the same index in a parallel array while parsing. */
 static struct config_pool lsect_pool[CONFIG_MAX_LISTENERS];
-static struct marks lsect_pmarks[CONFIG_MAX_LISTENERS];
 
 static struct config_pool *cur_pool(struct pstate *ps)
 {
@@ -789,7 +788,6 @@ static enum config_result open_section(struct pstate *ps, char *line, char *err,
 		ps->cur = (int)cfg->nlisteners++;
 		listener_defaults(&cfg->listeners[ps->cur]);
 		pool_defaults(&lsect_pool[ps->cur]);
-		memset(&lsect_pmarks[ps->cur], 0, sizeof(lsect_pmarks[ps->cur]));
 		memset(&ps->lmarks[ps->cur], 0, sizeof(ps->lmarks[ps->cur]));
 		memset(&ps->lpool[ps->cur], 0, sizeof(ps->lpool[ps->cur]));
 		snprintf(cfg->listeners[ps->cur].name, CONFIG_NAME_MAX, "%s", name);
@@ -984,20 +982,15 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 	/* Every [listener] gets an implicit pool (its own upstream lines) after the named ones. */
 	for (uint32_t i = 0; i < cfg->nlisteners; i++) {
 		struct config_listener *l = &cfg->listeners[i];
+		/* Its marks hold its pool keys too: inherit() and the checks below pick them
+		 * by scope. */
 		struct marks *lm = &ps->lmarks[i];
-		struct marks *pm = &lsect_pmarks[i];
 
-		/* Pool-scope marks were recorded in the listener's marks. */
-		for (size_t k = 0; k < NOPTS; k++)
-			if (opts[k].scope == SC_POOL && lm->set[opts[k].id]) {
-				pm->set[opts[k].id] = true;
-				pm->line[opts[k].id] = lm->line[opts[k].id];
-			}
 		inherit(l, &ps->top, lm, SC_LISTENER);
 		if (lsect_pool[i].nupstreams > 0) {
 			if (ps->lpool[i].name[0] != '\0')
-				ERR("%slistener '%s' has both upstream lines and 'pool %s': use "
-				    "one",
+				ERR("%slistener '%s' has both upstream lines and "
+				    "'pool %s': use one",
 				    at(ps, ps->lpool[i].line, w, sizeof(w)), l->name,
 				    ps->lpool[i].name);
 			if (cfg->npools >= CONFIG_MAX_POOLS)
@@ -1005,23 +998,21 @@ static enum config_result finish(struct pstate *ps, bool need_listener, char *er
 				    "its own)",
 				    l->where, CONFIG_MAX_POOLS);
 			if (pool_index(cfg, l->name) >= 0)
-				ERR("%s: listener '%s' has upstream lines, so it has a pool of "
-				    "that "
-				    "name; [pool %s] (%s) clashes with it",
+				ERR("%s: listener '%s' has upstream lines, so it has a pool "
+				    "of that name; [pool %s] (%s) clashes with it",
 				    l->where, l->name, l->name,
 				    cfg->pools[pool_index(cfg, l->name)].where);
-			inherit(&lsect_pool[i], &ps->top_pool, pm, SC_POOL);
+			inherit(&lsect_pool[i], &ps->top_pool, lm, SC_POOL);
 			cfg->pools[cfg->npools] = lsect_pool[i];
 			memcpy(cfg->pools[cfg->npools].name, l->name, CONFIG_NAME_MAX);
 			memcpy(cfg->pools[cfg->npools].where, l->where, CONFIG_WHERE_MAX);
 			l->pool = (uint16_t)cfg->npools++;
 		} else {
 			for (size_t k = 0; k < NOPTS; k++)
-				if (opts[k].scope == SC_POOL && pm->set[opts[k].id])
-					ERR("%s'%s' in listener '%s' without upstream lines: put "
-					    "it "
-					    "in the pool's section",
-					    at(ps, pm->line[opts[k].id], w, sizeof(w)),
+				if (opts[k].scope == SC_POOL && lm->set[opts[k].id])
+					ERR("%s'%s' in listener '%s' without upstream lines: "
+					    "put it in the pool's section",
+					    at(ps, lm->line[opts[k].id], w, sizeof(w)),
 					    opts[k].name, l->name);
 			if (ps->lpool[i].name[0] != '\0') {
 				int pi = pool_index(cfg, ps->lpool[i].name);
