@@ -417,8 +417,6 @@ static int build_plans(struct app *a, const struct config *next, const struct ru
 	char why[512];
 
 	memset(plans, 0, a->nworkers * sizeof(*plans));
-	if (listeners_overlap(next, a->err, sizeof(a->err)) < 0)
-		return -1;
 	for (uint32_t w = 0; w < a->nworkers; w++) {
 		plans[w] = calloc(1, sizeof(*plans[w]));
 		if (plans[w] == NULL) {
@@ -525,6 +523,15 @@ static void unlink_unix(const struct running *r, uint32_t i)
 		listener_unlink(&r->unix_l[i]);
 }
 
+/* Whether every worker has taken the last plan posted to it. */
+static bool plans_all_taken(struct app *a)
+{
+	for (uint32_t i = 0; i < a->nworkers; i++)
+		if (!worker_plan_taken(worker_nth(a->workers, i)))
+			return false;
+	return true;
+}
+
 /* SIGHUP: re-reads the config and applies it, or keeps the running one and says why. */
 static void reload(struct app *a, int argc, char **argv)
 {
@@ -542,16 +549,11 @@ static void reload(struct app *a, int argc, char **argv)
 		goto failed;
 	}
 	/* The previous plan must be in before the next one is built against it. */
-	for (int tries = 0; tries < 100; tries++) {
-		bool all = true;
-
-		for (uint32_t i = 0; i < a->nworkers; i++)
-			all = all && worker_plan_taken(worker_nth(a->workers, i));
-		if (all)
-			break;
+	for (int tries = 0; tries < 100 && !plans_all_taken(a); tries++)
 		usleep(10000);
-	}
-	if (build_plans(a, next, &a->run, plans, &nr) < 0) {
+	/* Two spellings of one address (localhost:80, 127.0.0.1:80) pass the config's check. */
+	if (listeners_overlap(next, a->err, sizeof(a->err)) < 0 ||
+	    build_plans(a, next, &a->run, plans, &nr) < 0) {
 		log_error("SIGHUP: config not reloaded: %s", a->err);
 		goto failed;
 	}
@@ -611,24 +613,13 @@ failed:
 /* --resolve-interval: re-resolves every pool; hands the workers a plan if any pool changed. */
 static void reresolve(struct app *a)
 {
-	static struct backend_spec buf[BACKEND_MAX];
 	const struct config *cfg = a->run.cfg;
 	struct worker_plan **plans;
 	struct running nr = { 0 };
 	bool changed = false;
-	char why[512];
 
-	for (uint32_t i = 0; i < cfg->npools && !changed; i++) {
-		int n = resolve_pool(&cfg->pools[i], buf, BACKEND_MAX, a->run.specs[i],
-				     a->run.nspecs[i], false, why, sizeof(why));
-
-		changed = n > 0 && !same_pool(buf, n, a->run.specs[i], a->run.nspecs[i]);
-	}
-	if (!changed)
-		return;
-	for (uint32_t i = 0; i < a->nworkers; i++)
-		if (!worker_plan_taken(worker_nth(a->workers, i)))
-			return; /* next time */
+	if (!plans_all_taken(a))
+		return; /* next time */
 	plans = calloc(a->nworkers, sizeof(*plans));
 	if (plans == NULL || build_plans(a, cfg, &a->run, plans, &nr) < 0) {
 		log_error("re-resolving the upstreams: %s", plans ? a->err : "out of memory");
@@ -637,17 +628,26 @@ static void reresolve(struct app *a)
 	}
 	for (uint32_t i = 0; i < cfg->npools; i++)
 		if (!same_pool(nr.specs[i], nr.nspecs[i], a->run.specs[i], a->run.nspecs[i])) {
+			changed = true;
 			log_info("pool %s: upstream pool changed: %d address(es) now",
 				 cfg->pools[i].name, nr.nspecs[i]);
 			log_pool(cfg->pools[i].name, nr.specs[i], nr.nspecs[i]);
 		}
-	for (uint32_t i = 0; i < a->nworkers; i++)
-		worker_post_plan(worker_nth(a->workers, i), plans[i]);
+	for (uint32_t i = 0; i < a->nworkers; i++) {
+		if (changed)
+			worker_post_plan(worker_nth(a->workers, i), plans[i]);
+		else
+			worker_plan_free(plans[i]); /* nothing moved: the workers keep theirs */
+	}
 	free(plans);
 	for (int i = 0; i < CONFIG_MAX_POOLS; i++) {
-		free(a->run.specs[i]);
-		a->run.specs[i] = nr.specs[i];
-		a->run.nspecs[i] = nr.nspecs[i];
+		if (changed) {
+			free(a->run.specs[i]);
+			a->run.specs[i] = nr.specs[i];
+			a->run.nspecs[i] = nr.nspecs[i];
+		} else {
+			free(nr.specs[i]);
+		}
 	}
 }
 
@@ -907,7 +907,7 @@ static void app_cleanup(struct app *a)
  * on stderr; "configuration OK" on stdout. Returns the exit status, 0 or 2. */
 static int check_config(const struct config *cfg)
 {
-	static struct backend_spec buf[BACKEND_MAX];
+	struct addr addrs[ADDR_MAX_RESOLVED];
 	int problems = 0;
 	char why[512];
 
@@ -915,12 +915,8 @@ static int check_config(const struct config *cfg)
 		const struct config_pool *cp = &cfg->pools[i];
 
 		for (uint32_t u = 0; u < cp->nupstreams; u++) {
-			struct config_pool one = *cp;
-
-			one.upstreams[0] = cp->upstreams[u];
-			one.nupstreams = 1;
-			if (resolve_pool(&one, buf, BACKEND_MAX, NULL, 0, true, why, sizeof(why)) <
-			    0) {
+			if (addr_resolve(&cp->upstreams[u].hp, addrs, ADDR_MAX_RESOLVED, why,
+					 sizeof(why)) < 0) {
 				fprintf(stderr, "uproxy: %s: pool '%s': %s\n", cp->where, cp->name,
 					why);
 				problems++;
@@ -929,7 +925,6 @@ static int check_config(const struct config *cfg)
 	}
 	for (uint32_t i = 0; i < cfg->nlisteners; i++) {
 		const struct config_listener *l = &cfg->listeners[i];
-		struct addr addrs[ADDR_MAX_RESOLVED];
 
 		if (l->listen.any || l->listen.unix_sock || l->listen.port == 0)
 			continue;
@@ -943,8 +938,6 @@ static int check_config(const struct config *cfg)
 		problems++;
 	}
 	if (cfg->stats.port != 0 && !cfg->stats.any) {
-		struct addr addrs[ADDR_MAX_RESOLVED];
-
 		if (addr_resolve(&cfg->stats, addrs, ADDR_MAX_RESOLVED, why, sizeof(why)) < 0) {
 			fprintf(stderr, "uproxy: --stats: %s\n", why);
 			problems++;
