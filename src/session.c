@@ -107,6 +107,15 @@ static inline struct upool *up(const struct session_env *e, const struct session
 	return &e->pools[s->pool];
 }
 
+/* n bytes of direction d forwarded (or committed to go upstream): the session's, the
+ * listener's and the worker's counters. */
+static inline void count_bytes(struct session_env *e, struct session *s, unsigned int d, uint64_t n)
+{
+	s->bytes[d] += n;
+	sv(e, s)->st.bytes[d] += n;
+	e->st->bytes[d] += n;
+}
+
 static void dir_reset(struct session_dir *dr)
 {
 	dr->head = BUFRING_NIL;
@@ -523,39 +532,28 @@ static bool admit(struct session_env *e, struct session *s)
 	return true;
 }
 
-/* The client is admitted and its PROXY header (if any) read: choose the pool from the
- * ClientHello (sni-route) or go to the listener's pool. */
-static void route(struct session_env *e, struct session *s)
+/* sni-route: the client is admitted and its PROXY header (if any) read; wait for its
+ * ClientHello, which chooses the pool. */
+static void sni_wait_start(struct session_env *e, struct session *s)
 {
 	struct svc *v = sv(e, s);
 	struct session_pre *pr = &e->pre[session_slot(e, s)];
 
-	if (v->cfg.nsni_routes > 0) {
-		pr->hello = malloc(SESSION_HELLO_MAX);
-		if (pr->hello == NULL) {
-			teardown(e, s, CLOSE_RESOURCE, true);
-			return;
-		}
-		/* Bytes that came behind a PROXY header are the start of the ClientHello. */
-		memcpy(pr->hello, pr->data, pr->len);
-		pr->hello_len = pr->len;
-		pr->hello_off = 0;
-		s->bytes[DIR_C2U] -= pr->len; /* counted again when the hello is forwarded */
-		e->st->bytes[DIR_C2U] -= pr->len;
-		v->st.bytes[DIR_C2U] -= pr->len;
-		pr->len = 0;
-		s->sni_wait = 1;
-		timer_arm(e->wheel, &s->timer, e->now_ms + v->cfg.sni_timeout_ms);
-		if (pr->hello_len == 0 || !sni_decide(e, s))
-			hello_recv(e, s);
+	pr->hello = malloc(SESSION_HELLO_MAX);
+	if (pr->hello == NULL) {
+		teardown(e, s, CLOSE_RESOURCE, true);
 		return;
 	}
-	if (v->pool == UPOOL_NONE) {
-		teardown(e, s, CLOSE_CONNECT_FAILED, false);
-		return;
-	}
-	fire(e, s, SE_HEADER_DONE);
-	connect_first(e, s, v->pool);
+	/* Bytes that came behind a PROXY header are the start of the ClientHello; they are
+	 * counted when the hello is routed. */
+	memcpy(pr->hello, pr->data, pr->len);
+	pr->hello_len = pr->len;
+	pr->hello_off = 0;
+	pr->len = 0;
+	s->sni_wait = 1;
+	timer_arm(e->wheel, &s->timer, e->now_ms + v->cfg.sni_timeout_ms);
+	if (pr->hello_len == 0 || !sni_decide(e, s))
+		hello_recv(e, s);
 }
 
 void session_start(struct session_env *e, struct session *s, int client_fd, unsigned int svc)
@@ -624,8 +622,8 @@ void session_start(struct session_env *e, struct session *s, int client_fd, unsi
 	}
 	if (!admit(e, s))
 		return;
-	if (s->state == SS_AWAIT_HEADER) {
-		route(e, s);
+	if (s->state == SS_AWAIT_HEADER) { /* sni-route (accept-proxy went above) */
+		sni_wait_start(e, s);
 		return;
 	}
 	connect_first(e, s, v->pool);
@@ -672,9 +670,7 @@ static bool sni_decide(struct session_env *e, struct session *s)
 		teardown(e, s, CLOSE_PROTOCOL, true);
 		return true;
 	}
-	s->bytes[DIR_C2U] += pr->hello_len;
-	e->st->bytes[DIR_C2U] += pr->hello_len;
-	v->st.bytes[DIR_C2U] += pr->hello_len;
+	count_bytes(e, s, DIR_C2U, pr->hello_len);
 	fire(e, s, SE_HEADER_DONE);
 	connect_first(e, s, pool);
 	return true;
@@ -743,16 +739,15 @@ static void on_header(struct session_env *e, struct session *s, int res)
 	/* Client bytes that came behind the header go upstream first. */
 	memmove(pr->data, pr->data + n, pr->len - (uint32_t)n);
 	pr->len = (uint16_t)(pr->len - (uint32_t)n);
-	s->bytes[DIR_C2U] += pr->len;
-	e->st->bytes[DIR_C2U] += pr->len;
-	sv(e, s)->st.bytes[DIR_C2U] += pr->len;
 	timer_cancel(e->wheel, &s->timer);
-	if (!admit(e, s))
-		return;
 	if (sv(e, s)->cfg.nsni_routes > 0) {
-		route(e, s);
+		if (admit(e, s))
+			sni_wait_start(e, s);
 		return;
 	}
+	count_bytes(e, s, DIR_C2U, pr->len);
+	if (!admit(e, s))
+		return;
 	fire(e, s, SE_HEADER_DONE);
 	connect_first(e, s, sv(e, s)->pool);
 }
@@ -1025,9 +1020,7 @@ static void on_recv(struct session_env *e, struct session *s, unsigned int d,
 	else if (bid != BUFRING_NIL)
 		queue_push(e, dr, bid);
 	if (res > 0 && !closing(s)) {
-		e->st->bytes[d] += (uint64_t)res;
-		sv(e, s)->st.bytes[d] += (uint64_t)res;
-		s->bytes[d] += (uint64_t)res;
+		count_bytes(e, s, d, (uint64_t)res);
 		timer_touch(e, s);
 		dir_pump(e, s, d);
 		if (dr->queued >= high_water_now(e) &&
