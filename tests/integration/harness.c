@@ -1911,6 +1911,24 @@ void file_write_atomic(const char *path, const char *fmt, ...)
 	cr_assert_eq(rename(tmp, path), 0, "rename %s: %s", tmp, strerror(errno));
 }
 
+const char *bytes_show(const void *p, size_t n)
+{
+	static char out[4][2048];
+	static int k;
+	char *o = out[k++ % 4];
+	const unsigned char *b = p;
+	size_t j = 0;
+
+	for (size_t i = 0; i < n && j + 5 < sizeof(out[0]); i++) {
+		if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '\\')
+			o[j++] = (char)b[i];
+		else
+			j += (size_t)snprintf(o + j, sizeof(out[0]) - j, "\\x%02x", b[i]);
+	}
+	o[j] = '\0';
+	return o;
+}
+
 bool text_names_line(const char *text, const char *path, int line)
 {
 	char want[192];

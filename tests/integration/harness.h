@@ -304,6 +304,9 @@ int text_line_of(const char *text, const char *needle);
 /* true if text names "path:line" (not followed by another digit): an error that points at
  * that line of the file. */
 bool text_names_line(const char *text, const char *path, int line);
+/* Printable rendering of n bytes at p for failure messages (\xNN for the rest); the result
+ * stays valid for the next three calls. */
+const char *bytes_show(const void *p, size_t n);
 
 /* Spawns uproxy with args (NULL-terminated; they name the ports, usually through --config) and
  * waits ≤ 3 s until every one of ports[0..n) listens on 127.0.0.1, without connecting (no

@@ -101,25 +101,6 @@ static struct cap_slot *capture_find(struct capture *c, const char *marker, int 
 	return NULL;
 }
 
-/* Printable rendering of binary bytes for failure messages. */
-static const char *show(const void *p, size_t n)
-{
-	static char out[4][2048];
-	static int k;
-	char *o = out[k++ % 4];
-	const unsigned char *b = p;
-	size_t j = 0;
-
-	for (size_t i = 0; i < n && j + 5 < sizeof(out[0]); i++) {
-		if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '\\')
-			o[j++] = (char)b[i];
-		else
-			j += (size_t)snprintf(o + j, sizeof(out[0]) - j, "\\x%02x", b[i]);
-	}
-	o[j] = '\0';
-	return o;
-}
-
 static uint16_t local_port(int fd)
 {
 	struct sockaddr_storage ss;
@@ -173,10 +154,10 @@ static void expect_bytes(const struct cap_slot *s, const void *want, size_t wlen
 	cr_assert_not_null(s, "%s: the backend never got a connection carrying the payload",
 			   what);
 	cr_assert(s->eof, "%s: the backend connection ended without EOF after %zu bytes: %s", what,
-		  s->len, show(s->buf, s->len));
+		  s->len, bytes_show(s->buf, s->len));
 	cr_assert(s->len == wlen && memcmp(s->buf, want, wlen) == 0,
 		  "%s: the backend got %zu bytes:\n  %s\nwant %zu bytes:\n  %s", what, s->len,
-		  show(s->buf, s->len), wlen, show(want, wlen));
+		  bytes_show(s->buf, s->len), wlen, bytes_show(want, wlen));
 }
 
 static size_t put_v2(uint8_t *h, uint8_t cmd, const char *src, const char *dst, uint16_t sport,
@@ -253,9 +234,9 @@ Test(proxyproto, send_v2_ipv4, .timeout = 30)
 
 	cr_assert_not_null(s, "--send-proxy v2: the backend never got the payload");
 	cr_assert_geq(s->len, 16, "--send-proxy v2: only %zu bytes: %s", s->len,
-		      show(s->buf, s->len));
+		      bytes_show(s->buf, s->len));
 	cr_assert(memcmp(s->buf, "\r\n\r\n\0\r\nQUIT\n", 12) == 0, "v2 signature wrong: %s",
-		  show(s->buf, 12));
+		  bytes_show(s->buf, 12));
 	cr_assert_eq((uint8_t)s->buf[12], 0x21, "version/command 0x%02x, want 0x21",
 		     (uint8_t)s->buf[12]);
 	cr_assert_eq((uint8_t)s->buf[13], 0x11, "family/transport 0x%02x, want 0x11 (TCP4)",

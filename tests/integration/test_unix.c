@@ -649,25 +649,6 @@ static void cap_handler(int fd, void *arg)
 	atomic_store(&c->s[i].done, true);
 }
 
-/* Printable rendering of bytes for failure messages. */
-static const char *show(const void *p, size_t n)
-{
-	static char out[2][1024];
-	static int k;
-	char *o = out[k++ % 2];
-	const unsigned char *b = p;
-	size_t j = 0;
-
-	for (size_t i = 0; i < n && j + 5 < sizeof(out[0]); i++) {
-		if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '\\')
-			o[j++] = (char)b[i];
-		else
-			j += (size_t)snprintf(o + j, sizeof(out[0]) - j, "\\x%02x", b[i]);
-	}
-	o[j] = '\0';
-	return o;
-}
-
 /* Sends data on a client connection to listen (a fresh one, or *fd_in when given), half-closes,
  * and asserts that the upstream's connection number slot (0: the first since backend_run)
  * carried exactly want (wlen bytes) up to its EOF. Closes the client. */
@@ -690,7 +671,7 @@ static void expect_upstream(const char *listen, struct capture *c, int slot, con
 		  slot, atomic_load(&c->n));
 	cr_assert(c->s[slot].len == wlen && memcmp(c->s[slot].buf, want, wlen) == 0,
 		  "the upstream got %zu bytes:\n  %s\nwant %zu bytes:\n  %s", c->s[slot].len,
-		  show(c->s[slot].buf, c->s[slot].len), wlen, show(want, wlen));
+		  bytes_show(c->s[slot].buf, c->s[slot].len), wlen, bytes_show(want, wlen));
 	close(fd);
 }
 
