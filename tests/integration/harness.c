@@ -518,6 +518,34 @@ int proxy_sock_count(uint16_t listen_port, uint16_t up_port)
 	return scan_tcp(owned_by_proxy, &p);
 }
 
+int proxy_sock_count_pid(pid_t pid, uint16_t listen_port, uint16_t up_port)
+{
+	char path[64], link[128];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while ((e = readdir(d))) {
+		struct inode_find f = { 0 };
+		ssize_t k = readlinkat(dirfd(d), e->d_name, link, sizeof(link) - 1);
+
+		if (k < 0)
+			continue;
+		link[k] = '\0';
+		if (sscanf(link, "socket:[%lu]", &f.inode) != 1)
+			continue;
+		scan_tcp(match_inode, &f);
+		if (f.found && owned_by_proxy(&f.row, &(struct ports){ listen_port, up_port, 0 }))
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
 static bool add_queued(const struct tcp_row *r, void *arg)
 {
 	struct ports *p = arg;

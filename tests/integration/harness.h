@@ -68,6 +68,10 @@ int tcp_connect_rcvbuf(uint16_t port, int rcvbuf);
  * port == listen_port, not LISTEN) and upstream ones (remote port == up_port).
  * Unlike /proc/PID/fd this also sees io_uring direct descriptors. */
 int proxy_sock_count(uint16_t listen_port, uint16_t up_port);
+/* The same, counting only sockets in pid's fd table: other tests running in parallel can hold
+ * sockets to the same port numbers (a "free" port another test expects to refuse, which our
+ * backend listens on meanwhile), which the plain count cannot tell from the proxy's. */
+int proxy_sock_count_pid(pid_t pid, uint16_t listen_port, uint16_t up_port);
 /* IPv4 sockets (inode != 0) in /proc/net/tcp with remote port rport in TCP state state (0:
  * any state but LISTEN): on loopback, connections to a listener on rport. */
 int tcp4_socks_to(uint16_t rport, unsigned int state);

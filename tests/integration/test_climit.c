@@ -108,7 +108,7 @@ static void expect_sessions(const struct proxy *px, int sessions, const char *wh
 	int socks = -1;
 
 	for (int i = 0; i < 200; i++) {
-		socks = proxy_sock_count(px->port, px->up_port);
+		socks = proxy_sock_count_pid(px->proc.pid, px->port, px->up_port);
 		if (socks == 2 * sessions)
 			return;
 		sleep_ms(10);
