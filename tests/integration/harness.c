@@ -375,6 +375,7 @@ struct tcp_row {
 	unsigned int lport, rport, state;
 	unsigned long txq, rxq, inode;
 	bool v6;
+	bool lother_loop; /* local address in 127.0.0.0/8 but not 127.0.0.1 (IPv4 or v4-mapped) */
 };
 
 #define TCP_LISTEN 0x0A
@@ -396,11 +397,27 @@ static int scan_tcp(bool (*fn)(const struct tcp_row *, void *), void *arg)
 		}
 		while (fgets(line, sizeof(line), f)) {
 			struct tcp_row r;
+			char laddr[40];
 
-			if (sscanf(line, " %*s %*[^:]:%x %*[^:]:%x %x %lx:%lx %*x:%*x %*x %*u %*u %lu",
-				   &r.lport, &r.rport, &r.state, &r.txq, &r.rxq, &r.inode) != 6)
+			if (sscanf(line,
+				   " %*s %39[0-9A-Fa-f]:%x %*[^:]:%x %x %lx:%lx %*x:%*x %*x %*u %*u %lu",
+				   laddr, &r.lport, &r.rport, &r.state, &r.txq, &r.rxq, &r.inode) != 7)
 				continue;
 			r.v6 = i == 1;
+			/* /proc/net/tcp{,6} print addresses as 32-bit words in host order:
+			 * 127.x.y.z is "zzyyxx7F" (after "0000000000000000FFFF0000" if mapped). */
+			{
+				size_t alen = strlen(laddr);
+				const char *v4 = alen == 8 ? laddr
+						 : alen == 32 && strncasecmp(laddr,
+									  "0000000000000000FFFF0000",
+									  24) == 0
+							 ? laddr + 24
+							 : NULL;
+
+				r.lother_loop = v4 != NULL && strncasecmp(v4 + 6, "7F", 2) == 0 &&
+						strcasecmp(v4, "0100007F") != 0;
+			}
 			n += fn(&r, arg);
 		}
 		fclose(f);
@@ -448,7 +465,11 @@ static bool owned_by_proxy(const struct tcp_row *r, void *arg)
 
 	if (!r->inode)
 		return false;
-	return (r->lport == p->listen && r->state != TCP_LISTEN) || r->rport == p->up;
+	/* The proxies under test listen on 127.0.0.1, ::1, a wildcard or a test's own network
+	 * (never another 127/8 address), while clients bound to sources like 127.0.1.5 can get
+	 * the listen port's number as their ephemeral port: such a socket is not the proxy's. */
+	return (r->lport == p->listen && !r->lother_loop && r->state != TCP_LISTEN) ||
+	       r->rport == p->up;
 }
 
 struct inode_find {
